@@ -1,0 +1,166 @@
+//! Wire-protocol stages, one core: AEAD seal and open per backend and size, opening a W1
+//! envelope (copy, decrypt, validate), validated access to a W1 event, batch frame decode.
+//!
+//! `cargo bench -p sluice-benches --bench protocol`. Issue targets on the reference 2-core
+//! Zen 4: `aead/open/ring/512` ≤ 150 ns, `event/access/w1` ≤ 50 ns.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use sluice_protocol::event::{access_events, to_rkyv_payload};
+use sluice_protocol::sample::{W1_PLAINTEXT_BYTES, w1_event};
+use sluice_protocol::{
+    Aead, AlignedBuf, Backend, BatchFrame, EnvelopeHeader, FrameBuilder, Keyring, Limits, Opener,
+    PayloadFormat,
+};
+
+const KEY: [u8; 32] = [7; 32];
+const NONCE: [u8; 12] = [1; 12];
+const AAD: [u8; 32] = [2; 32];
+
+fn aead(c: &mut Criterion) {
+    sluice_benches::pin_to_one_core();
+    for op in ["seal", "open"] {
+        let mut g = c.benchmark_group(format!("aead/{op}"));
+        for backend in Backend::ALL {
+            let cipher = backend.cipher(&KEY);
+            for size in [128usize, 512, 1024, 4096] {
+                g.throughput(Throughput::Bytes(size as u64));
+                let plaintext = vec![0x5a; size];
+                let mut sealed = plaintext.clone();
+                let tag = cipher.seal_in_place(&NONCE, &AAD, &mut sealed);
+                let mut check = sealed.clone();
+                cipher
+                    .open_in_place(&NONCE, &AAD, &mut check, &tag)
+                    .expect("opens");
+                assert_eq!(check, plaintext);
+                let id = format!("{}/{size}", backend.name());
+                if op == "seal" {
+                    let mut buf = plaintext.clone();
+                    // Sealing in place over and over re-encrypts the same buffer: same work.
+                    g.bench_function(id, |b| {
+                        b.iter(|| cipher.seal_in_place(&NONCE, &AAD, black_box(&mut buf)))
+                    });
+                } else {
+                    g.bench_function(id, |b| {
+                        b.iter_custom(|iters| open_timed(&*cipher, &sealed, &tag, iters))
+                    });
+                }
+            }
+        }
+        g.finish();
+    }
+}
+
+/// Opens `iters` copies of `sealed`, timing only the opens: copies are made in rounds of
+/// [`ROUND`] buffers that together fit in L1, as a shard's receive buffer of fresh frames does.
+fn open_timed(cipher: &dyn Aead, sealed: &[u8], tag: &[u8; 16], iters: u64) -> Duration {
+    const ROUND: usize = 16;
+    let mut bufs = vec![sealed.to_vec(); ROUND];
+    let mut total = Duration::ZERO;
+    let mut left = iters as usize;
+    while left > 0 {
+        let n = left.min(ROUND);
+        for b in &mut bufs[..n] {
+            b.copy_from_slice(sealed);
+        }
+        let start = Instant::now();
+        for b in &mut bufs[..n] {
+            cipher
+                .open_in_place(&NONCE, &AAD, black_box(b), tag)
+                .expect("opens");
+        }
+        total += start.elapsed();
+        left -= n;
+    }
+    total
+}
+
+/// One W1 frame: `n` envelopes of one 512-byte event each.
+fn w1_frame(n: u64) -> AlignedBuf {
+    let cipher = Backend::Ring.cipher(&KEY);
+    let mut b = FrameBuilder::new(1, 0);
+    for i in 0..n {
+        let plaintext = to_rkyv_payload(&[w1_event(i)]);
+        assert_eq!(plaintext.len(), W1_PLAINTEXT_BYTES);
+        let mut nonce = NONCE;
+        nonce[..8].copy_from_slice(&i.to_le_bytes());
+        b.seal(
+            &*cipher,
+            EnvelopeHeader::new(PayloadFormat::Rkyv, 1, nonce, i, 1),
+            &plaintext,
+        );
+    }
+    let mut out = AlignedBuf::new();
+    out.extend_from_slice(b.finish());
+    out
+}
+
+fn envelope_and_event(c: &mut Criterion) {
+    sluice_benches::pin_to_one_core();
+    let plaintext = to_rkyv_payload(&[w1_event(3)]);
+    let expected = w1_event(3).event_id;
+    assert_eq!(
+        access_events(&plaintext).unwrap()[0].event_id.to_native(),
+        expected
+    );
+    c.bench_function("event/access/w1", |b| {
+        b.iter(|| access_events(black_box(&plaintext)).expect("valid").len())
+    });
+    c.bench_function("event/access+view/w1", |b| {
+        b.iter(|| {
+            let events = access_events(black_box(&plaintext)).expect("valid");
+            sluice_protocol::EventView::from_archived(&events[0]).customer_id
+        })
+    });
+
+    // A whole envelope through the opener: copy aside, decrypt in place, validate, per backend.
+    let frame = w1_frame(1);
+    for backend in Backend::ALL {
+        let mut keys = Keyring::new(backend);
+        keys.insert(1, KEY).unwrap();
+        let mut opener = Opener::new(keys, Limits::default());
+        c.bench_function(&format!("envelope/open/{}/w1", backend.name()), |b| {
+            b.iter_batched_ref(
+                || frame.clone(),
+                |buf| {
+                    let env = BatchFrame::parse(buf, &Limits::default())
+                        .unwrap()
+                        .into_envelopes()
+                        .next();
+                    opener.open(env.unwrap()).expect("opens").payload.len()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+fn frame_decode(c: &mut Criterion) {
+    sluice_benches::pin_to_one_core();
+    let mut g = c.benchmark_group("frame/decode");
+    for n in [1u64, 64] {
+        let mut frame = w1_frame(n);
+        g.throughput(Throughput::Elements(n));
+        assert_eq!(
+            BatchFrame::parse(&mut frame, &Limits::default())
+                .unwrap()
+                .header
+                .count,
+            n as u32
+        );
+        g.bench_function(format!("w1x{n}"), |b| {
+            b.iter(|| {
+                BatchFrame::parse(black_box(&mut frame), &Limits::default())
+                    .expect("valid")
+                    .header
+                    .count
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, aead, envelope_and_event, frame_decode);
+criterion_main!(benches);
