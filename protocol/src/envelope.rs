@@ -71,7 +71,7 @@ pub struct EnvelopeHeader {
     pub partition_key: u64,
 }
 
-const _: () = assert!(ENVELOPE_HEADER_BYTES % crate::ALIGN == 0);
+const _: () = assert!(ENVELOPE_HEADER_BYTES.is_multiple_of(crate::ALIGN));
 
 impl EnvelopeHeader {
     /// A version-1 header; `payload_len` is set when sealing.

@@ -135,7 +135,7 @@ pub fn decode_frame_header(buf: &[u8], limits: &Limits) -> Result<FrameHeader, E
     }
     let total_len = u32_at(buf, 24);
     let len = total_len as usize;
-    if len < FRAME_HEADER_BYTES || len % ALIGN != 0 {
+    if len < FRAME_HEADER_BYTES || !len.is_multiple_of(ALIGN) {
         return Err(Error::BadLength(
             "a frame is at least 32 bytes and a multiple of 16",
         ));

@@ -33,7 +33,7 @@ pub fn check_decoders(data: &[u8]) {
 
 fn run_decoders(data: &[u8]) {
     static KEYS: OnceLock<Keyring> = OnceLock::new();
-    let keys = KEYS.get_or_init(|| vector_keyring(Backend::Ring));
+    let keys = KEYS.get_or_init(|| vector_keyring(Backend::default()));
     let _ = decode_frame_header(data, &Limits::default());
     let mut opener = Opener::new(keys.clone(), Limits::default());
     if let Ok((header, envelopes)) = decode_batch(data, &mut opener) {

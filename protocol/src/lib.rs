@@ -24,6 +24,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod aead;
+mod arch;
 pub mod envelope;
 pub mod error;
 pub mod event;
