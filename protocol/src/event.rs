@@ -44,6 +44,15 @@ pub struct Event {
     pub attrs: Vec<Attr>,
 }
 
+// The archived layout PROTOCOL.md (section 5.2) promises to clients in other languages.
+const _: () = assert!(size_of::<ArchivedEvent>() == 96 && align_of::<ArchivedEvent>() == 8);
+const _: () = assert!(size_of::<ArchivedAttr>() == 16 && align_of::<ArchivedAttr>() == 4);
+const _: () = assert!(size_of::<ArchivedClientIp>() == 17);
+const _: () = assert!(size_of::<ArchivedVec<ArchivedEvent>>() == 8);
+const _: () = assert!(std::mem::offset_of!(ArchivedEvent, customer_id) == 48);
+const _: () = assert!(std::mem::offset_of!(ArchivedEvent, client_ip) == 56);
+const _: () = assert!(std::mem::offset_of!(ArchivedEvent, attrs) == 88);
+
 /// A client address, IPv4 or IPv6, in network byte order.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -311,7 +320,7 @@ impl<'a> Payload<'a> {
             PayloadFormat::Rkyv => Payload::Rkyv(access_events(plaintext)?),
             PayloadFormat::Json => Payload::Json(parse_json_events(plaintext)?),
         };
-        payload.check(declared_events, limits)?;
+        payload.check(declared_events, limits, plaintext.len())?;
         Ok(payload)
     }
 
@@ -339,7 +348,12 @@ impl<'a> Payload<'a> {
         (0..self.len()).filter_map(move |i| self.get(i))
     }
 
-    fn check(&self, declared_events: usize, limits: &Limits) -> Result<(), Error> {
+    fn check(
+        &self,
+        declared_events: usize,
+        limits: &Limits,
+        plaintext_len: usize,
+    ) -> Result<(), Error> {
         if self.len() != declared_events {
             return Err(Error::CountMismatch {
                 what: "events in envelope",
@@ -354,8 +368,19 @@ impl<'a> Payload<'a> {
                 max: limits.events_per_envelope_max,
             });
         }
-        for e in self.iter() {
-            check_event(&e, limits)?;
+        // An archived string or attribute list lies inside the plaintext, so a plaintext too
+        // small to hold an oversized one needs no walk (a W1 event never does).
+        let walk = match self {
+            Payload::Rkyv(_) => {
+                plaintext_len > limits.field_bytes_max
+                    || plaintext_len / size_of::<ArchivedAttr>() > limits.attrs_per_event_max
+            }
+            Payload::Json(_) => true,
+        };
+        if walk {
+            for e in self.iter() {
+                check_event(&e, limits)?;
+            }
         }
         Ok(())
     }

@@ -4,6 +4,8 @@
 //!
 //! `cd protocol/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run decode corpus/decode`
 #![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use libfuzzer_sys::fuzz_target;
 use sluice_protocol::fuzzing::check_decoders;
