@@ -26,6 +26,9 @@ pub struct VaesGcm {
     powers: [__m128i; POWERS],
 }
 
+/// GCM's largest message: 2^32 - 2 blocks of 16 bytes.
+const GCM_BYTES_MAX: u64 = (1 << 36) - 32;
+
 /// Powers of H kept per key: a message of up to this many GHASH blocks (AAD, ciphertext and
 /// the length block) is hashed with one reduction.
 const POWERS: usize = 128;
@@ -68,7 +71,14 @@ impl VaesGcm {
     }
 
     /// Encrypts `buf` in place; returns the tag.
+    ///
+    /// # Panics
+    /// If `buf` is over GCM's limit of 2^36 - 32 bytes (the 32-bit block counter would wrap).
     pub fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> [u8; 16] {
+        assert!(
+            buf.len() as u64 <= GCM_BYTES_MAX,
+            "AES-GCM seals at most 2^36 - 32 bytes"
+        );
         // SAFETY: `self` exists only where the features were detected (see `new`).
         unsafe {
             self.ctr(nonce, buf);
@@ -79,6 +89,9 @@ impl VaesGcm {
     /// Verifies `tag` over `aad` and the ciphertext in `buf`, then decrypts in place. On a bad
     /// tag `buf` is left as it was.
     pub fn open(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> bool {
+        if buf.len() as u64 > GCM_BYTES_MAX {
+            return false;
+        }
         // SAFETY: `self` exists only where the features were detected (see `new`).
         unsafe {
             let expected = self.tag(nonce, aad, buf);
