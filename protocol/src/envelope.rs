@@ -17,9 +17,12 @@
 //! The ciphertext starts 32 bytes into an envelope that starts 16-byte aligned, so the plaintext
 //! decrypted in place is 16-byte aligned and its rkyv archive is read where it lies.
 //!
-//! [`Opener::open`] copies an envelope into its scratch buffer before decrypting it (a few
-//! nanoseconds at 512 bytes), so that a rejected envelope hands back its raw bytes for the
-//! dead-letter stream even though the backend destroyed them in place.
+//! A rejected envelope hands back its raw bytes as received, for the dead-letter stream. With a
+//! backend that verifies before decrypting (`vaes`) nothing is copied unless the envelope is
+//! rejected: a bad tag leaves the ciphertext in place, and a plaintext that fails validation is
+//! sealed again, into the opener's scratch buffer, which gives back the exact ciphertext. Other
+//! backends may destroy the ciphertext on a bad tag, so [`Opener::open`] copies each envelope
+//! aside before decrypting it with them.
 
 use crate::aead::{Aead, NONCE_BYTES, TAG_BYTES};
 use crate::error::Error;
@@ -264,43 +267,67 @@ impl Opener {
             raw_len <= self.limits.envelope_bytes_max,
             "frame decoder checks sizes"
         );
-        // Preserve the bytes as received: after a failed open they are gone from the buffer.
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&env.bytes[..raw_len]);
-        match open_in_place(&self.keyring, &self.limits, env) {
-            Ok(opened) => Ok(opened),
-            Err(error) => Err(Rejected {
-                error,
+        let bytes: &'a mut [u8] = &mut env.bytes[..raw_len];
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        let reject = |error, raw: &'s Vec<u8>| Err(Rejected { error, header, raw });
+
+        let cipher = match header.check(&self.limits).and_then(|format| {
+            let cipher = self
+                .keyring
+                .get(header.key_id)
+                .ok_or(Error::UnknownKey(header.key_id))?;
+            Ok((format, cipher))
+        }) {
+            Ok(found) => found,
+            Err(error) => {
+                scratch.extend_from_slice(bytes);
+                return reject(error, scratch);
+            }
+        };
+        let (format, cipher) = cipher;
+        // A backend that may destroy the ciphertext on a bad tag gets a copy kept aside first;
+        // one that verifies before decrypting leaves it in place, so nothing is copied unless
+        // the envelope is rejected.
+        let verifies_first = cipher.verifies_before_decrypting();
+        if !verifies_first {
+            scratch.extend_from_slice(bytes);
+        }
+        let (aad, rest) = bytes.split_at_mut(ENVELOPE_HEADER_BYTES);
+        let (body, tag) = rest.split_at_mut(header.payload_len as usize);
+        let tag: &[u8; TAG_BYTES] = (&*tag).try_into().expect("frame decoder checked length");
+        if cipher.open_in_place(&header.nonce, aad, body, tag).is_err() {
+            if verifies_first {
+                scratch.extend_from_slice(aad);
+                scratch.extend_from_slice(body);
+                scratch.extend_from_slice(tag);
+            }
+            return reject(Error::BadTag, scratch);
+        }
+        let plaintext: &'a [u8] = body;
+        match Payload::decode(
+            format,
+            plaintext,
+            usize::from(header.event_count),
+            &self.limits,
+        ) {
+            Ok(payload) => Ok(Opened {
                 header,
-                raw: &self.scratch,
+                format,
+                payload,
             }),
+            Err(error) => {
+                if verifies_first {
+                    // Sealing the plaintext again under the same key and nonce gives back the
+                    // ciphertext exactly (the tag too, which is still in the buffer).
+                    scratch.extend_from_slice(aad);
+                    scratch.extend_from_slice(plaintext);
+                    let body = ENVELOPE_HEADER_BYTES..ENVELOPE_HEADER_BYTES + plaintext.len();
+                    cipher.seal_in_place(&header.nonce, aad, &mut scratch[body]);
+                    scratch.extend_from_slice(tag);
+                }
+                reject(error, scratch)
+            }
         }
     }
-}
-
-fn open_in_place<'a>(
-    keyring: &Keyring,
-    limits: &Limits,
-    env: EnvelopeMut<'a>,
-) -> Result<Opened<'a>, Error> {
-    let header = env.header;
-    let format = header.check(limits)?;
-    let cipher = keyring
-        .get(header.key_id)
-        .ok_or(Error::UnknownKey(header.key_id))?;
-    let (aad, rest) = env.bytes.split_at_mut(ENVELOPE_HEADER_BYTES);
-    let (body, rest) = rest.split_at_mut(header.payload_len as usize);
-    let tag: &[u8; TAG_BYTES] = rest[..TAG_BYTES]
-        .try_into()
-        .expect("frame decoder checked length");
-    cipher
-        .open_in_place(&header.nonce, aad, body, tag)
-        .map_err(|_| Error::BadTag)?;
-    let plaintext: &'a [u8] = body;
-    let payload = Payload::decode(format, plaintext, usize::from(header.event_count), limits)?;
-    Ok(Opened {
-        header,
-        format,
-        payload,
-    })
 }

@@ -91,6 +91,16 @@ fn rejected_envelopes_hand_back_their_bytes_as_received() {
     );
     b.seal(
         &*cipher,
+        EnvelopeHeader::new(PayloadFormat::Json, 3, [4; 12], 0, 1),
+        b"{\"event_id\": tru",
+    );
+    b.seal(
+        &*cipher,
+        EnvelopeHeader::new(PayloadFormat::Rkyv, 99, [5; 12], 0, 1),
+        &[1; 40],
+    );
+    b.seal(
+        &*cipher,
         EnvelopeHeader::new(PayloadFormat::Rkyv, 3, [3; 12], 0, 1),
         &to_rkyv_payload(&[good]),
     );
@@ -130,7 +140,13 @@ fn rejected_envelopes_hand_back_their_bytes_as_received() {
         }
         assert_eq!(
             outcomes,
-            vec![Ok(1), Err("invalid_archive"), Err("bad_tag")],
+            vec![
+                Ok(1),
+                Err("invalid_archive"),
+                Err("invalid_json"),
+                Err("unknown_key"),
+                Err("bad_tag")
+            ],
             "{backend}"
         );
     }
