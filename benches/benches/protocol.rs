@@ -1,5 +1,6 @@
 //! Wire-protocol stages, one core: AEAD seal and open per backend and size, opening a W1
-//! envelope (copy, decrypt, validate), validated access to a W1 event, batch frame decode.
+//! envelope (parse, decrypt, validate), validated access to a W1 event, batch frame decode.
+//! W1 events come from the load generator's seeded W1 workload (seed 1).
 //!
 //! `cargo bench -p sluice-benches --bench protocol`. Issue targets on the reference 2-core
 //! Zen 4: `aead/open/ring/512` ≤ 150 ns, `event/access/w1` ≤ 50 ns.
@@ -8,8 +9,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice_loadgen::workload::W1_EVENT_BYTES;
+use sluice_loadgen::{Workload, WorkloadGen};
 use sluice_protocol::event::{access_events, to_rkyv_payload};
-use sluice_protocol::sample::{W1_PLAINTEXT_BYTES, w1_event};
 use sluice_protocol::{
     AlignedBuf, Backend, BatchFrame, EnvelopeHeader, FrameBuilder, Keyring, Limits, Opener,
     PayloadFormat,
@@ -88,13 +90,23 @@ fn timed_on_copies(pristine: &[u8], iters: u64, mut op: impl FnMut(&mut [u8])) -
     total
 }
 
-/// One W1 frame: `n` envelopes of one 512-byte event each.
+/// The rkyv plaintexts of the first `n` W1 uploads of seed 1.
+fn w1_plaintexts(n: usize) -> Vec<AlignedBuf> {
+    let mut g = WorkloadGen::new(Workload::W1, 1);
+    (0..n)
+        .map(|i| {
+            let p = to_rkyv_payload(&g.next_upload(1_795_000_000_000 + i as u64).events);
+            assert_eq!(p.len(), W1_EVENT_BYTES);
+            p
+        })
+        .collect()
+}
+
+/// One W1 frame: `n` envelopes of one 512-byte W1 event each.
 fn w1_frame(n: u64) -> AlignedBuf {
     let cipher = Backend::Ring.cipher(&KEY);
     let mut b = FrameBuilder::new(1, 0);
-    for i in 0..n {
-        let plaintext = to_rkyv_payload(&[w1_event(i)]);
-        assert_eq!(plaintext.len(), W1_PLAINTEXT_BYTES);
+    for (i, plaintext) in (0..n).zip(w1_plaintexts(n as usize)) {
         let mut nonce = NONCE;
         nonce[..8].copy_from_slice(&i.to_le_bytes());
         b.seal(
@@ -110,18 +122,24 @@ fn w1_frame(n: u64) -> AlignedBuf {
 
 fn envelope_and_event(c: &mut Criterion) {
     sluice_benches::pin_to_one_core();
-    let plaintext = to_rkyv_payload(&[w1_event(3)]);
-    let expected = w1_event(3).event_id;
-    assert_eq!(
-        access_events(&plaintext).unwrap()[0].event_id.to_native(),
-        expected
-    );
+    // Round robin over 64 W1 events, so string lengths and values vary as in the workload.
+    let plaintexts = w1_plaintexts(64);
+    for p in &plaintexts {
+        assert_eq!(access_events(p).unwrap().len(), 1);
+    }
+    let mut i = 0;
     c.bench_function("event/access/w1", |b| {
-        b.iter(|| access_events(black_box(&plaintext)).expect("valid").len())
+        b.iter(|| {
+            i = (i + 1) % plaintexts.len();
+            access_events(black_box(&plaintexts[i]))
+                .expect("valid")
+                .len()
+        })
     });
     c.bench_function("event/access+view/w1", |b| {
         b.iter(|| {
-            let events = access_events(black_box(&plaintext)).expect("valid");
+            i = (i + 1) % plaintexts.len();
+            let events = access_events(black_box(&plaintexts[i])).expect("valid");
             sluice_protocol::EventView::from_archived(&events[0]).customer_id
         })
     });

@@ -21,6 +21,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::archived_str::FastStr;
 use crate::envelope::PayloadFormat;
 use crate::error::Error;
 use crate::limits::Limits;
@@ -33,9 +34,12 @@ use crate::limits::Limits;
 pub struct Event {
     pub event_id: u64,
     pub ts_ms: u64,
+    #[rkyv(with = FastStr)]
     pub event_type: String,
+    #[rkyv(with = FastStr)]
     pub app_version: String,
     pub device_type_id: u32,
+    #[rkyv(with = FastStr)]
     pub device_id: String,
     pub customer_id: u64,
     pub client_ip: ClientIp,
@@ -89,7 +93,9 @@ impl Serialize for ClientIp {
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Attr {
+    #[rkyv(with = FastStr)]
     pub key: String,
+    #[rkyv(with = FastStr)]
     pub value: String,
 }
 

@@ -25,6 +25,7 @@
 
 pub mod aead;
 mod arch;
+pub mod archived_str;
 pub mod envelope;
 pub mod error;
 pub mod event;
