@@ -93,6 +93,9 @@ where
     C: Fallible + ArchiveContext + ?Sized,
     C::Error: Source,
 {
+    /// # Safety
+    /// As `CheckBytes` requires: `value` is aligned and points to 8 readable bytes inside the
+    /// archive that `context` validates.
     #[inline(always)]
     unsafe fn check_bytes(value: *const Self, context: &mut C) -> Result<(), C::Error> {
         // SAFETY: the caller guarantees `value` is aligned and points to readable bytes of

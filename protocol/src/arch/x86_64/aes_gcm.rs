@@ -55,7 +55,7 @@ impl VaesGcm {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,aes,pclmulqdq")]
-    unsafe fn new_unchecked(key: &[u8; 32]) -> Self {
+    fn new_unchecked(key: &[u8; 32]) -> Self {
         let round_keys = expand_key(key);
         let h = encrypt_block(&round_keys, _mm_setzero_si128());
         // POLYVAL's H is mulX(ByteReverse(H)).
@@ -107,7 +107,7 @@ impl VaesGcm {
 
     /// GHASH(aad, ciphertext) XOR E(J0).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,aes,pclmulqdq")]
-    unsafe fn tag(&self, nonce: &[u8; 12], aad: &[u8], ciphertext: &[u8]) -> __m128i {
+    fn tag(&self, nonce: &[u8; 12], aad: &[u8], ciphertext: &[u8]) -> __m128i {
         // The length block, byte-reversed: ciphertext bits in the low half, AAD bits high.
         let lengths = _mm_set_epi64x(
             (aad.len() as u64 * 8) as i64,
@@ -119,17 +119,12 @@ impl VaesGcm {
             // The whole message at once: block j of n takes H^(n-j+1); one reduction.
             let first = POWERS - (a + c + 1);
             let mut p = Product::new();
-            // SAFETY: this function runs only with the features enabled; each slice of powers
-            // has one power per block.
-            unsafe {
-                p.absorb(aad, &self.powers[first..first + a], zero);
-                p.absorb(ciphertext, &self.powers[first + a..first + a + c], zero);
-                p.absorb_block(lengths, self.powers[POWERS - 1]);
-            }
+            p.absorb(aad, &self.powers[first..first + a], zero);
+            p.absorb(ciphertext, &self.powers[first + a..first + a + c], zero);
+            p.absorb_block(lengths, self.powers[POWERS - 1]);
             p.reduce()
         } else {
-            // SAFETY: this function runs only with the features enabled.
-            let s = unsafe { self.horner(self.horner(zero, aad), ciphertext) };
+            let s = self.horner(self.horner(zero, aad), ciphertext);
             dot(_mm_xor_si128(s, lengths), self.powers[POWERS - 1])
         };
         let ghash = byte_reverse(s);
@@ -142,12 +137,12 @@ impl VaesGcm {
     /// Absorbs `data`, zero-padded to whole blocks, into the POLYVAL state `s`, [`POWERS`]
     /// blocks per reduction.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,aes,pclmulqdq")]
-    unsafe fn horner(&self, mut s: __m128i, data: &[u8]) -> __m128i {
+    fn horner(&self, mut s: __m128i, data: &[u8]) -> __m128i {
         for chunk in data.chunks(POWERS * 16) {
             let blocks = chunk.len().div_ceil(16);
             let mut p = Product::new();
-            // SAFETY: features enabled; the chunk's first block takes H^blocks, its last H^1.
-            unsafe { p.absorb(chunk, &self.powers[POWERS - blocks..], s) };
+            // The chunk's first block takes H^blocks, its last H^1.
+            p.absorb(chunk, &self.powers[POWERS - blocks..], s);
             s = p.reduce();
         }
         s
@@ -155,7 +150,7 @@ impl VaesGcm {
 
     /// XORs `buf` with the keystream from counter 2 on (GCM's CTR mode with a 96-bit nonce).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,aes,pclmulqdq")]
-    unsafe fn ctr(&self, nonce: &[u8; 12], buf: &mut [u8]) {
+    fn ctr(&self, nonce: &[u8; 12], buf: &mut [u8]) {
         let rk: [__m512i; 15] = std::array::from_fn(|i| _mm512_broadcast_i32x4(self.round_keys[i]));
         let reverse = reverse_lanes();
         // Counter blocks kept byte-reversed, so the big-endian 32-bit counter is the low dword
@@ -212,11 +207,9 @@ struct Product {
 }
 
 impl Product {
-    #[inline(always)]
+    #[target_feature(enable = "avx512f")]
     fn new() -> Self {
-        // SAFETY: AVX-512F is enabled in every caller (all are `target_feature` functions with
-        // it, reached only through a `VaesGcm`).
-        let z = unsafe { _mm512_setzero_si512() };
+        let z = _mm512_setzero_si512();
         Product {
             lo: z,
             hi: z,
@@ -227,7 +220,7 @@ impl Product {
     /// Adds `data` (zero-padded to whole blocks; `s` XORed into its first block), block `i`
     /// times `powers[i]`. `powers` has one power per block.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,vpclmulqdq")]
-    unsafe fn absorb(&mut self, data: &[u8], powers: &[__m128i], s: __m128i) {
+    fn absorb(&mut self, data: &[u8], powers: &[__m128i], s: __m128i) {
         debug_assert_eq!(powers.len(), data.len().div_ceil(16));
         let reverse = reverse_lanes();
         let mut s = _mm512_zextsi128_si512(s);
@@ -244,7 +237,7 @@ impl Product {
 
     /// Adds `x · h` for one block.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,vpclmulqdq")]
-    unsafe fn absorb_block(&mut self, x: __m128i, h: __m128i) {
+    fn absorb_block(&mut self, x: __m128i, h: __m128i) {
         self.add(_mm512_zextsi128_si512(x), _mm512_zextsi128_si512(h));
     }
 
