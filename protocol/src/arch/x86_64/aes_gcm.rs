@@ -11,7 +11,7 @@
 //! straight onto carry-less multiplication. `open` verifies the tag before it decrypts, so a
 //! forged message is never turned into plaintext.
 //!
-//! Every `unsafe` here is either a call into a `#[target_feature]` function, sound because a
+//! Each unchecked operation here is either a call into a `#[target_feature]` function, sound as a
 //! [`VaesGcm`] exists only after [`VaesGcm::new`] found the features, or a masked load or store
 //! whose mask covers only bytes inside the slice it names.
 
