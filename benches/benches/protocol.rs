@@ -144,7 +144,7 @@ fn envelope_and_event(c: &mut Criterion) {
         })
     });
 
-    // A whole envelope through the opener: copy aside, decrypt in place, validate, per backend.
+    // A whole envelope through the opener: parse its frame, decrypt in place, validate.
     let frame = w1_frame(1);
     for backend in Backend::available() {
         let mut keys = Keyring::new(backend);
