@@ -24,7 +24,7 @@ use std::str::FromStr;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal, Zipf};
-use sluice_protocol::event::to_rkyv_payload_in;
+use sluice_protocol::sample::pad_to;
 use sluice_protocol::{AlignedBuf, Attr, ClientIp, Event, partition_key_for_device};
 
 /// W1's plaintext size per event, in bytes.
@@ -244,37 +244,6 @@ impl WorkloadGen {
         };
         pad_to(&mut e, size, &mut self.scratch);
         e
-    }
-}
-
-/// Sets the last attribute's value so that the event, archived alone, is `target` bytes, or
-/// the largest size not over it that padding can reach (sizes step by 8), or the smallest size
-/// when `target` is below it.
-fn pad_to(e: &mut Event, target: usize, scratch: &mut AlignedBuf) {
-    let pad = e.attrs.len() - 1;
-    let mut size_with = |e: &mut Event, len: usize| {
-        e.attrs[pad].value.clear();
-        e.attrs[pad].value.extend(std::iter::repeat_n('p', len));
-        to_rkyv_payload_in(std::slice::from_ref(e), scratch);
-        scratch.len()
-    };
-    let smallest = size_with(e, 0);
-    if target <= smallest {
-        return;
-    }
-    // Out of line (over 8 bytes) every byte of padding adds a byte before the 8-aligned event
-    // array, so one correction from a first guess lands within the alignment step.
-    let mut len = (target - smallest).max(9);
-    for _ in 0..4 {
-        let size = size_with(e, len);
-        if size == target || (size < target && target - size < 8) {
-            return;
-        }
-        len = (len as isize + target as isize - size as isize).max(9) as usize;
-    }
-    // Could not land within a step (tiny targets near the inline limit): take a size under it.
-    while size_with(e, len) > target && len > 9 {
-        len -= 1;
     }
 }
 

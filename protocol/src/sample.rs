@@ -4,7 +4,8 @@
 //! W1's fields and sizes: alone in an envelope, each event's rkyv plaintext is exactly
 //! [`W1_PLAINTEXT_BYTES`] long, padded through a `pad` attribute as WORKLOAD.md describes.
 
-use crate::event::{Attr, ClientIp, Event, to_rkyv_payload};
+use crate::AlignedBuf;
+use crate::event::{Attr, ClientIp, Event, to_rkyv_payload_in};
 
 /// The plaintext size of one W1 event, in bytes.
 pub const W1_PLAINTEXT_BYTES: usize = 512;
@@ -50,19 +51,39 @@ pub fn w1_event(n: u64) -> Event {
             },
         ],
     };
-    pad_to(&mut e, W1_PLAINTEXT_BYTES);
+    let mut scratch = AlignedBuf::new();
+    pad_to(&mut e, W1_PLAINTEXT_BYTES, &mut scratch);
+    assert_eq!(scratch.len(), W1_PLAINTEXT_BYTES);
     e
 }
 
-/// Grows the `pad` attribute until the event's single-event rkyv plaintext is `target` bytes.
-fn pad_to(e: &mut Event, target: usize) {
+/// Sets the last attribute's value so that the event, archived alone, is `target` bytes, or
+/// the largest size not over it that padding can reach (sizes step by 8), or the smallest size
+/// when `target` is below it.
+pub fn pad_to(e: &mut Event, target: usize, scratch: &mut AlignedBuf) {
     let pad = e.attrs.len() - 1;
-    for len in 0..target {
-        e.attrs[pad].value = "p".repeat(len);
-        let size = to_rkyv_payload(std::slice::from_ref(e)).len();
-        if size == target {
+    let mut size_with = |e: &mut Event, len: usize| {
+        e.attrs[pad].value.clear();
+        e.attrs[pad].value.extend(std::iter::repeat_n('p', len));
+        to_rkyv_payload_in(std::slice::from_ref(e), scratch);
+        scratch.len()
+    };
+    let smallest = size_with(e, 0);
+    if target <= smallest {
+        return;
+    }
+    // Out of line (over 8 bytes) every byte of padding adds a byte before the 8-aligned event
+    // array, so one correction from a first guess lands within the alignment step.
+    let mut len = (target - smallest).max(9);
+    for _ in 0..4 {
+        let size = size_with(e, len);
+        if size == target || (size < target && target - size < 8) {
             return;
         }
-        assert!(size < target, "no padding gives exactly {target} bytes");
+        len = (len as isize + target as isize - size as isize).max(9) as usize;
+    }
+    // Could not land within a step (tiny targets near the inline limit): take a size under it.
+    while size_with(e, len) > target && len > 9 {
+        len -= 1;
     }
 }
