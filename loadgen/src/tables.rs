@@ -142,38 +142,52 @@ pub fn customers(seed: u64) -> Vec<CustomerRow> {
         .collect()
 }
 
-/// Writes the geo table as CSV: `prefix,country,region,asn` with prefixes as `a.b.c.0/24`.
-pub fn write_geo_csv(rows: &[GeoRow], out: &mut impl Write) -> io::Result<()> {
-    writeln!(out, "prefix,country,region,asn")?;
-    for r in rows {
-        let [a, b, c] = r.prefix;
-        writeln!(out, "{a}.{b}.{c}.0/24,{},{},{}", r.country, r.region, r.asn)?;
-    }
-    Ok(())
+/// A table row that writes itself as one CSV line.
+pub trait CsvRow {
+    /// The header line, without its newline.
+    const HEADER: &'static str;
+    fn write_line(&self, out: &mut impl Write) -> io::Result<()>;
 }
 
-/// Writes the device table as CSV: `device_type_id,brand,model,platform,os`.
-pub fn write_devices_csv(rows: &[DeviceRow], out: &mut impl Write) -> io::Result<()> {
-    writeln!(out, "device_type_id,brand,model,platform,os")?;
-    for r in rows {
+impl CsvRow for GeoRow {
+    /// Prefixes are written `a.b.c.0/24`.
+    const HEADER: &'static str = "prefix,country,region,asn";
+    fn write_line(&self, out: &mut impl Write) -> io::Result<()> {
+        let [a, b, c] = self.prefix;
+        writeln!(
+            out,
+            "{a}.{b}.{c}.0/24,{},{},{}",
+            self.country, self.region, self.asn
+        )
+    }
+}
+
+impl CsvRow for DeviceRow {
+    const HEADER: &'static str = "device_type_id,brand,model,platform,os";
+    fn write_line(&self, out: &mut impl Write) -> io::Result<()> {
+        let r = self;
         writeln!(
             out,
             "{},{},{},{},{}",
             r.device_type_id, r.brand, r.model, r.platform, r.os
-        )?;
+        )
     }
-    Ok(())
 }
 
-/// Writes the customer table as CSV: `customer_id,plan,signup_country,profiles`.
-pub fn write_customers_csv(rows: &[CustomerRow], out: &mut impl Write) -> io::Result<()> {
-    writeln!(out, "customer_id,plan,signup_country,profiles")?;
-    for r in rows {
+impl CsvRow for CustomerRow {
+    const HEADER: &'static str = "customer_id,plan,signup_country,profiles";
+    fn write_line(&self, out: &mut impl Write) -> io::Result<()> {
+        let r = self;
         writeln!(
             out,
             "{},{},{},{}",
             r.customer_id, r.plan, r.signup_country, r.profiles
-        )?;
+        )
     }
-    Ok(())
+}
+
+/// Writes a table as CSV: its header line, then one line per row.
+pub fn write_csv<R: CsvRow>(rows: &[R], out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "{}", R::HEADER)?;
+    rows.iter().try_for_each(|r| r.write_line(out))
 }

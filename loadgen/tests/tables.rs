@@ -69,7 +69,7 @@ fn every_event_the_workload_draws_finds_its_rows() {
 #[test]
 fn tables_write_as_csv() {
     let mut out = Vec::new();
-    tables::write_devices_csv(&tables::devices(1), &mut out).unwrap();
+    tables::write_csv(&tables::devices(1), &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("device_type_id,brand,model,platform,os"));
@@ -77,11 +77,11 @@ fn tables_write_as_csv() {
     assert!(lines.all(|l| l.split(',').count() == 5));
 
     let mut out = Vec::new();
-    tables::write_geo_csv(&tables::geo(1)[..3], &mut out).unwrap();
+    tables::write_csv(&tables::geo(1)[..3], &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.lines().nth(1).unwrap().contains(".0/24,"), "{text}");
     let mut out = Vec::new();
-    tables::write_customers_csv(&tables::customers(1)[..2], &mut out).unwrap();
+    tables::write_csv(&tables::customers(1)[..2], &mut out).unwrap();
     assert!(
         String::from_utf8(out)
             .unwrap()
