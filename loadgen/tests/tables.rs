@@ -88,3 +88,22 @@ fn tables_write_as_csv() {
             .starts_with("customer_id,plan,signup_country,profiles\n1,")
     );
 }
+
+#[test]
+fn w1_route_set_averages_three_matches() {
+    use sluice_loadgen::routes::{FactTable, w1_routes};
+    let routes = w1_routes(1);
+    assert_eq!(routes.len(), 100);
+    assert_eq!(routes.iter().filter(|r| r.sample.is_some()).count(), 10);
+    assert!(routes.iter().all(|r| (1..=3).contains(&r.preds.len())));
+    assert!(routes.iter().all(|r| (4..=8).contains(&r.fields.len())));
+    // Measured on events the tuner did not see.
+    let facts = FactTable::sample(7, 20_000);
+    let matches: usize = facts
+        .iter()
+        .map(|f| routes.iter().filter(|r| r.emits(&f)).count())
+        .sum();
+    let mean = matches as f64 / 20_000.0;
+    assert!((2.5..=3.5).contains(&mean), "mean matches {mean}");
+    assert_eq!(w1_routes(1), routes, "seeded");
+}

@@ -195,6 +195,17 @@ fn checked_frame<'b>(
     Ok((header, frame))
 }
 
+/// Writes the header (length and CRC included) of the frame `frame` holds, after its body was
+/// changed in place (a load generator re-sealing envelopes with fresh nonces).
+pub fn reseal_frame(frame: &mut [u8]) -> Result<(), Error> {
+    let header = decode_frame_header(frame, &Limits::default())?;
+    if header.len() != frame.len() {
+        return Err(Error::BadLength("the slice must hold exactly one frame"));
+    }
+    seal_frame(frame, header);
+    Ok(())
+}
+
 /// Writes `header` (with its length and CRC) at the start of `frame`.
 fn seal_frame(frame: &mut [u8], mut header: FrameHeader) {
     header.total_len = u32::try_from(frame.len()).expect("frame under 4 GiB");

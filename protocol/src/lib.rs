@@ -45,7 +45,7 @@ pub use error::Error;
 pub use event::{Attr, Attrs, ClientIp, Event, EventView, Payload};
 pub use frame::{
     Ack, AckStatus, BatchFrame, FrameBuilder, FrameHeader, FrameKind, HelloReply, ShardAddr,
-    decode_frame_header, encode_hello, partition_for, partition_key_for_device,
+    decode_frame_header, encode_hello, partition_for, partition_key_for_device, reseal_frame,
 };
 pub use keyring::{KeyFileError, Keyring};
 pub use limits::Limits;

@@ -1,0 +1,69 @@
+//! The admin HTTP endpoint (default 127.0.0.1:9180): `GET /metrics` (Prometheus text),
+//! `GET /healthz`. It runs on its own plain thread, off the shards' cores' data path, and
+//! reads only the metrics slots the shards publish.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::metrics::Registry;
+
+/// Binds the admin listener and serves it on a new thread until `stop` is set.
+pub fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("sluice-admin".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let _ = handle(conn, &registry, &ready);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+}
+
+fn handle(conn: TcpStream, registry: &Registry, ready: &AtomicBool) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    // Skip the headers.
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let mut parts = request.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", registry.render()),
+        ("GET", "/healthz") if ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_owned()),
+        ("GET", "/healthz") => ("503 Service Unavailable", "starting\n".to_owned()),
+        ("POST", "/reload") => (
+            "501 Not Implemented",
+            "reload is not built yet; restart with the new config\n".to_owned(),
+        ),
+        _ => ("404 Not Found", "GET /metrics or /healthz\n".to_owned()),
+    };
+    let mut conn = conn;
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    conn.flush()
+}

@@ -1,0 +1,276 @@
+//! Metrics: each shard keeps its own counters and latency histogram and publishes a snapshot
+//! every `metrics_interval_ms` into its own slot; the admin endpoint reads the slots. Nothing
+//! on the data path touches a lock or a shared atomic.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use hdrhistogram::Histogram;
+use sluice_protocol::Error;
+
+use crate::pipeline::Counters;
+
+/// Highest batch latency recorded, in µs (longer ones are clamped).
+pub const LATENCY_US_MAX: u64 = 60_000_000;
+
+/// One shard's published state.
+#[derive(Debug, Clone)]
+pub struct ShardSnapshot {
+    pub shard: usize,
+    pub counters: Counters,
+    pub forwarded_out: u64,
+    pub forwarded_in: u64,
+    pub connections: u64,
+    pub inflight_bytes: u64,
+    pub commits: u64,
+    pub sink_errors: u64,
+    /// Batch latency, receipt to ack, in µs.
+    pub latency_us: Histogram<u64>,
+}
+
+impl ShardSnapshot {
+    pub fn new(shard: usize, streams: usize) -> Self {
+        ShardSnapshot {
+            shard,
+            counters: Counters {
+                records: vec![0; streams],
+                record_bytes: vec![0; streams],
+                ..Counters::default()
+            },
+            forwarded_out: 0,
+            forwarded_in: 0,
+            connections: 0,
+            inflight_bytes: 0,
+            commits: 0,
+            sink_errors: 0,
+            latency_us: new_histogram(),
+        }
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid bounds")
+}
+
+/// The slots every shard publishes into.
+#[derive(Clone)]
+pub struct Registry {
+    pub streams: Arc<Vec<String>>,
+    pub slots: Arc<Vec<Mutex<ShardSnapshot>>>,
+}
+
+impl Registry {
+    pub fn new(shards: usize, streams: Vec<String>) -> Registry {
+        let n = streams.len();
+        Registry {
+            streams: Arc::new(streams),
+            slots: Arc::new(
+                (0..shards)
+                    .map(|s| Mutex::new(ShardSnapshot::new(s, n)))
+                    .collect(),
+            ),
+        }
+    }
+
+    pub fn publish(&self, snap: ShardSnapshot) {
+        let shard = snap.shard;
+        *self.slots[shard].lock().expect("metrics slot") = snap;
+    }
+
+    pub fn snapshots(&self) -> Vec<ShardSnapshot> {
+        self.slots
+            .iter()
+            .map(|s| s.lock().expect("metrics slot").clone())
+            .collect()
+    }
+
+    /// All shards added up: (counters, forwarded, merged latency histogram).
+    pub fn totals(&self) -> (Counters, u64, Histogram<u64>) {
+        let n = self.streams.len();
+        let mut c = Counters {
+            records: vec![0; n],
+            record_bytes: vec![0; n],
+            ..Counters::default()
+        };
+        let mut fwd = 0;
+        let mut h = new_histogram();
+        for s in self.snapshots() {
+            add_counters(&mut c, &s.counters);
+            fwd += s.forwarded_out;
+            h.add(&s.latency_us).expect("same bounds");
+        }
+        (c, fwd, h)
+    }
+
+    /// The Prometheus text exposition of every shard's metrics.
+    pub fn render(&self) -> String {
+        let snaps = self.snapshots();
+        let mut o = String::new();
+        let per_shard = |o: &mut String,
+                         name: &str,
+                         kind: &str,
+                         help: &str,
+                         f: &dyn Fn(&ShardSnapshot) -> u64| {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+            for s in &snaps {
+                let _ = writeln!(o, "{name}{{shard=\"{}\"}} {}", s.shard, f(s));
+            }
+        };
+        per_shard(
+            &mut o,
+            "sluice_batches_total",
+            "counter",
+            "Batch frames taken.",
+            &|s| s.counters.batches,
+        );
+        per_shard(
+            &mut o,
+            "sluice_envelopes_total",
+            "counter",
+            "Envelopes taken.",
+            &|s| s.counters.envelopes,
+        );
+        per_shard(
+            &mut o,
+            "sluice_events_in_total",
+            "counter",
+            "Events decrypted and validated.",
+            &|s| s.counters.events,
+        );
+        per_shard(
+            &mut o,
+            "sluice_bytes_in_total",
+            "counter",
+            "Batch frame bytes taken.",
+            &|s| s.counters.bytes_in,
+        );
+        per_shard(
+            &mut o,
+            "sluice_frames_rejected_total",
+            "counter",
+            "Malformed batch frames refused whole.",
+            &|s| s.counters.frames_rejected,
+        );
+        per_shard(
+            &mut o,
+            "sluice_frames_forwarded_total",
+            "counter",
+            "Batch frames sent to their owner shard.",
+            &|s| s.forwarded_out,
+        );
+        per_shard(
+            &mut o,
+            "sluice_frames_forwarded_in_total",
+            "counter",
+            "Batch frames taken from other shards.",
+            &|s| s.forwarded_in,
+        );
+        per_shard(
+            &mut o,
+            "sluice_connections",
+            "gauge",
+            "Open client connections.",
+            &|s| s.connections,
+        );
+        per_shard(
+            &mut o,
+            "sluice_inflight_bytes",
+            "gauge",
+            "Batch bytes read but not yet acked.",
+            &|s| s.inflight_bytes,
+        );
+        per_shard(
+            &mut o,
+            "sluice_commits_total",
+            "counter",
+            "Group commits of the segment writers.",
+            &|s| s.commits,
+        );
+        per_shard(
+            &mut o,
+            "sluice_sink_errors_total",
+            "counter",
+            "Segment write or sync failures.",
+            &|s| s.sink_errors,
+        );
+        for (name, help, bytes) in [
+            (
+                "sluice_records_out_total",
+                "Records written, per stream.",
+                false,
+            ),
+            (
+                "sluice_bytes_out_total",
+                "Record bytes written (framed), per stream.",
+                true,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} counter");
+            for s in &snaps {
+                for (i, stream) in self.streams.iter().enumerate() {
+                    let v = if bytes {
+                        s.counters.record_bytes[i]
+                    } else {
+                        s.counters.records[i]
+                    };
+                    let _ = writeln!(o, "{name}{{shard=\"{}\",stream=\"{stream}\"}} {v}", s.shard);
+                }
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP sluice_dead_letters_total Envelopes dead-lettered, per reason."
+        );
+        let _ = writeln!(o, "# TYPE sluice_dead_letters_total counter");
+        for s in &snaps {
+            for (i, reason) in Error::NAMES.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "sluice_dead_letters_total{{shard=\"{}\",reason=\"{reason}\"}} {}",
+                    s.shard, s.counters.dead_letters[i]
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP sluice_batch_latency_us Batch latency from receipt to ack, µs."
+        );
+        let _ = writeln!(o, "# TYPE sluice_batch_latency_us summary");
+        for s in &snaps {
+            for q in [0.5, 0.9, 0.99, 0.999] {
+                let _ = writeln!(
+                    o,
+                    "sluice_batch_latency_us{{shard=\"{}\",quantile=\"{q}\"}} {}",
+                    s.shard,
+                    s.latency_us.value_at_quantile(q)
+                );
+            }
+            let _ = writeln!(
+                o,
+                "sluice_batch_latency_us_count{{shard=\"{}\"}} {}",
+                s.shard,
+                s.latency_us.len()
+            );
+        }
+        o
+    }
+}
+
+pub fn add_counters(into: &mut Counters, c: &Counters) {
+    into.batches += c.batches;
+    into.envelopes += c.envelopes;
+    into.events += c.events;
+    into.bytes_in += c.bytes_in;
+    into.frames_rejected += c.frames_rejected;
+    for (a, b) in into.records.iter_mut().zip(&c.records) {
+        *a += b;
+    }
+    for (a, b) in into.record_bytes.iter_mut().zip(&c.record_bytes) {
+        *a += b;
+    }
+    for (a, b) in into.dead_letters.iter_mut().zip(&c.dead_letters) {
+        *a += b;
+    }
+}

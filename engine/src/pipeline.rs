@@ -1,0 +1,205 @@
+//! The shard's pipeline: a synchronous, I/O-free `step` over one batch frame.
+//!
+//! `step` checks the frame, then for each envelope: open it in place (decrypt, validate), and
+//! for each event: enrich it from the shard's tables, evaluate the route set, and encode one
+//! projected record per emitting rule into that stream's output buffer. A rejected envelope
+//! is encoded into the dead-letter stream's buffer with its reason and raw bytes.
+//!
+//! The runtime drains the output buffers into segment files and acks the batch once they are
+//! written under the durability policy. Nothing here allocates per event once the output
+//! buffers have grown to their working size (see `tests/alloc.rs`).
+
+use sluice_protocol::{AlignedBuf, BatchFrame, Error, Opener};
+
+use crate::config::Config;
+use crate::enrich::Tables;
+use crate::route::{Ctx, RouteSet};
+use crate::sink::record::{self, Format};
+use crate::sink::segment::append_record;
+
+/// One stream's records since the last drain.
+#[derive(Debug, Default)]
+pub struct StreamOut {
+    /// Framed records (segment record format), ready to append to a segment.
+    pub buf: Vec<u8>,
+    pub records: u64,
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchOutcome {
+    pub partition: u32,
+    pub envelopes: u32,
+    pub accepted: u32,
+    pub dead_lettered: u32,
+    pub events: u32,
+    pub records: u32,
+}
+
+/// Why a frame was not taken as a whole.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepError {
+    /// The frame is malformed; nothing from it was kept.
+    Frame(Error),
+    /// The frame's partition belongs to another shard (the runtime forwards such frames).
+    NotOwned(u32),
+}
+
+/// Running totals of one shard's pipeline, read by the metrics publisher.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub batches: u64,
+    pub envelopes: u64,
+    pub events: u64,
+    pub bytes_in: u64,
+    pub frames_rejected: u64,
+    pub records: Vec<u64>,
+    pub record_bytes: Vec<u64>,
+    /// By [`Error::code`].
+    pub dead_letters: [u64; Error::NAMES.len()],
+}
+
+/// A shard's pipeline state: keys, tables, routes and output buffers.
+pub struct Pipeline {
+    opener: Opener,
+    tables: Tables,
+    routes: RouteSet,
+    formats: Vec<Format>,
+    owned: Vec<bool>,
+    dead_letter: usize,
+    /// Serialization scratch for rkyv records.
+    scratch: AlignedBuf,
+    pub out: Vec<StreamOut>,
+    pub counters: Counters,
+}
+
+impl Pipeline {
+    /// The pipeline of `shard` under `config` (the config's tables are moved in: each shard
+    /// gets its own copy).
+    pub fn new(config: &Config, shard: usize, tables: Tables) -> Pipeline {
+        let streams = config.streams.len();
+        Pipeline {
+            opener: Opener::new(config.keyring.clone(), config.limits),
+            tables,
+            routes: config.routes.clone(),
+            formats: config.streams.iter().map(|s| s.format).collect(),
+            owned: config
+                .owners
+                .iter()
+                .map(|o| usize::from(*o) == shard)
+                .collect(),
+            dead_letter: config.dead_letter_stream(),
+            scratch: AlignedBuf::with_capacity(4096),
+            out: (0..streams).map(|_| StreamOut::default()).collect(),
+            counters: Counters {
+                records: vec![0; streams],
+                record_bytes: vec![0; streams],
+                ..Counters::default()
+            },
+        }
+    }
+
+    /// Whether this shard owns `partition`.
+    pub fn owns(&self, partition: u32) -> bool {
+        self.owned.get(partition as usize).copied().unwrap_or(false)
+    }
+
+    /// The shard's wire limits.
+    pub fn limits(&self) -> &sluice_protocol::Limits {
+        self.opener.limits()
+    }
+
+    /// Output bytes waiting to be drained.
+    pub fn pending_bytes(&self) -> usize {
+        self.out.iter().map(|s| s.buf.len()).sum()
+    }
+
+    /// Runs one batch frame (16-byte aligned, at the start of `frame`) through the pipeline.
+    pub fn step(&mut self, frame: &mut [u8]) -> Result<BatchOutcome, StepError> {
+        let frame_len = frame.len();
+        let batch = match BatchFrame::parse(frame, self.opener.limits()) {
+            Ok(b) => b,
+            Err(e) => {
+                self.counters.frames_rejected += 1;
+                return Err(StepError::Frame(e));
+            }
+        };
+        let partition = batch.header.partition;
+        if !self.owns(partition) {
+            return Err(StepError::NotOwned(partition));
+        }
+        let mut o = BatchOutcome {
+            partition,
+            ..BatchOutcome::default()
+        };
+        let Pipeline {
+            opener,
+            tables,
+            routes,
+            formats,
+            scratch,
+            out,
+            counters,
+            dead_letter,
+            ..
+        } = self;
+        for env in batch.into_envelopes() {
+            o.envelopes += 1;
+            match opener.open(env) {
+                Ok(opened) => {
+                    o.accepted += 1;
+                    for event in opened.payload.iter() {
+                        o.events += 1;
+                        let ctx = Ctx {
+                            event: &event,
+                            enriched: tables.lookup(&event),
+                            tables,
+                        };
+                        for rule in routes.rules() {
+                            if !rule.emits(&ctx) {
+                                continue;
+                            }
+                            o.records += 1;
+                            let s = &mut out[rule.stream];
+                            let fields = rule.fields.iter().map(|f| (f.name(), ctx.get(*f)));
+                            let n = match formats[rule.stream] {
+                                Format::Json => append_record(&mut s.buf, partition, |b| {
+                                    record::json_record(b, fields)
+                                }),
+                                Format::Rkyv => append_record(&mut s.buf, partition, |b| {
+                                    record::rkyv_record(b, scratch, fields)
+                                }),
+                            };
+                            s.records += 1;
+                            counters.records[rule.stream] += 1;
+                            counters.record_bytes[rule.stream] += n as u64;
+                        }
+                    }
+                }
+                Err(rejected) => {
+                    o.dead_lettered += 1;
+                    let d = *dead_letter;
+                    let s = &mut out[d];
+                    let n = append_record(&mut s.buf, partition, |b| {
+                        record::dead_letter_record(
+                            b,
+                            formats[d],
+                            &rejected.error,
+                            &rejected.header,
+                            rejected.raw,
+                        )
+                    });
+                    s.records += 1;
+                    counters.records[d] += 1;
+                    counters.record_bytes[d] += n as u64;
+                    counters.dead_letters[usize::from(rejected.error.code()) - 1] += 1;
+                }
+            }
+        }
+        counters.batches += 1;
+        counters.envelopes += u64::from(o.envelopes);
+        counters.events += u64::from(o.events);
+        counters.bytes_in += frame_len as u64;
+        Ok(o)
+    }
+}

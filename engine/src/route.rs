@@ -1,0 +1,700 @@
+//! Routing: which streams an enriched event goes to, and what of it.
+//!
+//! A rule has a condition (`when`), a stream, the fields it projects and an optional sample
+//! fraction. Conditions are a small language over event and enrichment fields:
+//!
+//! ```text
+//! expr  := and ("or" and)*
+//! and   := unary ("and" unary)*
+//! unary := "not" unary | "(" expr ")" | "true" | field op literal | field "in" "[" literals "]"
+//! op    := "==" | "!=" | ">=" | ">" | "<=" | "<"
+//! ```
+//!
+//! Literals are double-quoted strings or unsigned integers. `app_version` compares as a
+//! `major.minor.patch` version; other strings compare bytewise; numbers numerically. A field
+//! whose enrichment row is missing satisfies no comparison. This is the plain interpreter the
+//! compiled matcher of the routing issue will be tested against.
+//!
+//! Sampling keeps a match when the SplitMix64 finalizer of `event_id ^ FNV-1a(rule name)`,
+//! modulo 1,000,000, is below `sample · 1,000,000`: the decision depends only on the event
+//! and the rule, so a redelivered event is sampled alike.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use sluice_protocol::EventView;
+
+use crate::enrich::{Enriched, Tables};
+
+/// A field of an enriched event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    EventId,
+    TsMs,
+    EventType,
+    AppVersion,
+    DeviceTypeId,
+    DeviceId,
+    CustomerId,
+    ClientIp,
+    SessionId,
+    GeoCountry,
+    GeoRegion,
+    GeoAsn,
+    DeviceBrand,
+    DeviceModel,
+    DevicePlatform,
+    DeviceOs,
+    CustomerPlan,
+    CustomerSignupCountry,
+    CustomerProfiles,
+}
+
+impl Field {
+    pub const ALL: [Field; 19] = [
+        Field::EventId,
+        Field::TsMs,
+        Field::EventType,
+        Field::AppVersion,
+        Field::DeviceTypeId,
+        Field::DeviceId,
+        Field::CustomerId,
+        Field::ClientIp,
+        Field::SessionId,
+        Field::GeoCountry,
+        Field::GeoRegion,
+        Field::GeoAsn,
+        Field::DeviceBrand,
+        Field::DeviceModel,
+        Field::DevicePlatform,
+        Field::DeviceOs,
+        Field::CustomerPlan,
+        Field::CustomerSignupCountry,
+        Field::CustomerProfiles,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::EventId => "event_id",
+            Field::TsMs => "ts_ms",
+            Field::EventType => "event_type",
+            Field::AppVersion => "app_version",
+            Field::DeviceTypeId => "device_type_id",
+            Field::DeviceId => "device_id",
+            Field::CustomerId => "customer_id",
+            Field::ClientIp => "client_ip",
+            Field::SessionId => "session_id",
+            Field::GeoCountry => "geo.country",
+            Field::GeoRegion => "geo.region",
+            Field::GeoAsn => "geo.asn",
+            Field::DeviceBrand => "device.brand",
+            Field::DeviceModel => "device.model",
+            Field::DevicePlatform => "device.platform",
+            Field::DeviceOs => "device.os",
+            Field::CustomerPlan => "customer.plan",
+            Field::CustomerSignupCountry => "customer.signup_country",
+            Field::CustomerProfiles => "customer.profiles",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    fn is_numeric(self) -> bool {
+        matches!(
+            self,
+            Field::EventId
+                | Field::TsMs
+                | Field::DeviceTypeId
+                | Field::CustomerId
+                | Field::SessionId
+                | Field::GeoAsn
+                | Field::CustomerProfiles
+        )
+    }
+}
+
+/// A field's value in one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    U64(u64),
+    Str(&'a str),
+    Ip(IpAddr),
+    /// The enrichment row is missing.
+    Null,
+}
+
+/// One event with the rows it joined to: what rules read.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'e, 't> {
+    pub event: &'e EventView<'e>,
+    pub enriched: Enriched,
+    pub tables: &'t Tables,
+}
+
+impl<'e, 't> Ctx<'e, 't>
+where
+    't: 'e,
+{
+    #[inline]
+    pub fn get(&self, f: Field) -> Value<'e> {
+        let e = self.event;
+        let t = self.tables;
+        let r = &self.enriched;
+        match f {
+            Field::EventId => Value::U64(e.event_id),
+            Field::TsMs => Value::U64(e.ts_ms),
+            Field::EventType => Value::Str(e.event_type),
+            Field::AppVersion => Value::Str(e.app_version),
+            Field::DeviceTypeId => Value::U64(u64::from(e.device_type_id)),
+            Field::DeviceId => Value::Str(e.device_id),
+            Field::CustomerId => Value::U64(e.customer_id),
+            Field::ClientIp => Value::Ip(e.client_ip),
+            Field::SessionId => Value::U64(e.session_id),
+            Field::GeoCountry => r.geo.map_or(Value::Null, |g| Value::Str(t.str(g.country))),
+            Field::GeoRegion => r.geo.map_or(Value::Null, |g| Value::Str(t.str(g.region))),
+            Field::GeoAsn => r.geo.map_or(Value::Null, |g| Value::U64(u64::from(g.asn))),
+            Field::DeviceBrand => r.device.map_or(Value::Null, |d| Value::Str(t.str(d.brand))),
+            Field::DeviceModel => r.device.map_or(Value::Null, |d| Value::Str(t.str(d.model))),
+            Field::DevicePlatform => r
+                .device
+                .map_or(Value::Null, |d| Value::Str(t.str(d.platform))),
+            Field::DeviceOs => r.device.map_or(Value::Null, |d| Value::Str(t.str(d.os))),
+            Field::CustomerPlan => r
+                .customer
+                .map_or(Value::Null, |c| Value::Str(t.str(c.plan))),
+            Field::CustomerSignupCountry => r
+                .customer
+                .map_or(Value::Null, |c| Value::Str(t.str(c.signup_country))),
+            Field::CustomerProfiles => r
+                .customer
+                .map_or(Value::Null, |c| Value::U64(u64::from(c.profiles))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Ge,
+    Gt,
+    Le,
+    Lt,
+}
+
+impl Op {
+    fn symbol(self) -> &'static str {
+        match self {
+            Op::Eq => "==",
+            Op::Ne => "!=",
+            Op::Ge => ">=",
+            Op::Gt => ">",
+            Op::Le => "<=",
+            Op::Lt => "<",
+        }
+    }
+
+    fn holds(self, ord: std::cmp::Ordering) -> bool {
+        use std::cmp::Ordering::*;
+        match self {
+            Op::Eq => ord == Equal,
+            Op::Ne => ord != Equal,
+            Op::Ge => ord != Less,
+            Op::Gt => ord == Greater,
+            Op::Le => ord != Greater,
+            Op::Lt => ord == Less,
+        }
+    }
+}
+
+/// A literal in a condition, checked against its field's type at compile time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lit {
+    U64(u64),
+    Str(String),
+    /// A `major.minor.patch` version, as [`version_key`] packs it.
+    Version(u64, String),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Lit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lit::U64(n) => write!(f, "{n}"),
+            Lit::Str(s) | Lit::Version(_, s) => write!(f, "{s:?}"),
+            Lit::Ip(ip) => write!(f, "\"{ip}\""),
+        }
+    }
+}
+
+/// A compiled condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    True,
+    Cmp(Field, Op, Lit),
+    In(Field, Vec<Lit>),
+    Not(Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |f: &mut fmt::Formatter<'_>, xs: &[Expr], sep: &str| {
+            f.write_str("(")?;
+            for (i, x) in xs.iter().enumerate() {
+                if i > 0 {
+                    write!(f, " {sep} ")?;
+                }
+                write!(f, "{x}")?;
+            }
+            f.write_str(")")
+        };
+        match self {
+            Expr::True => f.write_str("true"),
+            Expr::Cmp(field, op, lit) => write!(f, "{} {} {lit}", field.name(), op.symbol()),
+            Expr::In(field, lits) => {
+                write!(f, "{} in [", field.name())?;
+                for (i, l) in lits.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{l}")?;
+                }
+                f.write_str("]")
+            }
+            Expr::Not(x) => write!(f, "not {x}"),
+            Expr::And(xs) => join(f, xs, "and"),
+            Expr::Or(xs) => join(f, xs, "or"),
+        }
+    }
+}
+
+/// `major.minor.patch` packed into one comparable number (16 bits each).
+pub fn version_key(v: &str) -> Option<u64> {
+    let mut parts = v.split('.');
+    let mut key = 0u64;
+    for _ in 0..3 {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = p.parse().ok()?;
+        if n > 0xffff {
+            return None;
+        }
+        key = key << 16 | n;
+    }
+    parts.next().is_none().then_some(key)
+}
+
+fn compare(v: Value<'_>, lit: &Lit) -> Option<std::cmp::Ordering> {
+    match (v, lit) {
+        (Value::U64(a), Lit::U64(b)) => Some(a.cmp(b)),
+        (Value::Str(a), Lit::Str(b)) => Some(a.as_bytes().cmp(b.as_bytes())),
+        (Value::Str(a), Lit::Version(b, _)) => version_key(a).map(|a| a.cmp(b)),
+        (Value::Ip(a), Lit::Ip(b)) => Some(a.cmp(b)),
+        _ => None,
+    }
+}
+
+impl Expr {
+    /// Whether the condition holds for `ctx`.
+    pub fn eval(&self, ctx: &Ctx<'_, '_>) -> bool {
+        match self {
+            Expr::True => true,
+            Expr::Cmp(field, op, lit) => {
+                compare(ctx.get(*field), lit).is_some_and(|ord| op.holds(ord))
+            }
+            Expr::In(field, lits) => {
+                let v = ctx.get(*field);
+                lits.iter()
+                    .any(|l| compare(v, l) == Some(std::cmp::Ordering::Equal))
+            }
+            Expr::Not(x) => !x.eval(ctx),
+            Expr::And(xs) => xs.iter().all(|x| x.eval(ctx)),
+            Expr::Or(xs) => xs.iter().any(|x| x.eval(ctx)),
+        }
+    }
+}
+
+/// A rule as written in the config.
+#[derive(Debug, Clone)]
+pub struct RuleSource {
+    pub name: String,
+    pub stream: usize,
+    pub when: String,
+    pub fields: Vec<String>,
+    pub sample: Option<f64>,
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub stream: usize,
+    pub expr: Expr,
+    pub fields: Vec<Field>,
+    pub sample: Option<f64>,
+    /// Kept matches are those whose sampling hash is under this (of 1,000,000).
+    sample_under: u64,
+    salt: u64,
+}
+
+impl Rule {
+    /// Whether the rule emits a record for `ctx`: the condition holds and sampling keeps it.
+    #[inline]
+    pub fn emits(&self, ctx: &Ctx<'_, '_>) -> bool {
+        self.expr.eval(ctx) && (self.sample.is_none() || self.keeps(ctx.event.event_id))
+    }
+
+    #[inline]
+    fn keeps(&self, event_id: u64) -> bool {
+        let mut x = event_id ^ self.salt;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        x % 1_000_000 < self.sample_under
+    }
+}
+
+/// A compiled route set.
+#[derive(Debug, Clone, Default)]
+pub struct RouteSet {
+    rules: Vec<Rule>,
+}
+
+impl RouteSet {
+    /// Compiles rules; an error names the rule (by index) and why.
+    pub fn compile(sources: &[RuleSource]) -> Result<RouteSet, (usize, String)> {
+        let mut rules = Vec::with_capacity(sources.len());
+        for (i, s) in sources.iter().enumerate() {
+            if sources[..i].iter().any(|o| o.name == s.name) {
+                return Err((i, "a rule of this name comes earlier".into()));
+            }
+            let expr = parse(&s.when).map_err(|e| (i, format!("when: {e}")))?;
+            if s.fields.is_empty() {
+                return Err((i, "fields: a rule projects at least one field".into()));
+            }
+            let fields = s
+                .fields
+                .iter()
+                .map(|f| {
+                    Field::from_name(f).ok_or_else(|| (i, format!("fields: unknown field {f:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let salt = s.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            rules.push(Rule {
+                name: s.name.clone(),
+                stream: s.stream,
+                expr,
+                fields,
+                sample: s.sample,
+                sample_under: s
+                    .sample
+                    .map_or(1_000_000, |f| (f * 1_000_000.0).round() as u64),
+                salt,
+            });
+        }
+        Ok(RouteSet { rules })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+}
+
+/// Parses a condition.
+pub fn parse(src: &str) -> Result<Expr, String> {
+    let mut p = Parser {
+        toks: lex(src)?,
+        at: 0,
+    };
+    let e = p.or()?;
+    match p.toks.get(p.at) {
+        None => Ok(e),
+        Some(t) => Err(format!("unexpected {t} after a complete condition")),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Num(u64),
+    Op(Op),
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Comma,
+}
+
+impl fmt::Display for Tok {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tok::Ident(s) => write!(f, "`{s}`"),
+            Tok::Str(s) => write!(f, "{s:?}"),
+            Tok::Num(n) => write!(f, "{n}"),
+            Tok::Op(o) => write!(f, "`{}`", o.symbol()),
+            Tok::LParen => f.write_str("`(`"),
+            Tok::RParen => f.write_str("`)`"),
+            Tok::LBracket => f.write_str("`[`"),
+            Tok::RBracket => f.write_str("`]`"),
+            Tok::Comma => f.write_str("`,`"),
+        }
+    }
+}
+
+fn lex(src: &str) -> Result<Vec<Tok>, String> {
+    let b = src.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b'(' | b')' | b'[' | b']' | b',' => {
+                out.push(match c {
+                    b'(' => Tok::LParen,
+                    b')' => Tok::RParen,
+                    b'[' => Tok::LBracket,
+                    b']' => Tok::RBracket,
+                    _ => Tok::Comma,
+                });
+                i += 1;
+            }
+            b'=' | b'!' | b'<' | b'>' => {
+                let two = b.get(i + 1) == Some(&b'=');
+                let op = match (c, two) {
+                    (b'=', true) => Op::Eq,
+                    (b'!', true) => Op::Ne,
+                    (b'>', true) => Op::Ge,
+                    (b'<', true) => Op::Le,
+                    (b'>', false) => Op::Gt,
+                    (b'<', false) => Op::Lt,
+                    _ => {
+                        return Err(format!(
+                            "`{}` at column {}: did you mean `==`?",
+                            c as char,
+                            i + 1
+                        ));
+                    }
+                };
+                out.push(Tok::Op(op));
+                i += if two { 2 } else { 1 };
+            }
+            b'"' => {
+                let mut s = String::new();
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return Err("a string is not closed".into()),
+                        Some(b'"') => break,
+                        Some(b'\\') => {
+                            match b.get(i + 1) {
+                                Some(b'"') => s.push('"'),
+                                Some(b'\\') => s.push('\\'),
+                                _ => return Err(format!("bad escape at column {}", i + 1)),
+                            }
+                            i += 2;
+                        }
+                        Some(_) => {
+                            let ch = src[i..].chars().next().expect("in bounds");
+                            s.push(ch);
+                            i += ch.len_utf8();
+                        }
+                    }
+                }
+                i += 1;
+                out.push(Tok::Str(s));
+            }
+            b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let n = src[start..i]
+                    .parse()
+                    .map_err(|_| format!("number {} is too large", &src[start..i]))?;
+                out.push(Tok::Num(n));
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.')
+                {
+                    i += 1;
+                }
+                out.push(Tok::Ident(src[start..i].to_owned()));
+            }
+            _ => {
+                let ch = src[i..].chars().next().expect("in bounds");
+                return Err(format!("unexpected {ch:?} at column {}", i + 1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    at: usize,
+}
+
+impl Parser {
+    fn peek_word(&self, w: &str) -> bool {
+        matches!(self.toks.get(self.at), Some(Tok::Ident(s)) if s == w)
+    }
+
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.at).cloned();
+        self.at += 1;
+        t
+    }
+
+    fn or(&mut self) -> Result<Expr, String> {
+        let mut xs = vec![self.and()?];
+        while self.peek_word("or") {
+            self.at += 1;
+            xs.push(self.and()?);
+        }
+        Ok(if xs.len() == 1 {
+            xs.remove(0)
+        } else {
+            Expr::Or(xs)
+        })
+    }
+
+    fn and(&mut self) -> Result<Expr, String> {
+        let mut xs = vec![self.unary()?];
+        while self.peek_word("and") {
+            self.at += 1;
+            xs.push(self.unary()?);
+        }
+        Ok(if xs.len() == 1 {
+            xs.remove(0)
+        } else {
+            Expr::And(xs)
+        })
+    }
+
+    fn unary(&mut self) -> Result<Expr, String> {
+        match self.next() {
+            Some(Tok::Ident(w)) if w == "not" => Ok(Expr::Not(Box::new(self.unary()?))),
+            Some(Tok::Ident(w)) if w == "true" => Ok(Expr::True),
+            Some(Tok::LParen) => {
+                let e = self.or()?;
+                match self.next() {
+                    Some(Tok::RParen) => Ok(e),
+                    other => Err(expected("`)`", other)),
+                }
+            }
+            Some(Tok::Ident(name)) => {
+                let field = Field::from_name(&name).ok_or_else(|| {
+                    format!(
+                        "unknown field `{name}` (known: {})",
+                        Field::ALL.map(Field::name).join(", ")
+                    )
+                })?;
+                match self.next() {
+                    Some(Tok::Op(op)) => {
+                        let lit = self.literal(field, op)?;
+                        Ok(Expr::Cmp(field, op, lit))
+                    }
+                    Some(Tok::Ident(w)) if w == "in" => {
+                        match self.next() {
+                            Some(Tok::LBracket) => {}
+                            other => return Err(expected("`[`", other)),
+                        }
+                        let mut lits = Vec::new();
+                        loop {
+                            lits.push(self.literal(field, Op::Eq)?);
+                            match self.next() {
+                                Some(Tok::Comma) => {}
+                                Some(Tok::RBracket) => break,
+                                other => return Err(expected("`,` or `]`", other)),
+                            }
+                        }
+                        Ok(Expr::In(field, lits))
+                    }
+                    other => Err(expected("a comparison or `in`", other)),
+                }
+            }
+            other => Err(expected("a field, `not`, `true` or `(`", other)),
+        }
+    }
+
+    fn literal(&mut self, field: Field, op: Op) -> Result<Lit, String> {
+        let tok = self.next();
+        match (tok, field) {
+            (Some(Tok::Num(n)), f) if f.is_numeric() => Ok(Lit::U64(n)),
+            (Some(Tok::Str(s)), Field::AppVersion) if !matches!(op, Op::Eq | Op::Ne) => {
+                version_key(&s)
+                    .map(|k| Lit::Version(k, s.clone()))
+                    .ok_or_else(|| format!("{s:?} is not a major.minor.patch version"))
+            }
+            (Some(Tok::Str(s)), Field::ClientIp) => s
+                .parse()
+                .map(Lit::Ip)
+                .map_err(|_| format!("{s:?} is not an IP address")),
+            (Some(Tok::Str(s)), f) if !f.is_numeric() => Ok(Lit::Str(s)),
+            (Some(t @ (Tok::Num(_) | Tok::Str(_))), f) => Err(format!(
+                "{t} does not fit `{}`, which is a {}",
+                f.name(),
+                if f.is_numeric() { "number" } else { "string" }
+            )),
+            (other, _) => Err(expected("a literal", other)),
+        }
+    }
+}
+
+fn expected(what: &str, got: Option<Tok>) -> String {
+    match got {
+        Some(t) => format!("expected {what}, found {t}"),
+        None => format!("expected {what}, found the end"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints() {
+        let e =
+            parse(r#"event_type in ["a", "b"] and (app_version >= "6.1.0" or not geo.asn < 10)"#)
+                .unwrap();
+        assert_eq!(
+            e.to_string(),
+            r#"(event_type in ["a", "b"] and (app_version >= "6.1.0" or not geo.asn < 10))"#
+        );
+    }
+
+    #[test]
+    fn errors_say_why() {
+        let cases = [
+            ("event_typ == \"a\"", "unknown field `event_typ`"),
+            ("event_type = \"a\"", "did you mean `==`"),
+            ("geo.asn == \"x\"", "does not fit `geo.asn`"),
+            ("app_version >= \"6.x\"", "not a major.minor.patch"),
+            ("event_type in [\"a\"", "expected `,` or `]`"),
+            ("(true", "expected `)`"),
+            ("true true", "unexpected `true`"),
+        ];
+        for (src, want) in cases {
+            let err = parse(src).unwrap_err();
+            assert!(err.contains(want), "{src}: {err}");
+        }
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(version_key("6.10.0") > version_key("6.9.9"));
+        assert_eq!(version_key("1.2"), None);
+        assert_eq!(version_key("1.2.3.4"), None);
+    }
+}

@@ -1,0 +1,708 @@
+//! The runtime glue: one glommio executor per shard, pinned to its core, around the
+//! synchronous [`Pipeline`].
+//!
+//! The model, per shard:
+//!
+//! - **Ingest.** The shard accepts on the shared port (SO_REUSEPORT spreads connections over
+//!   shards) and on its own port. Each connection has a reader and an ack writer. The reader
+//!   fills one reusable, 16-byte aligned buffer and takes every whole frame in it: a hello gets
+//!   the partition map; a batch for a partition this shard owns goes through `step` in place;
+//!   a batch for another shard's partition is copied and forwarded over a bounded channel.
+//! - **Commit.** `step` leaves framed records in per-stream buffers. The committer drains them
+//!   into the segment writers and, under the durability policy, syncs, then completes the
+//!   batches whose records it wrote. Batches arriving meanwhile wait for the next round
+//!   (group commit).
+//! - **Acks.** Each batch gets a one-shot reply; the connection's writer sends replies in the
+//!   order the batches arrived, however they complete.
+//! - **Backpressure.** Batch bytes between read and ack are charged to the shard's
+//!   `inflight_bytes_max` budget, and a connection may have `connection_batches_max` batches
+//!   unacked. When either is spent the reader stops reading, so TCP windows fill.
+//!
+//! Shards share nothing: cross-shard traffic is message passing over bounded channels, and
+//! metrics are published into per-shard slots off the data path.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
+use glommio::{LocalExecutorBuilder, Placement, spawn_local};
+use hdrhistogram::Histogram;
+use sluice_protocol::frame::FRAME_HEADER_BYTES;
+use sluice_protocol::{
+    ALIGN, Ack, AckStatus, AlignedBuf, Error, FrameKind, HelloReply, ShardAddr, decode_frame_header,
+};
+
+use crate::config::{Config, Durability};
+use crate::metrics::{Registry, ShardSnapshot, new_histogram};
+use crate::pipeline::{Pipeline, StepError};
+use crate::sink::segment::Kind;
+use crate::sink::writer::SegmentWriter;
+
+/// A batch frame sent to the shard that owns its partition.
+struct Forward {
+    frame: AlignedBuf,
+    reply: oneshot::Sender<Ack>,
+    received: Instant,
+}
+
+/// A batch whose records wait in the output buffers for the next commit.
+struct Pending {
+    ack: Ack,
+    reply: oneshot::Sender<Ack>,
+    bytes: u64,
+    received: Instant,
+}
+
+/// What a connection's writer sends next.
+enum Reply {
+    Now(Ack),
+    Wait {
+        done: oneshot::Receiver<Ack>,
+        seq: u64,
+        partition: u32,
+    },
+    Bytes(Rc<Vec<u8>>),
+}
+
+#[derive(Default)]
+struct RuntimeStats {
+    forwarded_out: u64,
+    forwarded_in: u64,
+    connections: u64,
+    commits: u64,
+    sink_errors: u64,
+}
+
+/// A shard's state, shared by its tasks (all on one thread).
+struct Core {
+    shard: usize,
+    cfg: Arc<Config>,
+    pipeline: RefCell<Pipeline>,
+    pending: RefCell<Vec<Pending>>,
+    inflight: Rc<Semaphore>,
+    inflight_bytes: Cell<u64>,
+    wake: Semaphore,
+    stats: RefCell<RuntimeStats>,
+    latency_us: RefCell<Histogram<u64>>,
+    hello: Rc<Vec<u8>>,
+    peers: RefCell<Vec<Option<Rc<ConnectedSender<Forward>>>>>,
+    stopping: Cell<bool>,
+}
+
+/// A running engine: its shard threads and admin endpoint.
+pub struct Engine {
+    shards: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    admin: Option<std::thread::JoinHandle<()>>,
+    registry: Registry,
+    stop: Arc<AtomicBool>,
+}
+
+struct ShardInit {
+    shard: usize,
+    cfg: Arc<Config>,
+    registry: Registry,
+    stop: Arc<AtomicBool>,
+    peers: Vec<Option<SharedSender<Forward>>>,
+    inbox: Vec<SharedReceiver<Forward>>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+impl Engine {
+    /// Starts every shard and the admin endpoint; returns once all listen.
+    pub fn start(config: Config) -> Result<Engine, String> {
+        let cfg = Arc::new(config);
+        let n = cfg.shards;
+        let registry = Registry::new(n, cfg.streams.iter().map(|s| s.name.clone()).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        // One bounded channel per ordered pair of shards.
+        let mut senders: Vec<Vec<Option<SharedSender<Forward>>>> =
+            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        let mut inboxes: Vec<Vec<SharedReceiver<Forward>>> = (0..n).map(|_| Vec::new()).collect();
+        for (from, row) in senders.iter_mut().enumerate() {
+            for (to, slot) in row.iter_mut().enumerate() {
+                if from != to {
+                    let (tx, rx) = shared_channel::new_bounded(cfg.tuning.forward_frames_max);
+                    *slot = Some(tx);
+                    inboxes[to].push(rx);
+                }
+            }
+        }
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut shards = Vec::with_capacity(n);
+        for ((shard, peers), inbox) in senders.into_iter().enumerate().zip(inboxes) {
+            let init = ShardInit {
+                shard,
+                cfg: cfg.clone(),
+                registry: registry.clone(),
+                stop: stop.clone(),
+                peers,
+                inbox,
+                ready: ready_tx.clone(),
+            };
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(cfg.cores[shard]))
+                .name(&format!("sluice-shard-{shard}"))
+                .io_memory(cfg.tuning.io_memory_bytes)
+                .spawn(move || shard_main(init))
+                .map_err(|e| format!("shard {shard}: cannot start its executor: {e}"))?;
+            shards.push(handle);
+        }
+        drop(ready_tx);
+        let mut engine = Engine {
+            shards,
+            admin: None,
+            registry,
+            stop,
+        };
+        for _ in 0..n {
+            match ready_rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    engine.stop_now();
+                    return Err(e);
+                }
+                Err(_) => {
+                    engine.stop_now();
+                    return Err("a shard did not start".into());
+                }
+            }
+        }
+        let ready = Arc::new(AtomicBool::new(true));
+        match crate::admin::serve(
+            cfg.listen.admin,
+            engine.registry.clone(),
+            ready,
+            engine.stop.clone(),
+        ) {
+            Ok(h) => engine.admin = Some(h),
+            Err(e) => {
+                engine.stop_now();
+                return Err(format!("admin {}: {e}", cfg.listen.admin));
+            }
+        }
+        Ok(engine)
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn stop_now(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.shards.drain(..) {
+            let _ = h.join();
+        }
+        if let Some(a) = self.admin.take() {
+            let _ = a.join();
+        }
+    }
+
+    /// Stops taking batches, commits what was taken, closes the segments and joins.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut first_err = None;
+        for h in self.shards.drain(..) {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(format!("a shard failed: {e}"));
+                }
+            }
+        }
+        if let Some(a) = self.admin.take() {
+            let _ = a.join();
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+fn hello_reply(cfg: &Config) -> Vec<u8> {
+    HelloReply {
+        shards: (0..cfg.shards)
+            .map(|s| ShardAddr {
+                shard: s as u16,
+                addr: cfg.shard_addr(s),
+            })
+            .collect(),
+        owners: cfg.owners.clone(),
+    }
+    .encode()
+}
+
+async fn shard_main(init: ShardInit) -> Result<(), String> {
+    let ShardInit {
+        shard,
+        cfg,
+        registry,
+        stop,
+        peers,
+        inbox,
+        ready,
+    } = init;
+    let started = async {
+        let mut writers = Vec::with_capacity(cfg.streams.len());
+        for (i, s) in cfg.streams.iter().enumerate() {
+            let kind = if i == cfg.dead_letter_stream() {
+                Kind::DeadLetters
+            } else {
+                Kind::Records
+            };
+            let w = SegmentWriter::open(
+                cfg.sinks.dir.clone(),
+                s.name.clone(),
+                shard,
+                kind,
+                s.format,
+                cfg.sinks.segment_bytes_max,
+                cfg.sinks.write_buffer_bytes,
+            )
+            .await
+            .map_err(|e| format!("shard {shard}: stream {}: {e}", s.name))?;
+            writers.push(w);
+        }
+        // The shard's own port first, without SO_REUSEPORT, so that a second engine on the
+        // same ports fails here instead of silently sharing them.
+        let own = bind_exclusive(cfg.shard_addr(shard))
+            .map_err(|e| format!("shard {shard}: listen {}: {e}", cfg.shard_addr(shard)))?;
+        let shared = TcpListener::bind(cfg.listen.shared)
+            .map_err(|e| format!("shard {shard}: listen {}: {e}", cfg.listen.shared))?;
+        Ok::<_, String>((writers, shared, own))
+    }
+    .await;
+    let (writers, shared, own) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let tables = cfg.tables.clone();
+    let core = Rc::new(Core {
+        shard,
+        pipeline: RefCell::new(Pipeline::new(&cfg, shard, tables)),
+        pending: RefCell::new(Vec::new()),
+        inflight: Rc::new(Semaphore::new(cfg.tuning.inflight_bytes_max as u64)),
+        inflight_bytes: Cell::new(0),
+        wake: Semaphore::new(0),
+        stats: RefCell::new(RuntimeStats::default()),
+        latency_us: RefCell::new(new_histogram()),
+        hello: Rc::new(hello_reply(&cfg)),
+        peers: RefCell::new(Vec::new()),
+        stopping: Cell::new(false),
+        cfg,
+    });
+    for rx in inbox {
+        let core = core.clone();
+        spawn_local(async move {
+            let rx = rx.connect().await;
+            while let Some(f) = rx.recv().await {
+                core.stats.borrow_mut().forwarded_in += 1;
+                take_forwarded(&core, f).await;
+            }
+        })
+        .detach();
+    }
+    // Receivers connect in their tasks above; a sender's connect may wait for its receiver.
+    for p in peers {
+        let connected = match p {
+            Some(p) => Some(Rc::new(p.connect().await)),
+            None => None,
+        };
+        core.peers.borrow_mut().push(connected);
+    }
+    for listener in [shared, own] {
+        let core = core.clone();
+        spawn_local(async move {
+            loop {
+                let conn = listener.accept().await;
+                let Ok(conn) = conn else { break };
+                let core = core.clone();
+                spawn_local(serve_connection(core, conn)).detach();
+            }
+        })
+        .detach();
+    }
+    let committer = spawn_local(commit_loop(core.clone(), writers));
+    let _ = ready.send(Ok(()));
+
+    let interval = Duration::from_millis(core.cfg.tuning.metrics_interval_ms.max(10));
+    let mut last_publish = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        if last_publish.elapsed() >= interval {
+            registry.publish(snapshot(&core));
+            last_publish = Instant::now();
+        }
+    }
+    core.stopping.set(true);
+    core.wake.signal(1);
+    let result = committer.await;
+    registry.publish(snapshot(&core));
+    result
+}
+
+/// A listener on `addr` that no other socket shares (glommio's `bind` sets SO_REUSEPORT).
+fn bind_exclusive(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    let fd = std_listener.into_raw_fd();
+    // SAFETY: `fd` is a listening TCP socket we own; ownership passes to the glommio listener.
+    Ok(unsafe { TcpListener::from_raw_fd(fd) })
+}
+
+fn snapshot(core: &Core) -> ShardSnapshot {
+    let stats = core.stats.borrow();
+    ShardSnapshot {
+        shard: core.shard,
+        counters: core.pipeline.borrow().counters.clone(),
+        forwarded_out: stats.forwarded_out,
+        forwarded_in: stats.forwarded_in,
+        connections: stats.connections,
+        inflight_bytes: core.inflight_bytes.get(),
+        commits: stats.commits,
+        sink_errors: stats.sink_errors,
+        latency_us: core.latency_us.borrow().clone(),
+    }
+}
+
+/// Charges `bytes` to the shard's in-flight budget, waiting while it is spent.
+async fn charge(core: &Core, bytes: u64) {
+    let _ = core.inflight.acquire(bytes).await;
+    core.inflight_bytes.set(core.inflight_bytes.get() + bytes);
+}
+
+fn refund(core: &Core, bytes: u64) {
+    core.inflight_bytes.set(core.inflight_bytes.get() - bytes);
+    core.inflight.signal(bytes);
+}
+
+fn rejected(seq: u64, partition: u32, status: AckStatus, error: u16) -> Ack {
+    Ack {
+        seq,
+        partition,
+        accepted: 0,
+        dead_lettered: 0,
+        status,
+        error,
+    }
+}
+
+/// Steps a batch this shard owns and queues it for the next commit.
+fn take_local(
+    core: &Core,
+    frame: &mut [u8],
+    seq: u64,
+    reply: oneshot::Sender<Ack>,
+    received: Instant,
+) {
+    let bytes = frame.len() as u64;
+    let result = core.pipeline.borrow_mut().step(frame);
+    match result {
+        Ok(o) => {
+            let mut pending = core.pending.borrow_mut();
+            pending.push(Pending {
+                ack: Ack {
+                    seq,
+                    partition: o.partition,
+                    accepted: o.accepted,
+                    dead_lettered: o.dead_lettered,
+                    status: AckStatus::Ok,
+                    error: 0,
+                },
+                reply,
+                bytes,
+                received,
+            });
+            if pending.len() == 1 {
+                core.wake.signal(1);
+            }
+        }
+        Err(e) => {
+            refund(core, bytes);
+            let (partition, code) = match e {
+                StepError::Frame(e) => (0, e.code()),
+                StepError::NotOwned(p) => (p, Error::BadLength("").code()),
+            };
+            let _ = reply.send(rejected(seq, partition, AckStatus::Rejected, code));
+        }
+    }
+}
+
+async fn take_forwarded(core: &Core, mut f: Forward) {
+    let seq = match decode_frame_header(&f.frame, core.pipeline.borrow().limits()) {
+        Ok(h) => h.seq,
+        Err(_) => 0,
+    };
+    if core.stopping.get() {
+        let _ = f.reply.send(rejected(seq, 0, AckStatus::ShuttingDown, 0));
+        return;
+    }
+    charge(core, f.frame.len() as u64).await;
+    take_local(core, &mut f.frame, seq, f.reply, f.received);
+}
+
+/// Takes one whole frame from a connection's buffer and says what to reply.
+async fn take_frame(core: &Core, frame: &mut [u8], received: Instant) -> Reply {
+    let limits = *core.pipeline.borrow().limits();
+    let header = match decode_frame_header(frame, &limits) {
+        Ok(h) => h,
+        Err(e) => return Reply::Now(rejected(0, 0, AckStatus::Rejected, e.code())),
+    };
+    match header.kind {
+        FrameKind::Hello => return Reply::Bytes(core.hello.clone()),
+        FrameKind::Batch => {}
+        _ => {
+            return Reply::Now(rejected(
+                header.seq,
+                header.partition,
+                AckStatus::Rejected,
+                Error::BadKind(header.kind as u8).code(),
+            ));
+        }
+    }
+    let (seq, partition) = (header.seq, header.partition);
+    if core.stopping.get() {
+        return Reply::Now(rejected(seq, partition, AckStatus::ShuttingDown, 0));
+    }
+    let Some(&owner) = core.cfg.owners.get(partition as usize) else {
+        let e = Error::Oversized {
+            what: "partition",
+            len: partition as usize,
+            max: core.cfg.partitions as usize - 1,
+        };
+        return Reply::Now(rejected(seq, partition, AckStatus::Rejected, e.code()));
+    };
+    let (tx, done) = oneshot::channel();
+    let owner = usize::from(owner);
+    if owner == core.shard {
+        charge(core, frame.len() as u64).await;
+        take_local(core, frame, seq, tx, received);
+    } else {
+        let mut copy = AlignedBuf::with_capacity(frame.len());
+        copy.extend_from_slice(frame);
+        core.stats.borrow_mut().forwarded_out += 1;
+        let f = Forward {
+            frame: copy,
+            reply: tx,
+            received,
+        };
+        let peer = core.peers.borrow()[owner].clone();
+        let peer = peer.expect("a channel to every other shard");
+        // If the owner is gone the reply is dropped with the frame, and the writer acks the
+        // batch as shutting down.
+        let _ = peer.send(f).await;
+    }
+    Reply::Wait {
+        done,
+        seq,
+        partition,
+    }
+}
+
+async fn serve_connection(core: Rc<Core>, conn: TcpStream) {
+    let _ = conn.set_nodelay(true);
+    core.stats.borrow_mut().connections += 1;
+    let (mut rd, wr) = conn.split();
+    let (tx, rx) = local_channel::new_bounded(core.cfg.tuning.connection_batches_max);
+    let writer = spawn_local(write_replies(rx, wr));
+    read_frames(&core, &mut rd, &tx).await;
+    drop(tx);
+    writer.await;
+    core.stats.borrow_mut().connections -= 1;
+}
+
+async fn read_frames(
+    core: &Core,
+    rd: &mut futures::io::ReadHalf<TcpStream>,
+    tx: &LocalSender<Reply>,
+) {
+    let cap = core.cfg.tuning.read_buffer_bytes.next_multiple_of(ALIGN);
+    let frame_max = core.cfg.tuning.frame_bytes_max;
+    let mut buf = AlignedBuf::with_capacity(cap);
+    buf.resize(cap, 0);
+    let mut filled = 0;
+    loop {
+        let n = rd.read(&mut buf[filled..]).await;
+        let n = match n {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        filled += n;
+        let received = Instant::now();
+        let mut at = 0;
+        while filled - at >= FRAME_HEADER_BYTES {
+            let len =
+                u32::from_le_bytes(buf[at + 24..at + 28].try_into().expect("4 bytes")) as usize;
+            if len < FRAME_HEADER_BYTES || len > frame_max || !len.is_multiple_of(ALIGN) {
+                // The stream cannot be resynchronized: say why and hang up.
+                let code =
+                    match decode_frame_header(&buf[at..filled], core.pipeline.borrow().limits()) {
+                        Err(e) => e.code(),
+                        Ok(_) => Error::BadLength("").code(),
+                    };
+                let _ = tx
+                    .send(Reply::Now(rejected(0, 0, AckStatus::Rejected, code)))
+                    .await;
+                return;
+            }
+            if filled - at < len {
+                break;
+            }
+            let reply = take_frame(core, &mut buf[at..at + len], received).await;
+            if tx.send(reply).await.is_err() {
+                return;
+            }
+            at += len;
+        }
+        buf.copy_within(at..filled, 0);
+        filled -= at;
+    }
+}
+
+async fn write_replies(rx: LocalReceiver<Reply>, mut wr: futures::io::WriteHalf<TcpStream>) {
+    let mut out = Vec::with_capacity(64 << 10);
+    let mut next = rx.recv().await;
+    while let Some(reply) = next {
+        match reply {
+            Reply::Now(ack) => out.extend_from_slice(&ack.encode()),
+            Reply::Bytes(b) => out.extend_from_slice(&b),
+            Reply::Wait {
+                mut done,
+                seq,
+                partition,
+            } => {
+                let done = match (&mut done).now_or_never() {
+                    Some(r) => r,
+                    None => {
+                        // Send what is ready before waiting.
+                        if !out.is_empty() {
+                            if wr.write_all(&out).await.is_err() {
+                                return;
+                            }
+                            out.clear();
+                        }
+                        done.await
+                    }
+                };
+                let ack =
+                    done.unwrap_or_else(|_| rejected(seq, partition, AckStatus::ShuttingDown, 0));
+                out.extend_from_slice(&ack.encode());
+            }
+        }
+        next = match rx.recv().now_or_never() {
+            Some(r) => r,
+            None => {
+                if !out.is_empty() {
+                    if wr.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+                rx.recv().await
+            }
+        };
+    }
+    if !out.is_empty() {
+        let _ = wr.write_all(&out).await;
+    }
+    let _ = wr.flush().await;
+}
+
+async fn commit_loop(core: Rc<Core>, mut writers: Vec<SegmentWriter>) -> Result<(), String> {
+    let durability = core.cfg.sinks.durability;
+    let commit_bytes_max = core.cfg.tuning.commit_bytes_max;
+    let mut drained: Vec<Vec<u8>> = writers.iter().map(|_| Vec::new()).collect();
+    let mut batches: Vec<Pending> = Vec::new();
+    let mut last = Instant::now();
+    loop {
+        if core.pending.borrow().is_empty() {
+            if core.stopping.get() {
+                break;
+            }
+            let _ = core.wake.acquire(1).await;
+            continue;
+        }
+        if let Durability::IntervalUs(us) = durability {
+            let due = last + Duration::from_micros(us);
+            let now = Instant::now();
+            if now < due && core.pipeline.borrow().pending_bytes() < commit_bytes_max {
+                glommio::timer::sleep(due - now).await;
+            }
+        }
+        last = Instant::now();
+        {
+            let mut p = core.pipeline.borrow_mut();
+            for (out, d) in p.out.iter_mut().zip(drained.iter_mut()) {
+                std::mem::swap(&mut out.buf, d);
+            }
+        }
+        std::mem::swap(&mut batches, &mut *core.pending.borrow_mut());
+        let mut failed = false;
+        for (w, d) in writers.iter_mut().zip(&drained) {
+            if let Err(e) = w.append(d).await {
+                failed = true;
+                eprintln!(
+                    "shard {}: stream {}: write failed: {e}",
+                    core.shard,
+                    w.stream()
+                );
+            }
+        }
+        if durability != Durability::None {
+            let syncs = futures::future::join_all(writers.iter_mut().map(|w| w.sync())).await;
+            for e in syncs.into_iter().filter_map(Result::err) {
+                failed = true;
+                eprintln!("shard {}: sync failed: {e}", core.shard);
+            }
+        }
+        {
+            let mut stats = core.stats.borrow_mut();
+            stats.commits += 1;
+            if failed {
+                stats.sink_errors += 1;
+            }
+        }
+        let now = Instant::now();
+        let mut hist = core.latency_us.borrow_mut();
+        for b in batches.drain(..) {
+            let mut ack = b.ack;
+            if failed {
+                // Not written: the client must send the batch again.
+                ack.status = AckStatus::Overloaded;
+                ack.accepted = 0;
+                ack.dead_lettered = 0;
+            }
+            let us = now.duration_since(b.received).as_micros() as u64;
+            hist.saturating_record(us.clamp(1, crate::metrics::LATENCY_US_MAX));
+            let _ = b.reply.send(ack);
+            refund(&core, b.bytes);
+        }
+        drop(hist);
+        for d in &mut drained {
+            d.clear();
+        }
+    }
+    for w in writers {
+        let name = w.stream().to_owned();
+        w.close()
+            .await
+            .map_err(|e| format!("shard {}: closing stream {name}: {e}", core.shard))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The embedded default and the config compiler.
+
+use std::path::Path;
+
+use sluice::config::{Config, DEFAULT_CONFIG, Durability};
+
+#[test]
+fn the_embedded_default_is_what_fixtures_generate() {
+    assert_eq!(
+        DEFAULT_CONFIG,
+        sluice_loadgen::fixtures::default_config(),
+        "regenerate with `cargo run -p sluice-loadgen --example default_config > engine/src/default.toml`"
+    );
+    let c = Config::embedded_default().unwrap();
+    assert_eq!(c.partitions, 64);
+    assert_eq!(c.routes.rules().len(), 100);
+    assert_eq!(c.streams.len(), 11);
+    assert_eq!(c.streams.last().unwrap().name, "dead-letter");
+    assert_eq!(c.sinks.durability, Durability::IntervalUs(1000));
+    assert_eq!(c.keyring.len(), 8);
+    assert_eq!(c.tables.customer_rows(), 1_000_000);
+}
+
+#[test]
+fn owners_default_to_round_robin_and_are_checked() {
+    let text = "[engine]\nshards = 3\npartitions = 7\n[keys]\ndemo = true\n";
+    let c = Config::parse(text, "t.toml", Path::new("")).unwrap();
+    assert_eq!(c.owners, vec![0, 1, 2, 0, 1, 2, 0]);
+    let bad = "[engine]\nshards = 2\npartitions = 3\nowners = [0, 1, 2]\n[keys]\ndemo = true\n";
+    let e = Config::parse(bad, "t.toml", Path::new("")).unwrap_err();
+    assert_eq!(e.line, 4, "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("t.toml:4: engine.owners names shard 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_line() {
+    let text = "[keys]\ndemo = true\n\n[sinks]\ndurabilty = \"none\"\n";
+    let e = Config::parse(text, "t.toml", Path::new("")).unwrap_err();
+    assert_eq!(e.line, 5, "{e}");
+    assert!(e.reason.contains("durabilty"), "{e}");
+}
+
+#[test]
+fn tables_load_from_csv() {
+    let dir = std::env::temp_dir().join(format!("sluice-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("geo.csv"),
+        "prefix,country,region,asn\n10.1.2.0/24,US,US-01,64500\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("device.csv"),
+        "device_type_id,brand,model,platform,os\n7,Roku,Ultra,streamer,rokuos\n",
+    )
+    .unwrap();
+    let cfg = dir.join("s.toml");
+    std::fs::write(
+        &cfg,
+        "[keys]\ndemo = true\n[tables]\ngeo = \"geo.csv\"\ndevice = \"device.csv\"\n",
+    )
+    .unwrap();
+    let c = Config::load(&cfg).unwrap();
+    assert_eq!(
+        (
+            c.tables.geo_rows(),
+            c.tables.device_rows(),
+            c.tables.customer_rows()
+        ),
+        (1, 1, 0)
+    );
+    std::fs::write(
+        dir.join("geo.csv"),
+        "prefix,country,region,asn\n10.1.2.0/25,US,US-01,64500\n",
+    )
+    .unwrap();
+    let e = Config::load(&cfg).unwrap_err();
+    assert!(e.reason.contains("geo line 2"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,567 @@
+//! Driving an engine: `loadgen run`.
+//!
+//! 1. Ask the engine for its partition map (hello).
+//! 2. Seal a pool of batch frames before the clock starts: uploads from the seeded workload,
+//!    grouped by partition, `batch_envelopes` envelopes per frame.
+//! 3. Open `connections` connections, each to one shard's own port, and send each frame on a
+//!    connection to its partition's owner.
+//! 4. Open loop: at `--rate N` the k-th frame of a connection is due at `t0 + k · interval`,
+//!    and its latency runs from that intended time to its ack, so a stalled engine shows up as
+//!    latency instead of a slower sender (no coordinated omission). At `--rate max` each
+//!    connection keeps `window_batches` frames in flight and latency runs from the send.
+//!
+//! Nonces are never reused under a key: a nonce is a 4-byte prefix (per run, and per
+//! connection for re-sealed frames) and an 8-byte counter. When a run outlasts its pool, a
+//! frame is re-sealed in place with fresh nonces before it is sent again; that costs the
+//! sender one open and one seal per envelope and is counted in the report.
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use sluice_protocol::envelope::ENVELOPE_HEADER_BYTES;
+use sluice_protocol::frame::{ACK_FRAME_BYTES, FRAME_HEADER_BYTES};
+use sluice_protocol::{
+    Ack, AckStatus, AlignedBuf, EnvelopeHeader, FrameBuilder, HelloReply, Keyring, NONCE_BYTES,
+    PayloadFormat, TAG_BYTES, encode_hello, partition_for, reseal_frame,
+};
+
+use crate::workload::{Workload, WorkloadGen};
+
+/// How a run is driven.
+pub struct RunOpts {
+    pub target: String,
+    pub workload: Workload,
+    /// Events per second; `None` sends as fast as the window allows.
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    /// Stop after sending this many events (the pool then holds exactly these).
+    pub events: Option<u64>,
+    pub connections: usize,
+    pub seed: u64,
+    pub batch_envelopes: usize,
+    /// Frames in flight per connection.
+    pub window_batches: usize,
+    /// Events sealed before the clock starts.
+    pub pool_events: usize,
+    pub keys: Keyring,
+    /// Print a progress line each second to stderr.
+    pub progress: bool,
+    /// Set to stop early.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl RunOpts {
+    pub fn new(target: impl Into<String>, keys: Keyring) -> RunOpts {
+        RunOpts {
+            target: target.into(),
+            workload: Workload::W1,
+            rate: None,
+            duration: Duration::from_secs(10),
+            events: None,
+            connections: 4,
+            seed: 1,
+            batch_envelopes: 64,
+            window_batches: 16,
+            pool_events: 262_144,
+            keys,
+            progress: false,
+            stop: None,
+        }
+    }
+}
+
+/// Latency percentiles, µs.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// What a run did (the JSON report).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub workload: String,
+    pub seed: u64,
+    pub target: String,
+    /// Events per second asked for, or "max".
+    pub rate: String,
+    pub connections: usize,
+    pub batch_envelopes: usize,
+    pub events_sent: u64,
+    pub events_acked: u64,
+    pub events_failed: u64,
+    pub envelopes_dead_lettered: u64,
+    pub batches_acked: u64,
+    pub batches_failed: u64,
+    pub duration_s: f64,
+    pub events_per_sec: f64,
+    /// Batch ack latency.
+    pub latency_us: Latency,
+    pub pool_events: u64,
+    pub frames_resealed: u64,
+}
+
+/// A sealed batch frame and what it holds.
+#[derive(Clone)]
+pub struct PoolFrame {
+    pub partition: u32,
+    pub events: u32,
+    pub bytes: AlignedBuf,
+}
+
+/// Asks the engine at `target` for its partition map.
+pub fn hello(target: &str) -> Result<HelloReply, String> {
+    let addr = resolve(target)?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(&encode_hello()).map_err(|e| e.to_string())?;
+    let mut head = [0u8; FRAME_HEADER_BYTES];
+    s.read_exact(&mut head).map_err(|e| format!("hello: {e}"))?;
+    let len = u32::from_le_bytes(head[24..28].try_into().expect("4 bytes")) as usize;
+    if !(FRAME_HEADER_BYTES..=1 << 20).contains(&len) {
+        return Err(format!("hello reply of {len} bytes"));
+    }
+    let mut frame = head.to_vec();
+    frame.resize(len, 0);
+    s.read_exact(&mut frame[FRAME_HEADER_BYTES..])
+        .map_err(|e| format!("hello: {e}"))?;
+    HelloReply::decode(&frame).map_err(|e| format!("hello reply: {e}"))
+}
+
+fn resolve(target: &str) -> Result<SocketAddr, String> {
+    target
+        .to_socket_addrs()
+        .map_err(|e| format!("{target}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{target}: no address"))
+}
+
+/// Nonces: a 4-byte prefix and a counter.
+struct Nonces {
+    prefix: [u8; 4],
+    counter: u64,
+}
+
+impl Nonces {
+    fn next(&mut self) -> [u8; NONCE_BYTES] {
+        let mut n = [0u8; NONCE_BYTES];
+        n[..4].copy_from_slice(&self.prefix);
+        n[4..].copy_from_slice(&self.counter.to_le_bytes());
+        self.counter += 1;
+        n
+    }
+}
+
+fn run_prefix() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = t ^ (u64::from(std::process::id()) << 32);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (x ^ (x >> 31)) as u32
+}
+
+/// Seals `events` events of the workload into frames grouped by partition.
+pub fn build_pool(
+    workload: Workload,
+    seed: u64,
+    events: usize,
+    batch_envelopes: usize,
+    partitions: u32,
+    keys: &Keyring,
+    nonce_prefix: u32,
+) -> Vec<PoolFrame> {
+    let mut generator = WorkloadGen::new(workload, seed);
+    let mut nonces = Nonces {
+        prefix: nonce_prefix.to_le_bytes(),
+        counter: 0,
+    };
+    let ts_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut open: Vec<Option<(FrameBuilder, u32)>> = (0..partitions).map(|_| None).collect();
+    let mut frames = Vec::new();
+    let mut plaintext = AlignedBuf::new();
+    let mut made = 0;
+    let mut seq = 0u64;
+    while made < events {
+        let up = generator.next_upload(ts_ms);
+        let take = up.events.len().min(events - made);
+        let up_events = &up.events[..take];
+        made += take;
+        let p = partition_for(up.partition_key, partitions);
+        let slot = &mut open[p as usize];
+        let (builder, n) = slot.get_or_insert_with(|| {
+            seq += 1;
+            (FrameBuilder::new(seq, p), 0)
+        });
+        sluice_protocol::event::to_rkyv_payload_in(up_events, &mut plaintext);
+        let cipher = keys
+            .get(up.key_id)
+            .expect("the pool's keyring has the workload's keys");
+        let header = EnvelopeHeader::new(
+            PayloadFormat::Rkyv,
+            up.key_id,
+            nonces.next(),
+            up.partition_key,
+            take as u16,
+        );
+        builder.seal(cipher, header, &plaintext);
+        *n += take as u32;
+        if builder.count() as usize == batch_envelopes {
+            let (mut b, n) = slot.take().expect("just filled");
+            frames.push(PoolFrame {
+                partition: p,
+                events: n,
+                bytes: aligned(b.finish()),
+            });
+        }
+    }
+    for (p, slot) in open.into_iter().enumerate() {
+        if let Some((mut b, n)) = slot {
+            frames.push(PoolFrame {
+                partition: p as u32,
+                events: n,
+                bytes: aligned(b.finish()),
+            });
+        }
+    }
+    frames
+}
+
+fn aligned(b: &[u8]) -> AlignedBuf {
+    let mut out = AlignedBuf::with_capacity(b.len());
+    out.extend_from_slice(b);
+    out
+}
+
+/// Re-seals every envelope of `frame` in place under fresh nonces.
+fn reseal(frame: &mut [u8], keys: &Keyring, nonces: &mut Nonces) {
+    let mut at = FRAME_HEADER_BYTES;
+    while at < frame.len() {
+        let head: &[u8; ENVELOPE_HEADER_BYTES] = frame[at..at + ENVELOPE_HEADER_BYTES]
+            .try_into()
+            .expect("32 bytes");
+        let mut header = EnvelopeHeader::decode(head);
+        let len = header.envelope_len();
+        let cipher = keys.get(header.key_id).expect("sealed with these keys");
+        let body_len = header.payload_len as usize;
+        let env = &mut frame[at..at + len];
+        let (aad, rest) = env.split_at_mut(ENVELOPE_HEADER_BYTES);
+        let (body, rest) = rest.split_at_mut(body_len);
+        let tag: [u8; TAG_BYTES] = rest[..TAG_BYTES].try_into().expect("16 bytes");
+        cipher
+            .open_in_place(&header.nonce, aad, body, &tag)
+            .expect("our own envelope opens");
+        header.nonce = nonces.next();
+        aad.copy_from_slice(&header.encode());
+        let tag = cipher.seal_in_place(&header.nonce, aad, body);
+        rest[..TAG_BYTES].copy_from_slice(&tag);
+        at += len;
+    }
+    reseal_frame(frame).expect("a frame we built");
+}
+
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    failed: AtomicU64,
+    dead: AtomicU64,
+    batches_acked: AtomicU64,
+    batches_failed: AtomicU64,
+    resealed: AtomicU64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
+}
+
+/// Runs the generator against an engine and reports.
+pub fn run(opts: &RunOpts) -> Result<Report, String> {
+    let map = hello(&opts.target)?;
+    let partitions = map.owners.len() as u32;
+    let shards = map.shards.len();
+    if partitions == 0 || shards == 0 {
+        return Err("the engine has no partitions".into());
+    }
+    let pool_events = opts.events.map_or(opts.pool_events, |n| n as usize);
+    let prefix = run_prefix();
+    let pool = build_pool(
+        opts.workload,
+        opts.seed,
+        pool_events,
+        opts.batch_envelopes,
+        partitions,
+        &opts.keys,
+        prefix,
+    );
+    // Deal frames to connections by owner shard.
+    let conns = opts.connections.max(1);
+    let conn_shard: Vec<usize> = (0..conns).map(|c| c % shards).collect();
+    let mut per_conn: Vec<Vec<PoolFrame>> = (0..conns).map(|_| Vec::new()).collect();
+    let mut next_of_shard = vec![0usize; shards];
+    for f in pool {
+        let owner = usize::from(map.owners[f.partition as usize]);
+        let candidates: Vec<usize> = (0..conns).filter(|c| conn_shard[*c] == owner).collect();
+        let c = if candidates.is_empty() {
+            owner % conns
+        } else {
+            let i = next_of_shard[owner] % candidates.len();
+            next_of_shard[owner] += 1;
+            candidates[i]
+        };
+        per_conn[c].push(f);
+    }
+
+    let totals = Arc::new(Totals::default());
+    let interval_hist = Arc::new(Mutex::new(histogram()));
+    let stop = opts
+        .stop
+        .clone()
+        .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
+    let frames_total: usize = per_conn.iter().map(Vec::len).sum();
+    let live_conns = per_conn.iter().filter(|f| !f.is_empty()).count().max(1);
+    // Frames per second per connection at the asked rate.
+    let events_per_frame = pool_events as f64 / frames_total.max(1) as f64;
+    let frame_interval = opts
+        .rate
+        .map(|r| Duration::from_secs_f64(events_per_frame * live_conns as f64 / r.max(1.0)));
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let deadline = t0 + opts.duration;
+    let mut threads = Vec::new();
+    for (c, frames) in per_conn.into_iter().enumerate() {
+        if frames.is_empty() {
+            continue;
+        }
+        let addr = map.shards[conn_shard[c]].addr;
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let reader = stream.try_clone().map_err(|e| e.to_string())?;
+        let (tx, rx) = sync_channel::<(Instant, u32)>(opts.window_batches.max(1));
+        let totals_r = totals.clone();
+        let hist_r = interval_hist.clone();
+        threads.push(std::thread::spawn(move || -> (Histogram<u64>, Instant) {
+            receive_acks(reader, rx, &totals_r, &hist_r)
+        }));
+        let totals_s = totals.clone();
+        let keys = opts.keys.clone();
+        let stop = stop.clone();
+        let events_limit = opts.events;
+        let reseal_prefix = prefix.wrapping_add(1 + c as u32);
+        std::thread::spawn(move || {
+            send_frames(
+                stream,
+                frames,
+                tx,
+                SendPlan {
+                    t0,
+                    deadline,
+                    frame_interval,
+                    events_limit,
+                },
+                &totals_s,
+                &keys,
+                reseal_prefix,
+                &stop,
+            )
+        });
+    }
+    let progress = if opts.progress {
+        let totals = totals.clone();
+        let hist = interval_hist.clone();
+        let stop = stop.clone();
+        Some(std::thread::spawn(move || {
+            let mut last = 0;
+            let mut tick = t0 + Duration::from_secs(1);
+            while Instant::now() < deadline + Duration::from_secs(1)
+                && !stop.load(Ordering::Relaxed)
+            {
+                let now = Instant::now();
+                if now < tick {
+                    std::thread::sleep((tick - now).min(Duration::from_millis(100)));
+                    continue;
+                }
+                let acked = totals.acked.load(Ordering::Relaxed);
+                let mut h = hist.lock().expect("histogram");
+                eprintln!(
+                    "loadgen: {:>3}s  {:>9} events/s  acked {:>10}  p99 {:>6} µs  failed {}",
+                    (tick - t0).as_secs(),
+                    acked - last,
+                    acked,
+                    h.value_at_quantile(0.99),
+                    totals.failed.load(Ordering::Relaxed)
+                );
+                h.reset();
+                last = acked;
+                tick += Duration::from_secs(1);
+            }
+        }))
+    } else {
+        None
+    };
+    let mut hist = histogram();
+    let mut last_ack = t0;
+    for t in threads {
+        let (h, last) = t.join().map_err(|_| "an ack reader panicked")?;
+        hist.add(&h).expect("same bounds");
+        last_ack = last_ack.max(last);
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    let duration_s = last_ack
+        .saturating_duration_since(t0)
+        .as_secs_f64()
+        .max(1e-9);
+    let acked = totals.acked.load(Ordering::Relaxed);
+    Ok(Report {
+        workload: opts.workload.to_string(),
+        seed: opts.seed,
+        target: opts.target.clone(),
+        rate: opts.rate.map_or("max".into(), |r| format!("{r}")),
+        connections: conns,
+        batch_envelopes: opts.batch_envelopes,
+        events_sent: totals.sent.load(Ordering::Relaxed),
+        events_acked: acked,
+        events_failed: totals.failed.load(Ordering::Relaxed),
+        envelopes_dead_lettered: totals.dead.load(Ordering::Relaxed),
+        batches_acked: totals.batches_acked.load(Ordering::Relaxed),
+        batches_failed: totals.batches_failed.load(Ordering::Relaxed),
+        duration_s,
+        events_per_sec: acked as f64 / duration_s,
+        latency_us: Latency {
+            p50: hist.value_at_quantile(0.5),
+            p90: hist.value_at_quantile(0.9),
+            p99: hist.value_at_quantile(0.99),
+            p999: hist.value_at_quantile(0.999),
+            max: hist.max(),
+        },
+        pool_events: pool_events as u64,
+        frames_resealed: totals.resealed.load(Ordering::Relaxed),
+    })
+}
+
+struct SendPlan {
+    t0: Instant,
+    deadline: Instant,
+    frame_interval: Option<Duration>,
+    events_limit: Option<u64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_frames(
+    mut stream: TcpStream,
+    mut frames: Vec<PoolFrame>,
+    tx: std::sync::mpsc::SyncSender<(Instant, u32)>,
+    plan: SendPlan,
+    totals: &Totals,
+    keys: &Keyring,
+    reseal_prefix: u32,
+    stop: &AtomicBool,
+) {
+    let mut nonces = Nonces {
+        prefix: reseal_prefix.to_le_bytes(),
+        counter: 0,
+    };
+    let n = frames.len();
+    let mut k = 0usize;
+    loop {
+        if stop.load(Ordering::Relaxed) || Instant::now() >= plan.deadline {
+            break;
+        }
+        if plan.events_limit.is_some() && k == n {
+            // A run with an event count sends its pool once.
+            break;
+        }
+        let intended = match plan.frame_interval {
+            Some(iv) => {
+                let due = plan.t0 + iv * k as u32;
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                due
+            }
+            None => Instant::now(),
+        };
+        let f = &mut frames[k % n];
+        if k >= n {
+            reseal(&mut f.bytes, keys, &mut nonces);
+            totals.resealed.fetch_add(1, Ordering::Relaxed);
+        }
+        if tx.send((intended, f.events)).is_err() {
+            break;
+        }
+        if stream.write_all(&f.bytes).is_err() {
+            break;
+        }
+        totals
+            .sent
+            .fetch_add(u64::from(f.events), Ordering::Relaxed);
+        k += 1;
+    }
+}
+
+fn receive_acks(
+    stream: TcpStream,
+    rx: std::sync::mpsc::Receiver<(Instant, u32)>,
+    totals: &Totals,
+    interval: &Mutex<Histogram<u64>>,
+) -> (Histogram<u64>, Instant) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    let mut hist = histogram();
+    let mut last = Instant::now();
+    let mut buf = [0u8; ACK_FRAME_BYTES];
+    while let Ok((intended, events)) = rx.recv() {
+        if reader.read_exact(&mut buf).is_err() {
+            totals
+                .failed
+                .fetch_add(u64::from(events), Ordering::Relaxed);
+            totals.batches_failed.fetch_add(1, Ordering::Relaxed);
+            for (_, e) in rx.iter() {
+                totals.failed.fetch_add(u64::from(e), Ordering::Relaxed);
+                totals.batches_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            break;
+        }
+        last = Instant::now();
+        let us = last.saturating_duration_since(intended).as_micros() as u64;
+        hist.saturating_record(us.max(1));
+        interval
+            .lock()
+            .expect("histogram")
+            .saturating_record(us.max(1));
+        match Ack::decode(&buf) {
+            Ok(a) if a.status == AckStatus::Ok => {
+                totals.acked.fetch_add(u64::from(events), Ordering::Relaxed);
+                totals
+                    .dead
+                    .fetch_add(u64::from(a.dead_lettered), Ordering::Relaxed);
+                totals.batches_acked.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                totals
+                    .failed
+                    .fetch_add(u64::from(events), Ordering::Relaxed);
+                totals.batches_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    (hist, last)
+}

@@ -1,0 +1,90 @@
+//! `loadgen fixtures`: the files an engine needs for a workload (keys, tables, route set and
+//! an engine config), so that the engine and the generator agree. The engine's embedded
+//! default is [`default_config`] (checked in as `engine/src/default.toml`).
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+
+use crate::routes::{STREAMS, routes_toml, w1_routes};
+use crate::workload::Workload;
+
+/// The seed of the embedded default's tables and route set.
+pub const DEFAULT_SEED: u64 = 1;
+
+/// Where the tables and keys come from in a generated config.
+enum Sources {
+    /// The demo keys and the builtin W1 tables.
+    Builtin,
+    /// `keys.txt`, `geo.csv`, `device.csv`, `customer.csv` beside the config.
+    Files,
+}
+
+fn config(seed: u64, sources: Sources, data_dir: &str) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# A sluice engine config for the W1 workload (seed {seed}), written by `loadgen fixtures`."
+    );
+    o.push_str(
+        "# Sections: engine, shard (tuning), listen, keys, tables, sinks, streams, routes;\n\
+         # tuning.md lists every knob.\n\n",
+    );
+    o.push_str("[engine]\nshards = 0 # one per core\npartitions = 64\n\n");
+    o.push_str(
+        "[listen]\nshared = \"127.0.0.1:7400\"\nshard_port_base = 7401\nadmin = \"127.0.0.1:9180\"\n\n",
+    );
+    match sources {
+        Sources::Builtin => {
+            o.push_str("[keys]\ndemo = true # the public demo keys: never in production\n\n");
+            let _ = writeln!(o, "[tables]\nbuiltin = \"w1\"\nseed = {seed}\n");
+        }
+        Sources::Files => {
+            o.push_str("[keys]\nfile = \"keys.txt\"\n\n");
+            o.push_str(
+                "[tables]\ngeo = \"geo.csv\"\ndevice = \"device.csv\"\ncustomer = \"customer.csv\"\n\n",
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "[sinks]\ndir = \"{data_dir}\"\nsegment_bytes_max = 268435456\ndurability = {{ interval_us = 1000 }}\n"
+    );
+    for (i, s) in STREAMS.iter().enumerate() {
+        let format = if i % 2 == 0 { "rkyv" } else { "json" };
+        let _ = writeln!(o, "[streams.{s}]\nformat = \"{format}\"\n");
+    }
+    o.push_str("[streams.dead-letter]\nformat = \"json\"\n\n");
+    o.push_str(&routes_toml(&w1_routes(seed)));
+    o
+}
+
+/// The engine's embedded default config.
+pub fn default_config() -> String {
+    config(DEFAULT_SEED, Sources::Builtin, "./sluice-data")
+}
+
+/// Writes the fixtures of `workload` into `out`: `sluice.toml`, `keys.txt`, `geo.csv`,
+/// `device.csv`, `customer.csv`.
+pub fn write(workload: Workload, seed: u64, out: &Path) -> io::Result<()> {
+    if workload == Workload::W3 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the W3 route set (10,000 rules) is not generated yet; use w1 or w2",
+        ));
+    }
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("sluice.toml"),
+        config(seed, Sources::Files, "./data"),
+    )?;
+    std::fs::write(
+        out.join("keys.txt"),
+        crate::demo_keyring(sluice_protocol::Backend::Ring).export_key_file(),
+    )?;
+    let file = |name: &str| std::fs::File::create(out.join(name)).map(io::BufWriter::new);
+    crate::tables::write_csv(&crate::tables::geo(seed), &mut file("geo.csv")?)?;
+    crate::tables::write_csv(&crate::tables::devices(seed), &mut file("device.csv")?)?;
+    crate::tables::write_csv(&crate::tables::customers(seed), &mut file("customer.csv")?)?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The `loadgen` command: drive a sluice engine, or write a workload's fixtures.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sluice_loadgen::Workload;
+use sluice_loadgen::client::{RunOpts, run};
+use sluice_protocol::{Backend, Keyring};
+
+#[derive(Parser)]
+#[command(name = "loadgen", version, about = "sluice's load generator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send a seeded workload to an engine and report acked events and ack latency.
+    Run {
+        /// Any engine port (the shared one is fine): the generator asks it for the map.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        target: String,
+        #[arg(long, default_value = "w1")]
+        workload: Workload,
+        /// Events per second, or `max`.
+        #[arg(long, default_value = "max")]
+        rate: String,
+        /// Seconds to send for.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Send exactly this many events (once each), then stop.
+        #[arg(long)]
+        events: Option<u64>,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Envelopes per batch frame.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Batch frames in flight per connection.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Events sealed before the clock starts.
+        #[arg(long, default_value_t = 262_144)]
+        pool: usize,
+        /// Key file (`ID KEY` lines); default: the demo keys.
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Write keys, tables, route set and an engine config for a workload.
+    Fixtures {
+        #[arg(long, default_value = "w1")]
+        workload: Workload,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match go(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn go(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Fixtures {
+            workload,
+            out,
+            seed,
+        } => {
+            sluice_loadgen::fixtures::write(workload, seed, &out)
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            eprintln!("loadgen: wrote {workload} fixtures to {}", out.display());
+            Ok(())
+        }
+        Command::Run {
+            target,
+            workload,
+            rate,
+            duration,
+            events,
+            connections,
+            seed,
+            batch,
+            window,
+            pool,
+            keys,
+            report,
+            quiet,
+        } => {
+            let keys = match keys {
+                Some(p) => Keyring::load(&p, Backend::default())
+                    .map_err(|e| format!("{}: {e}", p.display()))?,
+                None => sluice_loadgen::demo_keyring(Backend::default()),
+            };
+            let rate = match rate.as_str() {
+                "max" => None,
+                n => Some(
+                    n.parse::<f64>()
+                        .ok()
+                        .filter(|r| *r > 0.0)
+                        .ok_or_else(|| format!("--rate {n}: a positive number or `max`"))?,
+                ),
+            };
+            if batch == 0 || batch > 4096 {
+                return Err("--batch must be 1..=4096".into());
+            }
+            let mut opts = RunOpts::new(target, keys);
+            opts.workload = workload;
+            opts.rate = rate;
+            opts.duration = Duration::from_secs_f64(duration);
+            opts.events = events;
+            opts.connections = connections;
+            opts.seed = seed;
+            opts.batch_envelopes = batch;
+            opts.window_batches = window;
+            opts.pool_events = pool;
+            opts.progress = !quiet;
+            let r = run(&opts)?;
+            let json = serde_json::to_string_pretty(&r).expect("a report serializes");
+            println!("{json}");
+            if let Some(p) = report {
+                std::fs::write(&p, json + "\n").map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+            if r.events_failed > 0 {
+                return Err(format!("{} events failed", r.events_failed));
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! End to end, with the real binaries: `sluice run`, `loadgen run`, `sluice cat`, `sluice check`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sluice_e2e::{EngineProc, binary, cat, engine_config, loadgen, stream_records, temp_dir};
+use sluice_loadgen::routes::{Facts, STREAMS, w1_routes};
+use sluice_loadgen::{Workload, WorkloadGen, tables};
+use sluice_protocol::envelope::ENVELOPE_HEADER_BYTES;
+use sluice_protocol::frame::{ACK_FRAME_BYTES, FRAME_HEADER_BYTES};
+use sluice_protocol::{
+    Ack, AckStatus, AlignedBuf, Backend, ClientIp, EnvelopeHeader, FrameBuilder, PayloadFormat,
+    TAG_BYTES, partition_for, reseal_frame,
+};
+
+/// The records the W1 route set (seed 1) implies for the first `n` events of a W1 generator
+/// seeded `seed`, by stream, computed from the generator, the tables and the route specs
+/// directly: no engine code. `ts_ms` is left out (the generator stamps it at send time).
+fn expected_records(seed: u64, n: usize) -> BTreeMap<String, Vec<Value>> {
+    let routes = w1_routes(1);
+    let geo: HashMap<[u8; 3], tables::GeoRow> =
+        tables::geo(1).into_iter().map(|g| (g.prefix, g)).collect();
+    let devices = tables::devices(1);
+    let customers = tables::customers(1);
+    let mut generator = WorkloadGen::new(Workload::W1, seed);
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut made = 0;
+    while made < n {
+        let up = generator.next_upload(0);
+        for e in up.events {
+            made += 1;
+            let ClientIp::V4(ip) = e.client_ip else {
+                unreachable!("W1 is IPv4")
+            };
+            let g = &geo[&[ip[0], ip[1], ip[2]]];
+            let d = &devices[e.device_type_id as usize - 1];
+            let c = &customers[e.customer_id as usize - 1];
+            let facts = Facts {
+                event_id: e.event_id,
+                event_type: &e.event_type,
+                app_version: &e.app_version,
+                country: g.country,
+                platform: d.platform,
+                plan: c.plan,
+            };
+            for r in routes.iter().filter(|r| r.emits(&facts)) {
+                let mut rec = serde_json::Map::new();
+                for f in &r.fields {
+                    let v = match *f {
+                        "ts_ms" => continue,
+                        "event_id" => json!(e.event_id),
+                        "event_type" => json!(e.event_type),
+                        "app_version" => json!(e.app_version),
+                        "device_type_id" => json!(e.device_type_id),
+                        "device_id" => json!(e.device_id),
+                        "customer_id" => json!(e.customer_id),
+                        "client_ip" => json!(format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])),
+                        "session_id" => json!(e.session_id),
+                        "geo.country" => json!(g.country),
+                        "geo.region" => json!(g.region),
+                        "geo.asn" => json!(g.asn),
+                        "device.brand" => json!(d.brand),
+                        "device.model" => json!(d.model),
+                        "device.platform" => json!(d.platform),
+                        "device.os" => json!(d.os),
+                        "customer.plan" => json!(c.plan),
+                        "customer.signup_country" => json!(c.signup_country),
+                        "customer.profiles" => json!(c.profiles),
+                        other => panic!("unknown field {other}"),
+                    };
+                    rec.insert((*f).to_owned(), v);
+                }
+                out.entry(r.stream.to_owned())
+                    .or_default()
+                    .push(Value::Object(rec));
+            }
+            if made == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn without_ts(mut v: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.shift_remove("ts_ms");
+    }
+    v
+}
+
+fn sorted(mut v: Vec<Value>) -> Vec<String> {
+    let mut s: Vec<String> = v.drain(..).map(|x| without_ts(x).to_string()).collect();
+    s.sort();
+    s
+}
+
+#[test]
+fn w1_events_are_acked_and_segments_hold_exactly_the_routed_records() {
+    const EVENTS: usize = 20_000;
+    let dir = temp_dir("w1");
+    let (config, port) = engine_config(&dir, 2, "{ interval_us = 1000 }");
+    let engine = EngineProc::start(&config, port);
+    let report = loadgen(
+        &engine.target(),
+        &[
+            "--events",
+            &EVENTS.to_string(),
+            "--seed",
+            "5",
+            "--connections",
+            "3",
+            "--batch",
+            "32",
+        ],
+    );
+    assert_eq!(report["events_sent"], json!(EVENTS));
+    assert_eq!(report["events_acked"], json!(EVENTS));
+    assert_eq!(report["events_failed"], json!(0));
+    assert_eq!(report["workload"], json!("w1"));
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(report["latency_us"][key].as_u64().is_some(), "{key}");
+    }
+    engine.stop();
+
+    let data = dir.join("data");
+    let expected = expected_records(5, EVENTS);
+    let mut total = 0;
+    for stream in STREAMS {
+        let got = stream_records(&data, stream);
+        let want = expected.get(stream).cloned().unwrap_or_default();
+        total += want.len();
+        assert_eq!(got.len(), want.len(), "records in {stream}");
+        let (got, want) = (sorted(got), sorted(want));
+        if let Some(i) = (0..got.len()).find(|i| got[*i] != want[*i]) {
+            panic!(
+                "records in {stream} differ: got {}, want {}",
+                got[i], want[i]
+            );
+        }
+    }
+    assert!(
+        total > 2 * EVENTS,
+        "the route set emits about 3 records an event: {total}"
+    );
+    assert!(stream_records(&data, "dead-letter").is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends one frame and reads its ack.
+fn send_frame(target: &str, frame: &[u8]) -> Ack {
+    let mut s = TcpStream::connect(target).expect("connect");
+    s.write_all(frame).expect("send");
+    let mut ack = [0u8; ACK_FRAME_BYTES];
+    s.read_exact(&mut ack).expect("ack");
+    Ack::decode(&ack).expect("an ack frame")
+}
+
+/// The envelopes of a finished frame, as raw bytes (header, ciphertext, tag).
+fn raw_envelopes(frame: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = FRAME_HEADER_BYTES;
+    while at < frame.len() {
+        let h = EnvelopeHeader::decode(frame[at..at + 32].try_into().unwrap());
+        out.push(
+            frame[at..at + ENVELOPE_HEADER_BYTES + h.payload_len as usize + TAG_BYTES].to_vec(),
+        );
+        at += h.envelope_len();
+    }
+    out
+}
+
+#[test]
+fn corrupted_envelopes_are_dead_lettered_with_their_reasons() {
+    let dir = temp_dir("dead");
+    let (config, port) = engine_config(&dir, 2, "\"every_batch\"");
+    let engine = EngineProc::start(&config, port);
+    let keys = sluice_loadgen::demo_keyring(Backend::Ring);
+    let mut generator = WorkloadGen::new(Workload::W1, 77);
+    let up = generator.next_upload(1);
+    let plaintext = sluice_protocol::event::to_rkyv_payload(&up.events);
+    // A partition owned by shard 1, sent to the shared port: it may be forwarded.
+    let partition = partition_for(up.partition_key, 64);
+    let mut b = FrameBuilder::new(9, partition);
+    let cipher = keys.get(1).unwrap();
+    let header = |key_id, n: u8| {
+        EnvelopeHeader::new(PayloadFormat::Rkyv, key_id, [n; 12], up.partition_key, 1)
+    };
+    b.seal(cipher, header(1, 1), &plaintext); // good
+    b.seal(cipher, header(99, 2), &plaintext); // unknown key
+    b.seal(cipher, header(1, 3), &plaintext); // tag broken below
+    b.seal(cipher, header(1, 4), &[0x5a; 64]); // authentic, but not an archive
+    let mut frame = AlignedBuf::new();
+    frame.extend_from_slice(b.finish());
+    let third = FRAME_HEADER_BYTES + 2 * raw_envelopes(&frame)[0].len().next_multiple_of(16);
+    frame[third + ENVELOPE_HEADER_BYTES + 5] ^= 0x80;
+    reseal_frame(&mut frame).unwrap();
+    let raws = raw_envelopes(&frame);
+
+    let ack = send_frame(&engine.target(), &frame);
+    assert_eq!(ack.status, AckStatus::Ok);
+    assert_eq!((ack.seq, ack.accepted, ack.dead_lettered), (9, 1, 3));
+
+    // A frame with a bad CRC is refused whole, with its reason.
+    let mut bad = frame.clone();
+    bad[FRAME_HEADER_BYTES] ^= 1;
+    let ack = send_frame(&engine.target(), &bad);
+    assert_eq!(ack.status, AckStatus::Rejected);
+    assert_eq!(
+        sluice_protocol::Error::name_of_code(ack.error),
+        Some("bad_crc")
+    );
+    engine.stop();
+
+    let dead = stream_records(&dir.join("data"), "dead-letter");
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let by_reason: HashMap<&str, &Value> = dead
+        .iter()
+        .map(|d| (d["reason"].as_str().unwrap(), d))
+        .collect();
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v["raw"].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(b64(by_reason["unknown_key"]), raws[1]);
+    assert_eq!(by_reason["unknown_key"]["key_id"], json!(99));
+    assert_eq!(b64(by_reason["bad_tag"]), raws[2], "raw bytes as received");
+    assert_eq!(b64(by_reason["invalid_archive"]), raws[3]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_restart_keeps_the_data_and_cat_reports_a_torn_tail() {
+    let dir = temp_dir("restart");
+    let (config, port) = engine_config(&dir, 2, "\"none\"");
+    let data = dir.join("data");
+    let count = |data: &std::path::Path| -> usize {
+        STREAMS.iter().map(|s| stream_records(data, s).len()).sum()
+    };
+    let engine = EngineProc::start(&config, port);
+    let r = loadgen(&engine.target(), &["--events", "3000", "--seed", "11"]);
+    assert_eq!(r["events_acked"], json!(3000));
+    engine.stop();
+    let first: usize = expected_records(11, 3000).values().map(Vec::len).sum();
+    assert_eq!(count(&data), first);
+
+    let engine = EngineProc::start(&config, port);
+    let r = loadgen(&engine.target(), &["--events", "2000", "--seed", "12"]);
+    assert_eq!(r["events_acked"], json!(2000));
+    engine.stop();
+    let second: usize = expected_records(12, 2000).values().map(Vec::len).sum();
+    assert_eq!(
+        count(&data),
+        first + second,
+        "the first run's records are still there"
+    );
+
+    // Cut the last record of a segment in half: cat prints what is whole and reports the tail.
+    let seg = data.join("errors").join("000-00000001.seg");
+    let bytes = sluice_e2e::read(&seg);
+    let torn = dir.join("torn.seg");
+    std::fs::write(&torn, &bytes[..bytes.len() - 7]).unwrap();
+    let out = cat(&torn);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("torn tail"), "{stderr}");
+    let whole = cat(&seg).stdout.split(|b| *b == b'\n').count();
+    let kept = out.stdout.split(|b| *b == b'\n').count();
+    assert_eq!(kept + 1, whole, "every record but the cut one");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_configs_are_refused_with_file_line_and_reason() {
+    let dir = temp_dir("config");
+    let base = sluice_loadgen::fixtures::default_config();
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            base.replace("partitions = 64", "partitions = \"many\""),
+            "partitions = \"many\"",
+            "invalid type",
+        ),
+        (
+            base.replacen("stream = \"playback\"", "stream = \"nowhere\"", 1),
+            "stream = \"nowhere\"",
+            "no stream \"nowhere\"",
+        ),
+        (
+            base.replacen("when = '", "when = 'event_type = \"x\" and ", 1),
+            "when = 'event_type = \"x\"",
+            "did you mean `==`",
+        ),
+        (
+            base.replacen(
+                "fields = [\"event_id\"",
+                "fields = [\"event_id\", \"geo.city\"",
+                1,
+            ),
+            "\"geo.city\"",
+            "unknown field \"geo.city\"",
+        ),
+        (
+            base.replace(
+                "durability = { interval_us = 1000 }",
+                "durability = \"sometimes\"",
+            ),
+            "durability = \"sometimes\"",
+            "sinks.durability",
+        ),
+        (
+            base.replace("[keys]", "[keys]\nfile = \"missing-keys.txt\""),
+            "file = \"missing-keys.txt\"",
+            "either `demo = true` or `file`",
+        ),
+    ];
+    for (i, (text, marker, reason)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let line = text
+            .lines()
+            .position(|l| l.contains(marker))
+            .expect("marker in config")
+            + 1;
+        let out = Command::new(binary("sluice"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "case {i} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let want = format!("{}:{line}:", path.display());
+        // Whole-file errors name no line; the rest name the offending one.
+        if !reason.contains("either") {
+            assert!(stderr.contains(&want), "case {i}: want {want} in {stderr}");
+        }
+        assert!(
+            stderr.contains(reason),
+            "case {i}: want {reason:?} in {stderr}"
+        );
+    }
+    let out = Command::new(binary("sluice"))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("routes: 100"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
