@@ -125,6 +125,26 @@ fn w1_events_are_acked_and_segments_hold_exactly_the_routed_records() {
     for key in ["p50", "p90", "p99", "p999", "max"] {
         assert!(report["latency_us"][key].as_u64().is_some(), "{key}");
     }
+    // The admin endpoint: health, and events in as counted by the shards (published every
+    // 250 ms).
+    let admin = port + 3;
+    assert!(http_get(admin, "/healthz").starts_with("HTTP/1.1 200"));
+    let mut events_in = 0;
+    for _ in 0..40 {
+        let metrics = http_get(admin, "/metrics");
+        events_in = metrics
+            .lines()
+            .filter(|l| l.starts_with("sluice_events_in_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        if events_in == EVENTS as u64 {
+            assert!(metrics.contains("sluice_records_out_total{shard=\"0\",stream=\"playback\"}"));
+            assert!(metrics.contains("sluice_batch_latency_us{shard=\"1\",quantile=\"0.99\"}"));
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(events_in, EVENTS as u64);
     engine.stop();
 
     let data = dir.join("data");
@@ -149,6 +169,14 @@ fn w1_events_are_acked_and_segments_hold_exactly_the_routed_records() {
     );
     assert!(stream_records(&data, "dead-letter").is_empty());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("admin port");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// Sends one frame and reads its ack.

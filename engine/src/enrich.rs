@@ -14,6 +14,13 @@ use sluice_protocol::EventView;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Sym(u32);
 
+impl Sym {
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GeoRow {
     pub country: Sym,
@@ -49,8 +56,8 @@ pub struct Enriched {
 pub struct Tables {
     /// Keyed by the /24 prefix of an IPv4 address (`a << 16 | b << 8 | c`).
     geo: HashMap<u32, GeoRow>,
-    device: HashMap<u32, DeviceRow>,
-    customer: HashMap<u64, CustomerRow>,
+    device: Rows<DeviceRow>,
+    customer: Rows<CustomerRow>,
     strings: Vec<Box<str>>,
     interned: HashMap<Box<str>, Sym>,
 }
@@ -75,7 +82,7 @@ impl Tables {
                 platform: t.intern(d.platform),
                 os: t.intern(d.os),
             };
-            t.device.insert(d.device_type_id, row);
+            t.device.insert(u64::from(d.device_type_id), row);
         }
         let customers = tables::customers(seed);
         t.customer.reserve(customers.len());
@@ -87,7 +94,13 @@ impl Tables {
             };
             t.customer.insert(c.customer_id, row);
         }
+        t.seal();
         t
+    }
+
+    fn seal(&mut self) {
+        self.device.seal();
+        self.customer.seal();
     }
 
     /// Tables from CSV text in the formats `loadgen fixtures` writes (a header line, then
@@ -126,6 +139,7 @@ impl Tables {
             };
             t.customer.insert(num(f[0], "customer", line)?, row);
         }
+        t.seal();
         Ok(t)
     }
 
@@ -137,6 +151,11 @@ impl Tables {
         self.strings.push(s.into());
         self.interned.insert(s.into(), sym);
         sym
+    }
+
+    /// Every interned string, by [`Sym::index`].
+    pub fn strings(&self) -> &[Box<str>] {
+        &self.strings
     }
 
     /// The text of an interned string.
@@ -157,8 +176,8 @@ impl Tables {
         };
         Enriched {
             geo,
-            device: self.device.get(&event.device_type_id).copied(),
-            customer: self.customer.get(&event.customer_id).copied(),
+            device: self.device.get(u64::from(event.device_type_id)),
+            customer: self.customer.get(event.customer_id),
         }
     }
 
@@ -172,6 +191,62 @@ impl Tables {
 
     pub fn customer_rows(&self) -> usize {
         self.customer.len()
+    }
+}
+
+/// Rows by a numeric key: a plain vector indexed by key when the keys are dense (W1's device
+/// and customer ids are 1..=N), so a lookup is one load instead of a hash probe.
+#[derive(Debug, Clone)]
+struct Rows<V: Copy> {
+    map: HashMap<u64, V>,
+    dense: Vec<Option<V>>,
+}
+
+impl<V: Copy> Default for Rows<V> {
+    fn default() -> Self {
+        Rows {
+            map: HashMap::new(),
+            dense: Vec::new(),
+        }
+    }
+}
+
+impl<V: Copy> Rows<V> {
+    fn insert(&mut self, key: u64, row: V) {
+        self.map.insert(key, row);
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.map.reserve(n);
+    }
+
+    /// Switches to the dense form when the largest key is under twice the row count.
+    fn seal(&mut self) {
+        let max = self.map.keys().max().copied().unwrap_or(0);
+        if !self.map.is_empty() && max < 2 * self.map.len() as u64 + 1024 {
+            let mut dense = vec![None; max as usize + 1];
+            for (k, v) in self.map.drain() {
+                dense[k as usize] = Some(v);
+            }
+            self.dense = dense;
+        }
+    }
+
+    #[inline]
+    fn get(&self, key: u64) -> Option<V> {
+        if self.dense.is_empty() {
+            self.map.get(&key).copied()
+        } else {
+            self.dense.get(key as usize).copied().flatten()
+        }
+    }
+
+    fn len(&self) -> usize {
+        if self.dense.is_empty() {
+            self.map.len()
+        } else {
+            self.dense.iter().filter(|r| r.is_some()).count()
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use sluice_protocol::{AlignedBuf, BatchFrame, Error, Opener};
 
 use crate::config::Config;
 use crate::enrich::Tables;
+use crate::route::compiled::Matcher;
 use crate::route::{Ctx, RouteSet};
 use crate::sink::record::{self, Format};
 use crate::sink::segment::append_record;
@@ -64,6 +65,9 @@ pub struct Pipeline {
     opener: Opener,
     tables: Tables,
     routes: RouteSet,
+    matcher: Matcher,
+    /// The rules an event matches, one bit each.
+    rule_bits: Vec<u64>,
     formats: Vec<Format>,
     owned: Vec<bool>,
     dead_letter: usize,
@@ -80,6 +84,8 @@ impl Pipeline {
         let streams = config.streams.len();
         Pipeline {
             opener: Opener::new(config.keyring.clone(), config.limits),
+            matcher: Matcher::new(&config.routes, &tables),
+            rule_bits: vec![0; config.routes.rules().len().div_ceil(64).max(1)],
             tables,
             routes: config.routes.clone(),
             formats: config.streams.iter().map(|s| s.format).collect(),
@@ -136,6 +142,8 @@ impl Pipeline {
             opener,
             tables,
             routes,
+            matcher,
+            rule_bits,
             formats,
             scratch,
             out,
@@ -155,24 +163,33 @@ impl Pipeline {
                             enriched: tables.lookup(&event),
                             tables,
                         };
-                        for rule in routes.rules() {
-                            if !rule.emits(&ctx) {
-                                continue;
+                        let resolved = matcher.resolve(&ctx);
+                        matcher.matching(&resolved, &ctx, rule_bits);
+                        let rules = routes.rules();
+                        for (w, &word) in rule_bits.iter().enumerate() {
+                            let mut bits = word;
+                            while bits != 0 {
+                                let i = w * 64 + bits.trailing_zeros() as usize;
+                                bits &= bits - 1;
+                                let rule = &rules[i];
+                                if !rule.keeps(event.event_id) {
+                                    continue;
+                                }
+                                o.records += 1;
+                                let s = &mut out[rule.stream];
+                                let fields = rule.fields.iter().map(|f| (f.name(), ctx.get(*f)));
+                                let n = match formats[rule.stream] {
+                                    Format::Json => append_record(&mut s.buf, partition, |b| {
+                                        record::json_record(b, fields)
+                                    }),
+                                    Format::Rkyv => append_record(&mut s.buf, partition, |b| {
+                                        record::rkyv_record(b, scratch, fields)
+                                    }),
+                                };
+                                s.records += 1;
+                                counters.records[rule.stream] += 1;
+                                counters.record_bytes[rule.stream] += n as u64;
                             }
-                            o.records += 1;
-                            let s = &mut out[rule.stream];
-                            let fields = rule.fields.iter().map(|f| (f.name(), ctx.get(*f)));
-                            let n = match formats[rule.stream] {
-                                Format::Json => append_record(&mut s.buf, partition, |b| {
-                                    record::json_record(b, fields)
-                                }),
-                                Format::Rkyv => append_record(&mut s.buf, partition, |b| {
-                                    record::rkyv_record(b, scratch, fields)
-                                }),
-                            };
-                            s.records += 1;
-                            counters.records[rule.stream] += 1;
-                            counters.record_bytes[rule.stream] += n as u64;
                         }
                     }
                 }

@@ -39,13 +39,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Envelopes per batch frame.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 128)]
         batch: usize,
         /// Batch frames in flight per connection.
         #[arg(long, default_value_t = 16)]
         window: usize,
         /// Events sealed before the clock starts.
-        #[arg(long, default_value_t = 262_144)]
+        #[arg(long, default_value_t = 1 << 20)]
         pool: usize,
         /// Key file (`ID KEY` lines); default: the demo keys.
         #[arg(long)]

@@ -153,6 +153,15 @@ pub const FIELDS_PER_RECORD_MAX: usize = 19;
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let b = s.as_bytes();
+    // Most strings need no escape: check in one (vectorizable) pass and copy them whole.
+    if !b
+        .iter()
+        .fold(false, |e, &c| e | (c < 0x20) | (c == b'"') | (c == b'\\'))
+    {
+        out.extend_from_slice(b);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
         let esc: &[u8] = match c {

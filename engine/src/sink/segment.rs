@@ -115,7 +115,7 @@ pub fn append_record(
     payload(out);
     let len = out.len() - start - RECORD_HEADER_BYTES;
     out[start + 8..start + 12].copy_from_slice(&partition.to_le_bytes());
-    let crc = crc32c(&[&out[start + 8..]]);
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &out[start + 8..]) as u32;
     out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     out.resize(out.len().next_multiple_of(8), 0);

@@ -26,6 +26,8 @@ use sluice_protocol::EventView;
 
 use crate::enrich::{Enriched, Tables};
 
+pub mod compiled;
+
 /// A field of an enriched event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Field {
@@ -101,7 +103,7 @@ impl Field {
         Field::ALL.into_iter().find(|f| f.name() == name)
     }
 
-    fn is_numeric(self) -> bool {
+    pub fn is_numeric(self) -> bool {
         matches!(
             self,
             Field::EventId
@@ -347,11 +349,15 @@ impl Rule {
     /// Whether the rule emits a record for `ctx`: the condition holds and sampling keeps it.
     #[inline]
     pub fn emits(&self, ctx: &Ctx<'_, '_>) -> bool {
-        self.expr.eval(ctx) && (self.sample.is_none() || self.keeps(ctx.event.event_id))
+        self.expr.eval(ctx) && self.keeps(ctx.event.event_id)
     }
 
+    /// Whether sampling keeps this rule's match of event `event_id` (always, without sampling).
     #[inline]
-    fn keeps(&self, event_id: u64) -> bool {
+    pub fn keeps(&self, event_id: u64) -> bool {
+        if self.sample.is_none() {
+            return true;
+        }
         let mut x = event_id ^ self.salt;
         x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
