@@ -18,9 +18,9 @@ const FRAME_ENVELOPES: usize = 128;
 
 fn step(c: &mut Criterion) {
     sluice_benches::pin_to_one_core();
-    let mut config = Config::embedded_default().expect("the default compiles");
-    config.shards = 1;
-    config.owners = vec![0; config.partitions as usize];
+    let config = Config::embedded_default()
+        .expect("the default compiles")
+        .single_shard();
     let tables = config.tables.clone();
     let mut pipeline = Pipeline::new(&config, 0, tables);
     let pool = build_pool(

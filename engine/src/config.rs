@@ -643,6 +643,15 @@ impl Config {
         })
     }
 
+    /// This config with one shard that owns every partition (for benches and tests that
+    /// drive one pipeline directly).
+    pub fn single_shard(mut self) -> Config {
+        self.shards = 1;
+        self.cores.truncate(1);
+        self.owners = vec![0; self.partitions as usize];
+        self
+    }
+
     /// The port shard `i` listens on.
     pub fn shard_addr(&self, shard: usize) -> SocketAddr {
         let mut a = self.listen.shared;

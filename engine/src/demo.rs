@@ -40,15 +40,7 @@ pub fn run(args: DemoArgs, interrupted: &'static AtomicBool) -> Result<(), Strin
         None => Config::embedded_default(),
     }
     .map_err(|e| e.to_string())?;
-    let rate = match args.rate.as_str() {
-        "max" => None,
-        r => Some(
-            r.parse::<f64>()
-                .ok()
-                .filter(|r| *r > 0.0)
-                .ok_or_else(|| format!("--rate {r}: a positive number or `max`"))?,
-        ),
-    };
+    let rate = sluice_loadgen::client::parse_rate(&args.rate)?;
     let target = config.listen.shared.to_string();
     let keys = config.keyring.clone();
     let data = config.sinks.dir.clone();

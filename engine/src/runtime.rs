@@ -591,11 +591,8 @@ async fn write_replies(rx: LocalReceiver<Reply>, mut wr: futures::io::WriteHalf<
                     Some(r) => r,
                     None => {
                         // Send what is ready before waiting.
-                        if !out.is_empty() {
-                            if wr.write_all(&out).await.is_err() {
-                                return;
-                            }
-                            out.clear();
+                        if flush(&mut wr, &mut out).await.is_err() {
+                            return;
                         }
                         done.await
                     }
@@ -608,11 +605,8 @@ async fn write_replies(rx: LocalReceiver<Reply>, mut wr: futures::io::WriteHalf<
         next = match rx.recv().now_or_never() {
             Some(r) => r,
             None => {
-                if !out.is_empty() {
-                    if wr.write_all(&out).await.is_err() {
-                        return;
-                    }
-                    out.clear();
+                if flush(&mut wr, &mut out).await.is_err() {
+                    return;
                 }
                 rx.recv().await
             }
@@ -622,6 +616,18 @@ async fn write_replies(rx: LocalReceiver<Reply>, mut wr: futures::io::WriteHalf<
         let _ = wr.write_all(&out).await;
     }
     let _ = wr.flush().await;
+}
+
+/// Writes out what `out` holds, if anything, and empties it.
+async fn flush(
+    wr: &mut futures::io::WriteHalf<TcpStream>,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
 }
 
 async fn commit_loop(core: Rc<Core>, mut writers: Vec<SegmentWriter>) -> Result<(), String> {

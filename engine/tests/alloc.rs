@@ -41,9 +41,9 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn step_allocates_nothing_in_steady_state() {
-    let mut config = Config::embedded_default().expect("the default compiles");
-    config.shards = 1;
-    config.owners = vec![0; config.partitions as usize];
+    let config = Config::embedded_default()
+        .expect("the default compiles")
+        .single_shard();
     let tables = config.tables.clone();
     let mut pipeline = Pipeline::new(&config, 0, tables);
     let pool = build_pool(

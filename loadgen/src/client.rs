@@ -76,6 +76,19 @@ impl RunOpts {
     }
 }
 
+/// Parses a `--rate` argument: events per second, or `max` (`None`).
+pub fn parse_rate(rate: &str) -> Result<Option<f64>, String> {
+    match rate {
+        "max" => Ok(None),
+        n => n
+            .parse::<f64>()
+            .ok()
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .map(Some)
+            .ok_or_else(|| format!("--rate {n}: a positive number or `max`")),
+    }
+}
+
 /// Latency percentiles, µs.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Latency {

@@ -110,15 +110,7 @@ fn go(cli: Cli) -> Result<(), String> {
                     .map_err(|e| format!("{}: {e}", p.display()))?,
                 None => sluice_loadgen::demo_keyring(Backend::default()),
             };
-            let rate = match rate.as_str() {
-                "max" => None,
-                n => Some(
-                    n.parse::<f64>()
-                        .ok()
-                        .filter(|r| *r > 0.0)
-                        .ok_or_else(|| format!("--rate {n}: a positive number or `max`"))?,
-                ),
-            };
+            let rate = sluice_loadgen::client::parse_rate(&rate)?;
             if batch == 0 || batch > 4096 {
                 return Err("--batch must be 1..=4096".into());
             }
