@@ -201,6 +201,17 @@ pub fn json_record<'v>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'v str,
                 out.extend_from_slice(format_u64(n, &mut buf));
             }
             Value::Str(s) => json_str(out, s),
+            Value::Ip(std::net::IpAddr::V4(ip)) => {
+                out.push(b'"');
+                for (i, o) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'.');
+                    }
+                    let mut buf = itoa_buf();
+                    out.extend_from_slice(format_u64(u64::from(o), &mut buf));
+                }
+                out.push(b'"');
+            }
             Value::Ip(ip) => {
                 let _ = write!(out, "\"{ip}\"");
             }

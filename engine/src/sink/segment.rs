@@ -53,6 +53,38 @@ fn crc32c(parts: &[&[u8]]) -> u32 {
     d.finalize() as u32
 }
 
+/// CRC32C of a short record. Records are a few hundred bytes, where a library call's setup
+/// costs more than the sum; SSE4.2's `crc32` instruction does 8 bytes in one step.
+#[inline]
+fn crc32c_short(b: &[u8]) -> u32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse4.2"))]
+    {
+        // SAFETY: this code is only built when the build enables SSE4.2 (the cfg above), so
+        // every CPU the binary may run on has it.
+        unsafe { crc32c_sse42(b) }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse4.2")))]
+    {
+        crc32c(&[b])
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "sse4.2"))]
+#[target_feature(enable = "sse4.2")]
+fn crc32c_sse42(b: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u64};
+    let mut crc = !0u64;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        crc = _mm_crc32_u64(crc, u64::from_le_bytes(w.try_into().expect("8 bytes")));
+    }
+    let mut crc = crc as u32;
+    for &byte in words.remainder() {
+        crc = _mm_crc32_u8(crc, byte);
+    }
+    !crc
+}
+
 impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut b = [0u8; SEGMENT_HEADER_BYTES];
@@ -115,7 +147,7 @@ pub fn append_record(
     payload(out);
     let len = out.len() - start - RECORD_HEADER_BYTES;
     out[start + 8..start + 12].copy_from_slice(&partition.to_le_bytes());
-    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &out[start + 8..]) as u32;
+    let crc = crc32c_short(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     out.resize(out.len().next_multiple_of(8), 0);
@@ -256,6 +288,15 @@ mod tests {
         assert_eq!(seg.records[2].payload, b"{\"bb\":\"x\"}");
         assert_eq!(seg.records[1].partition, 1);
         assert!(seg.torn.is_none());
+    }
+
+    #[test]
+    fn the_short_crc_is_crc32c() {
+        for n in [0usize, 1, 7, 8, 9, 63, 64, 150, 1000] {
+            let b: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
+            assert_eq!(crc32c_short(&b), crc32c(&[&b]), "{n} bytes");
+        }
+        assert_eq!(crc32c_short(b"123456789"), 0xe306_9283);
     }
 
     #[test]
