@@ -87,8 +87,9 @@ struct Core {
     cfg: Arc<Config>,
     pipeline: RefCell<Pipeline>,
     pending: RefCell<Vec<Pending>>,
-    inflight: Rc<Semaphore>,
-    inflight_bytes: Cell<u64>,
+    /// Batch bytes the shard may still take before it acks some: `inflight_bytes_max` less
+    /// what is in flight.
+    inflight: Semaphore,
     wake: Semaphore,
     stats: RefCell<RuntimeStats>,
     latency_us: RefCell<Histogram<u64>>,
@@ -297,8 +298,7 @@ async fn shard_main(init: ShardInit) -> Result<(), String> {
         shard,
         pipeline: RefCell::new(Pipeline::new(&cfg, shard, tables)),
         pending: RefCell::new(Vec::new()),
-        inflight: Rc::new(Semaphore::new(cfg.tuning.inflight_bytes_max as u64)),
-        inflight_bytes: Cell::new(0),
+        inflight: Semaphore::new(cfg.tuning.inflight_bytes_max as u64),
         wake: Semaphore::new(0),
         stats: RefCell::new(RuntimeStats::default()),
         latency_us: RefCell::new(new_histogram()),
@@ -374,7 +374,7 @@ fn snapshot(core: &Core) -> ShardSnapshot {
         forwarded_out: stats.forwarded_out,
         forwarded_in: stats.forwarded_in,
         connections: stats.connections,
-        inflight_bytes: core.inflight_bytes.get(),
+        inflight_bytes: core.cfg.tuning.inflight_bytes_max as u64 - core.inflight.available(),
         commits: stats.commits,
         sink_errors: stats.sink_errors,
         latency_us: core.latency_us.borrow().clone(),
@@ -384,11 +384,9 @@ fn snapshot(core: &Core) -> ShardSnapshot {
 /// Charges `bytes` to the shard's in-flight budget, waiting while it is spent.
 async fn charge(core: &Core, bytes: u64) {
     let _ = core.inflight.acquire(bytes).await;
-    core.inflight_bytes.set(core.inflight_bytes.get() + bytes);
 }
 
 fn refund(core: &Core, bytes: u64) {
-    core.inflight_bytes.set(core.inflight_bytes.get() - bytes);
     core.inflight.signal(bytes);
 }
 

@@ -14,24 +14,32 @@ struct Counting;
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: forwards to the system allocator; only counts calls.
+// SAFETY: every method forwards to the system allocator with its arguments unchanged and
+// returns what it returns, so `Counting` keeps `System`'s guarantees; it only counts calls.
 unsafe impl GlobalAlloc for Counting {
+    // SAFETY: the caller keeps `GlobalAlloc::alloc`'s contract (non-zero size), which
+    // `System.alloc` needs.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: the caller's contract is passed on unchanged.
+        // SAFETY: `layout` has a non-zero size, as the caller of `alloc` guarantees.
         unsafe { System.alloc(layout) }
     }
+    // SAFETY: the caller passes a pointer this allocator (that is, `System`) returned, with
+    // the layout it was allocated with.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract is passed on unchanged.
+        // SAFETY: `ptr` came from `System` (every allocation here does) with this `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
+    // SAFETY: the caller passes a live pointer from this allocator, its layout, and a non-zero
+    // new size that does not overflow when rounded to the alignment.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: the caller's contract is passed on unchanged.
+        // SAFETY: `ptr` is live and came from `System` with `layout`; `new_size` is valid, as
+        // the caller of `realloc` guarantees.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

@@ -180,10 +180,7 @@ fn run_prefix() -> u32 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mut x = t ^ (u64::from(std::process::id()) << 32);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (x ^ (x >> 31)) as u32
+    sluice_protocol::mix64(t ^ (u64::from(std::process::id()) << 32)) as u32
 }
 
 /// Seals `events` events of the workload into frames grouped by partition.

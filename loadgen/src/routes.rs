@@ -87,7 +87,9 @@ pub struct Facts<'a> {
     pub plan: &'a str,
 }
 
-/// `major.minor.patch` as one comparable number; `None` if it is not three numbers.
+/// `major.minor.patch` as one comparable number; `None` if it is not three numbers. The
+/// engine parses versions with its own code; this one is the test oracle's, kept apart on
+/// purpose so that a bug in one shows up against the other.
 pub fn version_key(v: &str) -> Option<u64> {
     let mut parts = v.split('.');
     let mut key = 0u64;
@@ -103,20 +105,14 @@ pub fn version_key(v: &str) -> Option<u64> {
 
 /// FNV-1a (64-bit) of a rule's name: the salt of its sampling decision.
 pub fn sample_salt(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    sluice_protocol::fnv1a64(name.as_bytes())
 }
 
 /// Whether a rule that keeps `fraction` of its matches keeps event `event_id`: the SplitMix64
 /// finalizer of `event_id ^ salt`, modulo one million, below `fraction` of a million. The
 /// decision depends only on the event and the rule, so a replayed event is sampled alike.
 pub fn sample_keeps(event_id: u64, salt: u64, fraction: f64) -> bool {
-    let mut x = event_id ^ salt;
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    ((x % 1_000_000) as f64) < fraction * 1_000_000.0
+    ((sluice_protocol::mix64(event_id ^ salt) % 1_000_000) as f64) < fraction * 1_000_000.0
 }
 
 impl Pred {

@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal, Zipf};
 use sluice_protocol::sample::pad_to;
-use sluice_protocol::{AlignedBuf, Attr, ClientIp, Event, partition_key_for_device};
+use sluice_protocol::{AlignedBuf, Attr, ClientIp, Event, mix64, partition_key_for_device};
 
 /// W1's plaintext size per event, in bytes.
 pub const W1_EVENT_BYTES: usize = 512;
@@ -256,11 +256,4 @@ pub fn device_id(k: u64) -> String {
 pub fn ip_prefix(p: u64) -> [u8; 3] {
     let x = (p.wrapping_mul(0x9e37_79b1) & 0xff_ffff) as u32;
     [(x >> 16) as u8, (x >> 8) as u8, x as u8]
-}
-
-/// SplitMix64's finalizer: a bijection on u64.
-fn mix64(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }

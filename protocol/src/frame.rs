@@ -586,17 +586,28 @@ impl HelloReply {
 #[inline]
 pub fn partition_for(partition_key: u64, partitions: u32) -> u32 {
     assert!(partitions > 0, "an engine has at least one partition");
-    let mut x = partition_key;
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    (x % u64::from(partitions)) as u32
+    (mix64(partition_key) % u64::from(partitions)) as u32
 }
 
 /// The partition key of a device: FNV-1a (64-bit) of its device id's UTF-8 bytes.
 #[inline]
 pub fn partition_key_for_device(device_id: &str) -> u64 {
-    device_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    fnv1a64(device_id.as_bytes())
+}
+
+/// SplitMix64's finalizer: a bijection on u64 that mixes every input bit into every output
+/// bit. sluice's one integer hash (partitions, sampling, nonce prefixes).
+#[inline]
+pub fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// FNV-1a, 64-bit: sluice's one byte-string hash (partition keys, sampling salts).
+#[inline]
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }

@@ -45,7 +45,8 @@ pub use error::Error;
 pub use event::{Attr, Attrs, ClientIp, Event, EventView, Payload};
 pub use frame::{
     Ack, AckStatus, BatchFrame, FrameBuilder, FrameHeader, FrameKind, HelloReply, ShardAddr,
-    decode_frame_header, encode_hello, partition_for, partition_key_for_device, reseal_frame,
+    decode_frame_header, encode_hello, fnv1a64, mix64, partition_for, partition_key_for_device,
+    reseal_frame,
 };
 pub use keyring::{KeyFileError, Keyring};
 pub use limits::Limits;

@@ -346,23 +346,13 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Whether the rule emits a record for `ctx`: the condition holds and sampling keeps it.
-    #[inline]
-    pub fn emits(&self, ctx: &Ctx<'_, '_>) -> bool {
-        self.expr.eval(ctx) && self.keeps(ctx.event.event_id)
-    }
-
     /// Whether sampling keeps this rule's match of event `event_id` (always, without sampling).
     #[inline]
     pub fn keeps(&self, event_id: u64) -> bool {
         if self.sample.is_none() {
             return true;
         }
-        let mut x = event_id ^ self.salt;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^= x >> 31;
-        x % 1_000_000 < self.sample_under
+        sluice_protocol::mix64(event_id ^ self.salt) % 1_000_000 < self.sample_under
     }
 }
 
@@ -391,9 +381,7 @@ impl RouteSet {
                     Field::from_name(f).ok_or_else(|| (i, format!("fields: unknown field {f:?}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let salt = s.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+            let salt = sluice_protocol::fnv1a64(s.name.as_bytes());
             rules.push(Rule {
                 name: s.name.clone(),
                 stream: s.stream,
