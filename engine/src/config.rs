@@ -190,8 +190,8 @@ struct RawSinks {
     dir: PathBuf,
     segment_bytes_max: u64,
     durability: Spanned<RawDurability>,
-    /// glommio's DMA buffer per segment writer.
-    write_buffer_bytes: usize,
+    /// How far ahead of the writer each segment is zero-filled.
+    prefill_bytes: u64,
 }
 
 impl Default for RawSinks {
@@ -200,7 +200,7 @@ impl Default for RawSinks {
             dir: PathBuf::from("./sluice-data"),
             segment_bytes_max: 256 << 20,
             durability: Spanned::new(0..0, RawDurability::Named("interval".into())),
-            write_buffer_bytes: 128 << 10,
+            prefill_bytes: 8 << 20,
         }
     }
 }
@@ -276,7 +276,9 @@ pub struct Sinks {
     pub dir: PathBuf,
     pub segment_bytes_max: u64,
     pub durability: Durability,
-    pub write_buffer_bytes: usize,
+    /// Zero-fill each segment this far ahead of its writer (0: never), so that a commit
+    /// round writes over initialized blocks and one device flush makes it durable.
+    pub prefill_bytes: u64,
 }
 
 /// A checked, compiled configuration.
@@ -615,14 +617,14 @@ impl Config {
         if s.segment_bytes_max < 1 << 20 {
             return Err(lines.err(0..0, "sinks.segment_bytes_max must be at least 1 MiB"));
         }
-        if s.write_buffer_bytes < 4096 || !s.write_buffer_bytes.is_multiple_of(4096) {
-            return Err(lines.err(0..0, "sinks.write_buffer_bytes must be a multiple of 4096"));
+        if !s.prefill_bytes.is_multiple_of(4096) {
+            return Err(lines.err(0..0, "sinks.prefill_bytes must be a multiple of 4096"));
         }
         let sinks = Sinks {
             dir: resolve(&s.dir),
             segment_bytes_max: s.segment_bytes_max,
             durability,
-            write_buffer_bytes: s.write_buffer_bytes,
+            prefill_bytes: s.prefill_bytes,
         };
 
         Ok(Config {
@@ -704,9 +706,10 @@ impl Config {
         );
         let _ = writeln!(
             o,
-            "sinks: {} segments up to {} bytes, durability {}",
+            "sinks: {} segments up to {} bytes, zero-filled {} bytes ahead, durability {}",
             self.sinks.dir.display(),
             self.sinks.segment_bytes_max,
+            self.sinks.prefill_bytes,
             self.sinks.durability
         );
         let _ = writeln!(o, "streams: {}", self.streams.len());

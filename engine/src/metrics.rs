@@ -26,6 +26,10 @@ pub struct ShardSnapshot {
     pub sink_errors: u64,
     /// Batch latency, receipt to ack, in µs.
     pub latency_us: Histogram<u64>,
+    /// Writing one round of output to the segments, in µs.
+    pub write_us: Histogram<u64>,
+    /// One sync round (the fdatasyncs that make written output durable), in µs.
+    pub sync_us: Histogram<u64>,
 }
 
 impl ShardSnapshot {
@@ -44,6 +48,8 @@ impl ShardSnapshot {
             commits: 0,
             sink_errors: 0,
             latency_us: new_histogram(),
+            write_us: new_histogram(),
+            sync_us: new_histogram(),
         }
     }
 }
@@ -233,26 +239,39 @@ impl Registry {
                 );
             }
         }
-        let _ = writeln!(
-            o,
-            "# HELP sluice_batch_latency_us Batch latency from receipt to ack, µs."
-        );
-        let _ = writeln!(o, "# TYPE sluice_batch_latency_us summary");
-        for s in &snaps {
-            for q in [0.5, 0.9, 0.99, 0.999] {
-                let _ = writeln!(
-                    o,
-                    "sluice_batch_latency_us{{shard=\"{}\",quantile=\"{q}\"}} {}",
-                    s.shard,
-                    s.latency_us.value_at_quantile(q)
-                );
+        type Pick = fn(&ShardSnapshot) -> &Histogram<u64>;
+        let summaries: [(&str, &str, Pick); 3] = [
+            (
+                "sluice_batch_latency_us",
+                "Batch latency from receipt to ack, µs.",
+                |s| &s.latency_us,
+            ),
+            (
+                "sluice_write_latency_us",
+                "Writing one round of output to the segments, µs.",
+                |s| &s.write_us,
+            ),
+            (
+                "sluice_sync_latency_us",
+                "One sync round (fdatasyncs making written output durable), µs.",
+                |s| &s.sync_us,
+            ),
+        ];
+        for (name, help, hist) in summaries {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} summary");
+            for s in &snaps {
+                let h = hist(s);
+                for q in [0.5, 0.9, 0.99, 0.999] {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{shard=\"{}\",quantile=\"{q}\"}} {}",
+                        s.shard,
+                        h.value_at_quantile(q)
+                    );
+                }
+                let _ = writeln!(o, "{name}_count{{shard=\"{}\"}} {}", s.shard, h.len());
             }
-            let _ = writeln!(
-                o,
-                "sluice_batch_latency_us_count{{shard=\"{}\"}} {}",
-                s.shard,
-                s.latency_us.len()
-            );
         }
         o
     }

@@ -8,10 +8,10 @@
 //!   fills one reusable, 16-byte aligned buffer and takes every whole frame in it: a hello gets
 //!   the partition map; a batch for a partition this shard owns goes through `step` in place;
 //!   a batch for another shard's partition is copied and forwarded over a bounded channel.
-//! - **Commit.** `step` leaves framed records in per-stream buffers. The committer drains them
-//!   into the segment writers and, under the durability policy, syncs, then completes the
-//!   batches whose records it wrote. Batches arriving meanwhile wait for the next round
-//!   (group commit).
+//! - **Commit.** `step` leaves framed records in per-stream buffers. The committer writes them
+//!   to the segment writers as they come and, under the durability policy, runs a sync round
+//!   that makes everything written so far durable, then completes those batches (group
+//!   commit).
 //! - **Acks.** Each batch gets a one-shot reply; the connection's writer sends replies in the
 //!   order the batches arrived, however they complete.
 //! - **Backpressure.** Batch bytes between read and ack are charged to the shard's
@@ -41,10 +41,10 @@ use sluice_protocol::{
 };
 
 use crate::config::{Config, Durability};
-use crate::metrics::{Registry, ShardSnapshot, new_histogram};
+use crate::metrics::{LATENCY_US_MAX, Registry, ShardSnapshot, new_histogram};
 use crate::pipeline::{Pipeline, StepError};
 use crate::sink::segment::Kind;
-use crate::sink::writer::SegmentWriter;
+use crate::sink::writer::{Durable, SegmentWriter, WriterSpec, sync_round};
 
 /// A batch frame sent to the shard that owns its partition.
 struct Forward {
@@ -93,6 +93,8 @@ struct Core {
     wake: Semaphore,
     stats: RefCell<RuntimeStats>,
     latency_us: RefCell<Histogram<u64>>,
+    write_us: RefCell<Histogram<u64>>,
+    sync_us: RefCell<Histogram<u64>>,
     hello: Rc<Vec<u8>>,
     peers: RefCell<Vec<Option<Rc<ConnectedSender<Forward>>>>>,
     stopping: Cell<bool>,
@@ -264,15 +266,15 @@ async fn shard_main(init: ShardInit) -> Result<(), String> {
             } else {
                 Kind::Records
             };
-            let w = SegmentWriter::open(
-                cfg.sinks.dir.clone(),
-                s.name.clone(),
+            let w = SegmentWriter::open(WriterSpec {
+                dir: cfg.sinks.dir.clone(),
+                stream: s.name.clone(),
                 shard,
                 kind,
-                s.format,
-                cfg.sinks.segment_bytes_max,
-                cfg.sinks.write_buffer_bytes,
-            )
+                format: s.format,
+                segment_bytes_max: cfg.sinks.segment_bytes_max,
+                prefill_bytes: cfg.sinks.prefill_bytes,
+            })
             .await
             .map_err(|e| format!("shard {shard}: stream {}: {e}", s.name))?;
             writers.push(w);
@@ -302,6 +304,8 @@ async fn shard_main(init: ShardInit) -> Result<(), String> {
         wake: Semaphore::new(0),
         stats: RefCell::new(RuntimeStats::default()),
         latency_us: RefCell::new(new_histogram()),
+        write_us: RefCell::new(new_histogram()),
+        sync_us: RefCell::new(new_histogram()),
         hello: Rc::new(hello_reply(&cfg)),
         peers: RefCell::new(Vec::new()),
         stopping: Cell::new(false),
@@ -378,7 +382,16 @@ fn snapshot(core: &Core) -> ShardSnapshot {
         commits: stats.commits,
         sink_errors: stats.sink_errors,
         latency_us: core.latency_us.borrow().clone(),
+        write_us: core.write_us.borrow().clone(),
+        sync_us: core.sync_us.borrow().clone(),
     }
+}
+
+/// Records the time since `since` into `hist`.
+fn record_us(hist: &RefCell<Histogram<u64>>, since: Instant) {
+    let us = since.elapsed().as_micros() as u64;
+    hist.borrow_mut()
+        .saturating_record(us.clamp(1, LATENCY_US_MAX));
 }
 
 /// Charges `bytes` to the shard's in-flight budget, waiting while it is spent.
@@ -628,79 +641,111 @@ async fn flush(
     Ok(())
 }
 
+/// Writes the shard's output as it comes and completes batches under the durability policy.
+///
+/// Writing does not wait for the policy: whenever batches have left records in the output
+/// buffers, the committer writes them to their segments (all streams at once), so that the
+/// disk works while the interval runs. A sync round then makes everything written since the
+/// last one durable (see [`sync_round`]) and acks those batches: at once under `every_batch`,
+/// at most every N µs under `interval_us` (sooner once `commit_bytes_max` bytes wait), never
+/// under `none`, which acks when the write completes.
 async fn commit_loop(core: Rc<Core>, mut writers: Vec<SegmentWriter>) -> Result<(), String> {
     let durability = core.cfg.sinks.durability;
     let commit_bytes_max = core.cfg.tuning.commit_bytes_max;
     let mut drained: Vec<Vec<u8>> = writers.iter().map(|_| Vec::new()).collect();
-    let mut batches: Vec<Pending> = Vec::new();
-    let mut last = Instant::now();
+    // Batches whose records are written, waiting for the next sync round.
+    let mut written: Vec<Pending> = Vec::new();
+    let mut written_bytes = 0usize;
+    // The strongest need of each writer since the last sync round.
+    let mut needs: Vec<Durable> = vec![Durable::Nothing; writers.len()];
+    // A write failed since the last round: its batches are not acked as stored.
+    let mut failed = false;
+    let mut last_sync = Instant::now();
     loop {
-        if core.pending.borrow().is_empty() {
+        let has_output = !core.pending.borrow().is_empty();
+        if !has_output && written.is_empty() {
             if core.stopping.get() {
                 break;
             }
             let _ = core.wake.acquire(1).await;
             continue;
         }
+        if has_output {
+            {
+                let mut p = core.pipeline.borrow_mut();
+                for (out, d) in p.out.iter_mut().zip(drained.iter_mut()) {
+                    std::mem::swap(&mut out.buf, d);
+                }
+            }
+            written.append(&mut core.pending.borrow_mut());
+            written_bytes += drained.iter().map(Vec::len).sum::<usize>();
+            let started = Instant::now();
+            let appends = writers.iter_mut().zip(&drained).map(|(w, d)| async move {
+                w.append(d)
+                    .await
+                    .map_err(|e| format!("stream {}: write failed: {e}", w.stream()))
+            });
+            for (need, r) in needs
+                .iter_mut()
+                .zip(futures::future::join_all(appends).await)
+            {
+                match r {
+                    Ok(d) => *need = (*need).max(d),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("shard {}: {e}", core.shard);
+                    }
+                }
+            }
+            for d in &mut drained {
+                d.clear();
+            }
+            record_us(&core.write_us, started);
+        }
         if let Durability::IntervalUs(us) = durability {
-            let due = last + Duration::from_micros(us);
+            let due = last_sync + Duration::from_micros(us);
             let now = Instant::now();
-            if now < due && core.pipeline.borrow().pending_bytes() < commit_bytes_max {
-                glommio::timer::sleep(due - now).await;
+            if now < due && written_bytes < commit_bytes_max && !core.stopping.get() {
+                if core.pending.borrow().is_empty() {
+                    // Until the round is due, or more output comes to write.
+                    let sleep = std::pin::pin!(glommio::timer::sleep(due - now));
+                    let wake = std::pin::pin!(core.wake.acquire(1));
+                    let _ = futures::future::select(sleep, wake).await;
+                }
+                continue;
             }
         }
-        last = Instant::now();
-        {
-            let mut p = core.pipeline.borrow_mut();
-            for (out, d) in p.out.iter_mut().zip(drained.iter_mut()) {
-                std::mem::swap(&mut out.buf, d);
-            }
-        }
-        std::mem::swap(&mut batches, &mut *core.pending.borrow_mut());
-        let mut failed = false;
-        for (w, d) in writers.iter_mut().zip(&drained) {
-            if let Err(e) = w.append(d).await {
+        if durability != Durability::None && !failed {
+            last_sync = Instant::now();
+            for e in sync_round(&writers, &needs).await {
                 failed = true;
-                eprintln!(
-                    "shard {}: stream {}: write failed: {e}",
-                    core.shard,
-                    w.stream()
-                );
+                eprintln!("shard {}: {e}", core.shard);
             }
+            record_us(&core.sync_us, last_sync);
+            core.stats.borrow_mut().commits += 1;
         }
-        if durability != Durability::None {
-            let syncs = futures::future::join_all(writers.iter_mut().map(|w| w.sync())).await;
-            for e in syncs.into_iter().filter_map(Result::err) {
-                failed = true;
-                eprintln!("shard {}: sync failed: {e}", core.shard);
-            }
-        }
-        {
-            let mut stats = core.stats.borrow_mut();
-            stats.commits += 1;
-            if failed {
-                stats.sink_errors += 1;
-            }
+        if failed {
+            core.stats.borrow_mut().sink_errors += 1;
         }
         let now = Instant::now();
         let mut hist = core.latency_us.borrow_mut();
-        for b in batches.drain(..) {
+        for b in written.drain(..) {
             let mut ack = b.ack;
             if failed {
-                // Not written: the client must send the batch again.
+                // Not stored: the client must send the batch again.
                 ack.status = AckStatus::Overloaded;
                 ack.accepted = 0;
                 ack.dead_lettered = 0;
             }
             let us = now.duration_since(b.received).as_micros() as u64;
-            hist.saturating_record(us.clamp(1, crate::metrics::LATENCY_US_MAX));
+            hist.saturating_record(us.clamp(1, LATENCY_US_MAX));
             let _ = b.reply.send(ack);
             refund(&core, b.bytes);
         }
         drop(hist);
-        for d in &mut drained {
-            d.clear();
-        }
+        needs.fill(Durable::Nothing);
+        written_bytes = 0;
+        failed = false;
     }
     for w in writers {
         let name = w.stream().to_owned();
