@@ -283,12 +283,7 @@ async fn write_zeros(
 }
 
 /// The filler task: runs whenever its writer signals.
-async fn fill(lane: Rc<Lane>) {
-    let zero = Rc::new({
-        let mut b = lane.file.borrow().alloc_dma_buffer(ZERO_CHUNK);
-        b.as_bytes_mut().fill(0);
-        b
-    });
+async fn fill(lane: Rc<Lane>, zero: Rc<DmaBuffer>) {
     while lane.wake.acquire(1).await.is_ok() && !lane.stop.get() {
         if let Err(e) = lane.fill_once(&zero).await {
             let s = &lane.spec;
@@ -326,10 +321,19 @@ impl SegmentWriter {
             stop: Cell::new(false),
             wake: Semaphore::new(0),
         });
-        let filler = flush_only.then(|| {
-            lane.wake.signal(1);
-            spawn_local(fill(lane.clone()))
-        });
+        let filler = if flush_only {
+            let zero = Rc::new({
+                let mut b = lane.file.borrow().alloc_dma_buffer(ZERO_CHUNK);
+                b.as_bytes_mut().fill(0);
+                b
+            });
+            // The first zeros before the first records, so that a fresh engine starts with
+            // one-flush rounds.
+            lane.fill_once(&zero).await?;
+            Some(spawn_local(fill(lane.clone(), zero)))
+        } else {
+            None
+        };
         let mut tail = Vec::with_capacity(BLOCK as usize);
         tail.extend_from_slice(&header);
         Ok(SegmentWriter {
