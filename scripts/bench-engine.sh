@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs `sluice run` on the embedded default config (W1, seed 1) with a fresh data directory,
+# drives it with `loadgen run` for a while, and prints one line of figures: the generator's
+# events/s and ack latency, each second's p99, and the engine's batch, write and sync latency
+# from /metrics.
+#
+#   scripts/bench-engine.sh RATE [SINKS_TOML] [LABEL]
+#
+#   RATE        events/s for the generator, or `max`
+#   SINKS_TOML  replaces the default's `durability = ...` line under [sinks], e.g.
+#               'durability = "none"' or 'durability = { interval_us = 1000 }\nprefill_bytes = 0'
+#   env BIN     where the release binaries are (default: target/release)
+#   env DUR     seconds to run (default 10)
+#   env DATA    parent of the run's data directory (default: target/bench-engine); the
+#               directory is kept, because deleting gigabytes right before the next run makes
+#               the filesystem trim while that run measures
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rate=${1:?usage: scripts/bench-engine.sh RATE [SINKS_TOML] [LABEL]}
+sinks=${2:-'durability = { interval_us = 1000 }'}
+label=${3:-run}
+bin=${BIN:-target/release}
+work=${DATA:-target/bench-engine}
+run="$work/$(date +%s%N)"
+mkdir -p "$run"
+python3 - "$sinks" "$run/data" engine/src/default.toml "$run/sluice.toml" <<'PY'
+import re, sys
+sinks, data, src, dst = sys.argv[1:]
+s = open(src).read()
+s = re.sub(r'(?m)^durability = .*$', sinks.replace('\\n', '\n'), s)
+s = re.sub(r'(?m)^dir = .*$', 'dir = "%s"' % data, s)
+open(dst, 'w').write(s)
+PY
+"$bin/sluice" run --config "$run/sluice.toml" > "$run/engine.log" 2>&1 &
+engine=$!
+trap 'kill -INT $engine 2>/dev/null || true' EXIT
+for _ in $(seq 300); do grep -q ready "$run/engine.log" && break; sleep 0.1; done
+grep -q ready "$run/engine.log" || { cat "$run/engine.log"; exit 1; }
+"$bin/loadgen" run --rate "$rate" --workload w1 --duration "${DUR:-10}" \
+    --report "$run/report.json" > "$run/loadgen.log" 2>&1
+curl -s 127.0.0.1:9180/metrics > "$run/metrics.txt"
+kill -INT $engine
+wait $engine || true
+trap - EXIT
+python3 - "$run" "$label" "$rate" <<'PY'
+import json, re, sys
+run, label, rate = sys.argv[1:]
+r = json.load(open(f"{run}/report.json"))
+l = r["latency_us"]
+seconds = re.findall(r"p99\s+(\d+) µs", open(f"{run}/loadgen.log").read())
+m = {}
+for line in open(f"{run}/metrics.txt"):
+    x = re.match(r'sluice_(batch|write|sync)_latency_us\{shard="(\d+)",quantile="(0\.5|0\.99)"\} (\d+)', line)
+    if x:
+        m.setdefault(x[1], []).append(f"shard {x[2]} p{ {'0.5': '50', '0.99': '99'}[x[3]] } {x[4]}")
+print(f"{label}: rate {rate}: {r['events_per_sec']:.0f} events/s acked, {r['events_failed']} failed; "
+      f"ack latency µs p50 {l['p50']} p90 {l['p90']} p99 {l['p99']} p999 {l['p999']}")
+print(f"  p99 per second (µs): {' '.join(seconds)}")
+for k in ("batch", "write", "sync"):
+    print(f"  engine {k} latency µs: {', '.join(m.get(k, []))}")
+PY
