@@ -109,8 +109,8 @@ pub struct SegmentWriter {
     lane: Rc<Lane>,
     /// The current segment's partial last block.
     tail: Vec<u8>,
-    /// Zero-fill ahead and one flush per device (see the module notes).
-    flush_only: bool,
+    /// The zero-filling task: present exactly when writes over its zeros need only a device
+    /// flush (see the module notes).
     filler: Option<Task<()>>,
     /// Truncating and closing the last full segment.
     retiring: Option<Task<()>>,
@@ -339,7 +339,6 @@ impl SegmentWriter {
         Ok(SegmentWriter {
             lane,
             tail,
-            flush_only,
             filler,
             retiring: None,
         })
@@ -362,7 +361,7 @@ impl SegmentWriter {
         let n = self.tail.len() + records.len();
         let size = n.next_multiple_of(BLOCK as usize);
         let upto = at + size as u64;
-        let durable = if self.flush_only && !lane.broken.get() && upto <= lane.zeroed.get() {
+        let durable = if self.filler.is_some() && !lane.broken.get() && upto <= lane.zeroed.get() {
             Durable::Flush
         } else {
             // Past the durable zeros: wait out zero writes in flight under this write.
