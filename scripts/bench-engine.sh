@@ -14,6 +14,10 @@
 #   env DATA    parent of the run's data directory (default: target/bench-engine); the
 #               directory is kept, because deleting gigabytes right before the next run makes
 #               the filesystem trim while that run measures
+#   env CORES   the engine's cores, e.g. `0,1,2,3` (one shard each; default: one per core)
+#   env ENGINE_PREFIX, LOADGEN_PREFIX   run each under e.g. `taskset -c 14,15`
+#   env CONNS   generator connections (default 4)
+#   env JSON    append the figures to this file as one JSON line
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:?usage: scripts/bench-engine.sh RATE [SINKS_TOML] [LABEL]}
@@ -23,28 +27,31 @@ bin=${BIN:-target/release}
 work=${DATA:-target/bench-engine}
 run="$work/$(date +%s%N)"
 mkdir -p "$run"
-python3 - "$sinks" "$run/data" engine/src/default.toml "$run/sluice.toml" <<'PY'
+python3 - "$sinks" "$run/data" engine/src/default.toml "$run/sluice.toml" "${CORES:-}" <<'PY'
 import re, sys
-sinks, data, src, dst = sys.argv[1:]
+sinks, data, src, dst, cores = sys.argv[1:]
 s = open(src).read()
 s = re.sub(r'(?m)^durability = .*$', sinks.replace('\\n', '\n'), s)
 s = re.sub(r'(?m)^dir = .*$', 'dir = "%s"' % data, s)
+if cores:
+    s = re.sub(r'(?m)^shards = .*$', 'shards = %d\ncores = [%s]' % (len(cores.split(',')), cores), s)
 open(dst, 'w').write(s)
 PY
-"$bin/sluice" run --config "$run/sluice.toml" > "$run/engine.log" 2>&1 &
+${ENGINE_PREFIX:-} "$bin/sluice" run --config "$run/sluice.toml" > "$run/engine.log" 2>&1 &
 engine=$!
 trap 'kill -INT $engine 2>/dev/null || true' EXIT
 for _ in $(seq 300); do grep -q ready "$run/engine.log" && break; sleep 0.1; done
 grep -q ready "$run/engine.log" || { cat "$run/engine.log"; exit 1; }
-"$bin/loadgen" run --rate "$rate" --workload w1 --duration "${DUR:-10}" \
+${LOADGEN_PREFIX:-} "$bin/loadgen" run --connections "${CONNS:-4}" --rate "$rate" --workload w1 --duration "${DUR:-10}" \
     --report "$run/report.json" > "$run/loadgen.log" 2>&1
-curl -s 127.0.0.1:9180/metrics > "$run/metrics.txt"
+python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9180/metrics").read().decode())' \
+    > "$run/metrics.txt"
 kill -INT $engine
 wait $engine || true
 trap - EXIT
-python3 - "$run" "$label" "$rate" <<'PY'
+python3 - "$run" "$label" "$rate" "${JSON:-}" "${CORES:-}" <<'PY'
 import json, re, sys
-run, label, rate = sys.argv[1:]
+run, label, rate, out, cores = sys.argv[1:]
 r = json.load(open(f"{run}/report.json"))
 l = r["latency_us"]
 seconds = re.findall(r"p99\s+(\d+) µs", open(f"{run}/loadgen.log").read())
@@ -58,4 +65,8 @@ print(f"{label}: rate {rate}: {r['events_per_sec']:.0f} events/s acked, {r['even
 print(f"  p99 per second (µs): {' '.join(seconds)}")
 for k in ("batch", "write", "sync"):
     print(f"  engine {k} latency µs: {', '.join(m.get(k, []))}")
+if out:
+    with open(out, "a") as f:
+        f.write(json.dumps({"label": label, "rate": rate, "cores": cores, "report": r,
+                            "p99_per_second_us": [int(x) for x in seconds], "engine": m}) + "\n")
 PY

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Shard scaling on a many-core host: `sluice run` with 1 to 14 shards (one core each, from core
+# 0 up) against `loadgen run --rate max` held to the last two cores, then 2 shards at 250,000
+# events/s open loop with the generator on cores of its own and on the engine's cores. W1,
+# durability `interval_us = 1000` unless a line says otherwise. Every line of figures is also
+# appended to $OUT/scaling.jsonl, with the host's description in $OUT/host.txt.
+#
+#   BIN=target/release OUT=/tmp/scaling scripts/scaling.sh
+#
+#   env BIN     where the release binaries are (default: target/release)
+#   env OUT     where the report goes (default: target/scaling)
+#   env DUR     seconds per run (default 5)
+#   env SHARDS  the shard counts to run (default: "1 2 4 8 14")
+#   env SINKS   the scaling runs' durability line (see scripts/bench-engine.sh)
+#   env LATENCY 0 skips the 250,000 events/s runs
+#   env DATA    where the runs' data go (default: target/scaling-data)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export BIN=${BIN:-target/release} DUR=${DUR:-5}
+out=${OUT:-target/scaling}
+mkdir -p "$out"
+export JSON="$out/scaling.jsonl" DATA=${DATA:-$PWD/target/scaling-data}
+ncpu=$(nproc)
+lg=$((ncpu - 2)),$((ncpu - 1))
+{
+    uname -a
+    nproc
+    grep -m1 'model name' /proc/cpuinfo
+    df -T "$(dirname "$DATA")" | tail -1
+    ulimit -l
+} > "$out/host.txt" 2>&1
+cat "$out/host.txt"
+ok() { "$BIN/sluice" check > /dev/null 2>&1 || { echo "sluice check failed"; return 1; }; }
+ok || exit 1
+interval=${SINKS:-'durability = { interval_us = 1000 }'}
+run() { # LABEL RATE CORES LOADGEN_CORES CONNS [SINKS]
+    local pin=""
+    command -v taskset > /dev/null && pin="taskset -c $4"
+    CORES=$3 LOADGEN_PREFIX="$pin" CONNS=$5 \
+        scripts/bench-engine.sh "$2" "${6:-$interval}" "$1" 2>&1 \
+        | tee -a "$out/log.txt" | head -6
+    rm -rf "$DATA"
+}
+for n in ${SHARDS:-1 2 4 8 14}; do
+    [ "$n" -le $((ncpu - 2)) ] || continue
+    cores=$(seq -s, 0 $((n - 1)))
+    conns=$((n > 4 ? n : 4))
+    run "shards-$n" max "$cores" "$lg" "$conns"
+done
+[ "${LATENCY:-1}" = 1 ] || exit 0
+run "2-shards-250k-own-cores" 250000 0,1 "$lg" 4
+run "2-shards-250k-own-cores-none" 250000 0,1 "$lg" 4 'durability = "none"'
+run "2-shards-250k-shared-cores" 250000 0,1 0,1 4
