@@ -314,8 +314,8 @@ fn bad_configs_are_refused_with_file_line_and_reason() {
             "invalid type",
         ),
         (
-            base.replacen("stream = \"playback\"", "stream = \"nowhere\"", 1),
-            "stream = \"nowhere\"",
+            base.replacen("to = [\"playback\"]", "to = [\"nowhere\"]", 1),
+            "to = [\"nowhere\"]",
             "no stream \"nowhere\"",
         ),
         (

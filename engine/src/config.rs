@@ -18,13 +18,16 @@ use sluice_protocol::{Backend, Keyring, Limits};
 use toml::Spanned;
 
 use crate::enrich::Tables;
-use crate::route::{RouteSet, RuleSource};
+use crate::route::{RouteSet, RulePart, RuleSource};
 use crate::sink::record::Format;
 
 /// The embedded default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 /// The name `sluice run` reports for the embedded default.
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded default>";
+/// The stream that, when the config declares it, receives every event no route matches.
+pub const UNMATCHED_STREAM: &str = "_unmatched";
+
 /// The stream every rejected envelope goes to.
 pub const DEAD_LETTER_STREAM: &str = "dead-letter";
 
@@ -34,12 +37,20 @@ pub struct ConfigError {
     pub file: String,
     /// 1-based; 0 when the error is not about one line.
     pub line: usize,
+    /// 1-based, in characters; 0 when the error is about the whole line or more.
+    pub column: usize,
     pub reason: String,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line > 0 {
+        if self.line > 0 && self.column > 0 {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.reason
+            )
+        } else if self.line > 0 {
             write!(f, "{}:{}: {}", self.file, self.line, self.reason)
         } else {
             write!(f, "{}: {}", self.file, self.reason)
@@ -67,7 +78,7 @@ struct RawConfig {
     #[serde(default)]
     streams: BTreeMap<String, Spanned<RawStream>>,
     #[serde(default)]
-    routes: Vec<RawRoute>,
+    route: Vec<RawRoute>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,7 +238,7 @@ fn default_format() -> String {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     name: Spanned<String>,
-    stream: Spanned<String>,
+    to: Spanned<Vec<String>>,
     when: Spanned<String>,
     fields: Spanned<Vec<String>>,
     #[serde(default)]
@@ -326,7 +337,31 @@ impl Lines<'_> {
             } else {
                 self.line_of(span.start)
             },
+            column: 0,
             reason: reason.into(),
+        }
+    }
+
+    /// An error at byte `at` of the text of the TOML string whose value spans `span`.
+    fn err_in_string(
+        &self,
+        span: Range<usize>,
+        at: usize,
+        reason: impl Into<String>,
+    ) -> ConfigError {
+        let raw = &self.text[span.clone()];
+        // Where the string's content starts: after the quotes (and a newline right after
+        // triple quotes). Escapes before `at` in a basic string shift it a little.
+        let open = if raw.starts_with("\"\"\"") || raw.starts_with("'''") {
+            3 + raw[3..].find(|c| c != '\n').map_or(0, |n| n.min(1))
+        } else {
+            1
+        };
+        let pos = (span.start + open + at).min(span.end);
+        let line_start = self.text[..pos].rfind('\n').map_or(0, |n| n + 1);
+        ConfigError {
+            column: self.text[line_start..pos].chars().count() + 1,
+            ..self.err(pos..pos + 1, reason)
         }
     }
 }
@@ -342,6 +377,7 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.display().to_string(),
             line: 0,
+            column: 0,
             reason: format!("cannot read: {e}"),
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
@@ -556,45 +592,47 @@ impl Config {
         }
 
         // Routes.
-        let mut rules = Vec::with_capacity(raw.routes.len());
-        for r in &raw.routes {
-            let stream = streams
-                .iter()
-                .position(|s| s.name == *r.stream.get_ref())
-                .ok_or_else(|| {
+        let unmatched = streams.iter().position(|s| s.name == UNMATCHED_STREAM);
+        let mut rules = Vec::with_capacity(raw.route.len());
+        for r in &raw.route {
+            let name = r.name.get_ref();
+            let mut to = Vec::new();
+            for t in r.to.get_ref() {
+                let i = streams.iter().position(|s| s.name == *t).ok_or_else(|| {
                     lines.err(
-                        r.stream.span(),
-                        format!(
-                            "route {:?}: no stream {:?} (declare it under [streams])",
-                            r.name.get_ref(),
-                            r.stream.get_ref()
-                        ),
+                        r.to.span(),
+                        format!("route {name:?}: no stream {t:?} (declare it under [streams])"),
                     )
                 })?;
+                if !to.contains(&i) {
+                    to.push(i);
+                }
+            }
             if let Some(s) = &r.sample
                 && !(*s.get_ref() > 0.0 && *s.get_ref() <= 1.0)
             {
                 return Err(lines.err(
                     s.span(),
-                    format!("route {:?}: sample must be in (0, 1]", r.name.get_ref()),
+                    format!("route {name:?}: sample must be in (0, 1]"),
                 ));
             }
             rules.push(RuleSource {
-                name: r.name.get_ref().clone(),
-                stream,
+                name: name.clone(),
+                streams: to,
                 when: r.when.get_ref().clone(),
                 fields: r.fields.get_ref().clone(),
                 sample: r.sample.as_ref().map(|s| *s.get_ref()),
             });
         }
-        let routes = RouteSet::compile(&rules).map_err(|(i, why)| {
-            let r = &raw.routes[i];
-            let span = if why.starts_with("fields") {
-                r.fields.span()
-            } else {
-                r.when.span()
-            };
-            lines.err(span, format!("route {:?}: {why}", r.name.get_ref()))
+        let routes = RouteSet::compile(&rules, unmatched).map_err(|e| {
+            let r = &raw.route[e.rule];
+            let why = format!("route {:?}: {}", r.name.get_ref(), e.reason);
+            match e.part {
+                RulePart::Name => lines.err(r.name.span(), why),
+                RulePart::To => lines.err(r.to.span(), why),
+                RulePart::Fields => lines.err(r.fields.span(), why),
+                RulePart::When(at) => lines.err_in_string(r.when.span(), at, why),
+            }
         })?;
         streams.push(dead_letter);
 
@@ -714,8 +752,18 @@ impl Config {
         );
         let _ = writeln!(o, "streams: {}", self.streams.len());
         for (i, s) in self.streams.iter().enumerate() {
-            let rules = self.routes.rules().iter().filter(|r| r.stream == i).count();
-            let _ = writeln!(o, "  {} ({}): {} routes", s.name, s.format, rules);
+            let rules = self
+                .routes
+                .rules()
+                .iter()
+                .filter(|r| r.streams.contains(&i))
+                .count();
+            let what = if self.routes.unmatched() == Some(i) {
+                "events no route matches".to_owned()
+            } else {
+                format!("{rules} routes")
+            };
+            let _ = writeln!(o, "  {} ({}): {what}", s.name, s.format);
         }
         let _ = writeln!(o, "routes: {}", self.routes.rules().len());
         for r in self.routes.rules() {
@@ -723,7 +771,11 @@ impl Config {
                 o,
                 "  {} -> {}: {}; fields {}{}",
                 r.name,
-                self.streams[r.stream].name,
+                r.streams
+                    .iter()
+                    .map(|&i| self.streams[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 r.expr,
                 r.fields.len(),
                 r.sample.map_or(String::new(), |s| format!("; sample {s}"))

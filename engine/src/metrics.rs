@@ -160,6 +160,13 @@ impl Registry {
         );
         per_shard(
             &mut o,
+            "sluice_unmatched_events_total",
+            "counter",
+            "Events no route matched (written to `_unmatched` when the config has it).",
+            &|s| s.counters.unmatched,
+        );
+        per_shard(
+            &mut o,
             "sluice_frames_forwarded_total",
             "counter",
             "Batch frames sent to their owner shard.",
@@ -283,6 +290,7 @@ pub fn add_counters(into: &mut Counters, c: &Counters) {
     into.events += c.events;
     into.bytes_in += c.bytes_in;
     into.frames_rejected += c.frames_rejected;
+    into.unmatched += c.unmatched;
     for (a, b) in into.records.iter_mut().zip(&c.records) {
         *a += b;
     }

@@ -14,7 +14,7 @@ use sluice_protocol::{AlignedBuf, BatchFrame, Error, Opener};
 use crate::config::Config;
 use crate::enrich::Tables;
 use crate::route::compiled::Matcher;
-use crate::route::{Ctx, RouteSet};
+use crate::route::{Ctx, Field, RouteSet};
 use crate::sink::record::{self, Format};
 use crate::sink::segment::append_record;
 
@@ -23,7 +23,30 @@ use crate::sink::segment::append_record;
 pub struct StreamOut {
     /// Framed records (segment record format), ready to append to a segment.
     pub buf: Vec<u8>,
-    pub records: u64,
+    /// Records and their bytes since the end of the last `step` (moved into the counters).
+    records: u64,
+    bytes: u64,
+}
+
+/// Encodes one projected record of the event into `s`.
+#[inline]
+fn emit(
+    s: &mut StreamOut,
+    format: Format,
+    partition: u32,
+    scratch: &mut AlignedBuf,
+    ctx: &Ctx<'_, '_>,
+    fields: &[Field],
+) {
+    let fields = fields.iter().map(|f| (f.name(), ctx.get(*f)));
+    let n = match format {
+        Format::Json => append_record(&mut s.buf, partition, |b| record::json_record(b, fields)),
+        Format::Rkyv => append_record(&mut s.buf, partition, |b| {
+            record::rkyv_record(b, scratch, fields)
+        }),
+    };
+    s.records += 1;
+    s.bytes += n as u64;
 }
 
 /// What one batch did.
@@ -54,6 +77,8 @@ pub struct Counters {
     pub events: u64,
     pub bytes_in: u64,
     pub frames_rejected: u64,
+    /// Events no rule matched.
+    pub unmatched: u64,
     pub records: Vec<u64>,
     pub record_bytes: Vec<u64>,
     /// By [`Error::code`].
@@ -163,10 +188,11 @@ impl Pipeline {
                             enriched: tables.lookup(&event),
                             tables,
                         };
-                        let resolved = matcher.resolve(&ctx);
-                        matcher.matching(&resolved, &ctx, rule_bits);
+                        matcher.matching(&ctx, rule_bits);
                         let rules = routes.rules();
+                        let mut matched = false;
                         for (w, &word) in rule_bits.iter().enumerate() {
+                            matched |= word != 0;
                             let mut bits = word;
                             while bits != 0 {
                                 let i = w * 64 + bits.trailing_zeros() as usize;
@@ -175,20 +201,31 @@ impl Pipeline {
                                 if !rule.keeps(event.event_id) {
                                     continue;
                                 }
+                                for &stream in &rule.streams {
+                                    o.records += 1;
+                                    emit(
+                                        &mut out[stream],
+                                        formats[stream],
+                                        partition,
+                                        scratch,
+                                        &ctx,
+                                        &rule.fields,
+                                    );
+                                }
+                            }
+                        }
+                        if !matched {
+                            counters.unmatched += 1;
+                            if let Some(stream) = routes.unmatched() {
                                 o.records += 1;
-                                let s = &mut out[rule.stream];
-                                let fields = rule.fields.iter().map(|f| (f.name(), ctx.get(*f)));
-                                let n = match formats[rule.stream] {
-                                    Format::Json => append_record(&mut s.buf, partition, |b| {
-                                        record::json_record(b, fields)
-                                    }),
-                                    Format::Rkyv => append_record(&mut s.buf, partition, |b| {
-                                        record::rkyv_record(b, scratch, fields)
-                                    }),
-                                };
-                                s.records += 1;
-                                counters.records[rule.stream] += 1;
-                                counters.record_bytes[rule.stream] += n as u64;
+                                emit(
+                                    &mut out[stream],
+                                    formats[stream],
+                                    partition,
+                                    scratch,
+                                    &ctx,
+                                    &Field::ALL,
+                                );
                             }
                         }
                     }
@@ -207,11 +244,14 @@ impl Pipeline {
                         )
                     });
                     s.records += 1;
-                    counters.records[d] += 1;
-                    counters.record_bytes[d] += n as u64;
+                    s.bytes += n as u64;
                     counters.dead_letters[usize::from(rejected.error.code()) - 1] += 1;
                 }
             }
+        }
+        for (i, s) in out.iter_mut().enumerate() {
+            counters.records[i] += std::mem::take(&mut s.records);
+            counters.record_bytes[i] += std::mem::take(&mut s.bytes);
         }
         counters.batches += 1;
         counters.envelopes += u64::from(o.envelopes);

@@ -82,3 +82,37 @@ fn tables_load_from_csv() {
     assert!(e.reason.contains("geo line 2"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn route_errors_point_at_line_and_column() {
+    let route = |to: &str, when: &str| {
+        format!(
+            "[keys]\ndemo = true\n[streams.a]\n[[route]]\nname = \"r\"\nto = {to}\nwhen = '{when}'\nfields = [\"event_id\"]\n"
+        )
+    };
+    let e = Config::parse(
+        &route("[\"a\"]", "event_type == \"x\" and geo.country < \"US\""),
+        "t.toml",
+        Path::new(""),
+    )
+    .unwrap_err();
+    assert_eq!((e.line, e.column), (7, 43), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("t.toml:7:43: route \"r\": `<` orders numbers and versions"),
+        "{e}"
+    );
+    let e = Config::parse(&route("[]", "true"), "t.toml", Path::new("")).unwrap_err();
+    assert_eq!(e.line, 6, "{e}");
+    assert!(e.reason.contains("`to` names no stream"), "{e}");
+    let e = Config::parse(&route("[\"a\", \"b\"]", "true"), "t.toml", Path::new("")).unwrap_err();
+    assert!(e.reason.contains("no stream \"b\""), "{e}");
+    let e = Config::parse(
+        &route("[\"a\"]", "device.os starts_with 7"),
+        "t.toml",
+        Path::new(""),
+    )
+    .unwrap_err();
+    assert_eq!((e.line, e.column), (7, 31), "{e}");
+    assert!(e.reason.contains("expected a string, found 7"), "{e}");
+}

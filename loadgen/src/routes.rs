@@ -176,14 +176,14 @@ impl RouteSpec {
     }
 }
 
-/// Renders rules as the `[[routes]]` tables of an engine config.
+/// Renders rules as the `[[route]]` tables of an engine config.
 pub fn routes_toml(routes: &[RouteSpec]) -> String {
     let mut out = String::new();
     for r in routes {
         let fields: Vec<String> = r.fields.iter().map(|f| format!("{f:?}")).collect();
-        let _ = writeln!(out, "[[routes]]");
+        let _ = writeln!(out, "[[route]]");
         let _ = writeln!(out, "name = {:?}", r.name);
-        let _ = writeln!(out, "stream = {:?}", r.stream);
+        let _ = writeln!(out, "to = [{:?}]", r.stream);
         let _ = writeln!(out, "when = '{}'", r.when());
         let _ = writeln!(out, "fields = [{}]", fields.join(", "));
         if let Some(s) = r.sample {

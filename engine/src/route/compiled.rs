@@ -1,88 +1,131 @@
-//! The route set compiled for one shard's tables: string comparisons become bit tests.
+//! The route set compiled for one shard's tables: one bitset AND per field decides most rules.
 //!
-//! Every string literal a condition compares a field with gets a small id, per field. Per
-//! event, each string field the rules read is resolved to its id once: an event field by one
-//! hash lookup, an enrichment field by indexing a table built at start-up from the shard's
-//! interned strings (so no hashing at all). `app_version` is parsed once. Then `==` and `in`
-//! are bit tests, and versions and numbers compare as integers. Anything else (IP addresses,
-//! string ordering) falls back to the interpreter.
+//! Each rule's condition is split into its top-level conjuncts. A conjunct that reads one
+//! field in one way (string equality, number or version order, IP equality) is a *slot*
+//! conjunct; the rest (prefixes, `or` across fields) are *residual*.
 //!
-//! [`super::Expr::eval`] is the oracle: `tests/matcher.rs` checks both agree on W1 events.
+//! For every slot, the values an event can have fall into a few classes, the *rows*:
+//! - a string or IP slot: each literal the rules mention, any other value, no value;
+//! - a number or version slot: each literal point, each gap between points, no value.
+//!
+//! Every slot conjunct has one answer per row, so for each row the matcher keeps the bitset
+//! of rules whose conjuncts on that slot all hold there (rules that do not read the slot hold
+//! everywhere). An event's matches are then the AND, across slots, of the row bitset its value
+//! picks (found by one hash lookup for an event string, an index into a table built from the
+//! shard's interned strings for an enrichment string, or a binary search among the points),
+//! done 512 or 256 bits at a time where the CPU has AVX-512 or AVX2. The residual conjuncts
+//! of a rule are evaluated only when the bitsets leave the rule standing.
+//!
+//! [`super::Expr::eval`] is the oracle: the property tests in `tests/matcher.rs` check that
+//! every SIMD path gives its answers.
+
+use std::net::IpAddr;
 
 use hashbrown::HashMap;
 
-use super::{Ctx, Expr, Field, Lit, Op, RouteSet, Value};
+use super::{Ctx, Expr, Field, Lit, RouteSet, Value};
 use crate::enrich::Tables;
 
-/// Id of a string that is no literal of its field.
-const UNKNOWN: u32 = u32::MAX;
-
+/// How an event's row in a slot is found.
 #[derive(Debug, Clone)]
-enum Pred {
-    /// The field's literal id is in the set.
-    In {
-        slot: usize,
-        bits: Box<[u64]>,
+enum Kind {
+    /// Rows: literal ids, then "another string", then "no value".
+    Str {
+        literals: HashMap<Box<str>, u32>,
+        /// For an enrichment field: the literal id (or "another string") of each interned
+        /// string of the shard's tables.
+        by_sym: Vec<u32>,
     },
-    Num {
-        field: Field,
-        op: Op,
-        value: u64,
-    },
-    Version {
-        op: Op,
-        key: u64,
-    },
-    Interpret(Expr),
+    /// Rows: literal ids, then "another address".
+    Ip { literals: HashMap<IpAddr, u32> },
+    /// Rows: `2i` is the gap below point `i`, `2i + 1` point `i`, `2n` the gap above the
+    /// last; then "no value". A version slot orders `app_version` as a version.
+    Ord { points: Vec<u64>, version: bool },
 }
 
 #[derive(Debug, Clone)]
-enum CExpr {
-    True,
-    Pred(Pred),
-    Not(Box<CExpr>),
-    And(Box<[CExpr]>),
-    Or(Box<[CExpr]>),
-}
-
-/// One string field the rules compare: its literals and, for enrichment fields, the id of
-/// every interned string of the shard's tables.
-#[derive(Debug, Clone)]
-struct StrSlot {
+struct Slot {
     field: Field,
-    literals: HashMap<Box<str>, u32>,
-    by_sym: Vec<u32>,
+    kind: Kind,
 }
+
+impl Slot {
+    fn rows(&self) -> usize {
+        match &self.kind {
+            Kind::Str { literals, .. } => literals.len() + 2,
+            Kind::Ip { literals } => literals.len() + 1,
+            Kind::Ord { points, .. } => 2 * points.len() + 2,
+        }
+    }
+
+    fn null_row(&self) -> usize {
+        self.rows() - 1
+    }
+}
+
+/// The row a slot conjunct is asked about.
+#[derive(Debug, Clone, Copy)]
+enum Row {
+    /// Literal `id` of a string or IP slot.
+    Lit(u32),
+    /// A value no literal of the slot names.
+    Other,
+    /// Point `i` of an ordered slot.
+    Point(usize),
+    /// Strictly between points `i - 1` and `i` of an ordered slot.
+    Gap(usize),
+    /// The field has no value.
+    Null,
+}
+
+/// Which AND the matcher runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
+impl Simd {
+    /// The widest this CPU runs.
+    pub fn detect() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Simd::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Scalar
+    }
+
+    /// Every path this CPU can run, widest first.
+    pub fn available() -> Vec<Simd> {
+        let all = [Simd::Avx512, Simd::Avx2, Simd::Scalar];
+        let best = all.iter().position(|s| *s == Simd::detect()).unwrap_or(2);
+        all[best..].to_vec()
+    }
+}
+
+/// Slots a route set can have: a string (or IP) and an ordered one per field.
+const MAX_SLOTS: usize = 2 * Field::ALL.len();
 
 /// A route set compiled against one shard's tables.
-///
-/// Rules that are conjunctions of `in`/`==` tests and version or number comparisons (all of
-/// W1's) are decided together as bitsets: for each string slot and each of its literal ids, the
-/// set of rules whose tests on that slot pass; an event's matches are the AND of its ids' sets,
-/// then of its version and number comparisons. Other rules are evaluated one by one.
 #[derive(Debug, Clone)]
 pub struct Matcher {
-    slots: Vec<StrSlot>,
-    needs_version: bool,
-    rules: Vec<CExpr>,
-    /// Words in a rule bitset.
     words: usize,
-    /// Per slot: `(literals + 1) · words` bits; row `literals` is for an unknown string.
-    slot_masks: Vec<Vec<u64>>,
-    /// Version comparisons of bitset rules: (rule, op, key).
-    versions: Vec<(usize, Op, u64)>,
-    /// Number comparisons of bitset rules: (rule, field, op, value).
-    numbers: Vec<(usize, Field, Op, u64)>,
-    /// Rules evaluated one by one.
-    general: Vec<usize>,
-    /// Rules decided by bitsets.
-    bitset_rules: Vec<u64>,
-}
-
-/// Per-event values the compiled predicates read.
-pub struct Resolved {
-    ids: [u32; Field::ALL.len()],
-    version: Option<u64>,
+    slots: Vec<Slot>,
+    /// Per slot, `rows · words` bits: the rules each row lets through.
+    masks: Vec<Box<[u64]>>,
+    /// Rules that can match at all.
+    base: Box<[u64]>,
+    /// Rules with residual conjuncts.
+    residual_rules: Box<[u64]>,
+    /// Per rule, its residual conjuncts as one condition.
+    residual: Vec<Option<Expr>>,
+    simd: Simd,
 }
 
 fn is_enrichment(f: Field) -> bool {
@@ -99,126 +142,184 @@ fn is_enrichment(f: Field) -> bool {
     )
 }
 
-impl Matcher {
-    pub fn new(routes: &RouteSet, tables: &Tables) -> Matcher {
-        let n = routes.rules().len();
-        let words = n.div_ceil(64).max(1);
-        let mut m = Matcher {
-            slots: Vec::new(),
-            needs_version: false,
-            rules: Vec::new(),
-            words,
-            slot_masks: Vec::new(),
-            versions: Vec::new(),
-            numbers: Vec::new(),
-            general: Vec::new(),
-            bitset_rules: vec![0; words],
-        };
-        m.rules = routes.rules().iter().map(|r| m.compile(&r.expr)).collect();
-        m.build_bitsets();
-        for slot in &mut m.slots {
-            if is_enrichment(slot.field) {
-                slot.by_sym = tables
-                    .strings()
-                    .iter()
-                    .map(|s| slot.literals.get(&**s).copied().unwrap_or(UNKNOWN))
-                    .collect();
-            }
-        }
-        m
-    }
+/// Whether a field is on every event (so `exists` holds).
+fn always_there(f: Field) -> bool {
+    !f.name().contains('.')
+}
 
-    /// The conjuncts of a rule, if every one is a test the bitsets can decide.
-    fn conjuncts(e: &CExpr) -> Option<Vec<&Pred>> {
-        match e {
-            CExpr::True => Some(Vec::new()),
-            CExpr::Pred(Pred::Interpret(_)) => None,
-            CExpr::Pred(p) => Some(vec![p]),
-            CExpr::And(xs) => {
-                let mut out = Vec::new();
-                for x in xs.iter() {
-                    out.extend(Self::conjuncts(x)?);
+/// Which slot a leaf reads: (field, 0 string / 1 IP / 2 number / 3 version).
+type SlotKey = (Field, u8);
+
+fn leaf_slot(e: &Expr) -> Option<SlotKey> {
+    let by_lit = |f: Field, l: &Lit| match l {
+        Lit::Str(_) => (f, 0),
+        Lit::Ip(_) => (f, 1),
+        Lit::U64(_) => (f, 2),
+        Lit::Version(..) => (f, 3),
+    };
+    match e {
+        Expr::Cmp(f, _, l) => Some(by_lit(*f, l)),
+        Expr::In(f, ls) | Expr::NotIn(f, ls) => ls.first().map(|l| by_lit(*f, l)),
+        Expr::Exists(f) if !always_there(*f) => Some((*f, if f.is_numeric() { 2 } else { 0 })),
+        _ => None,
+    }
+}
+
+/// How a conjunct reads the event: `None` if it needs the interpreter, else the one slot it
+/// reads (`Some(None)` when it reads none: it is a constant).
+fn conjunct_slot(e: &Expr) -> Option<Option<SlotKey>> {
+    match e {
+        Expr::True => Some(None),
+        Expr::Exists(f) if always_there(*f) => Some(None),
+        Expr::StartsWith(..) => None,
+        Expr::Cmp(..) | Expr::In(..) | Expr::NotIn(..) | Expr::Exists(_) => {
+            Some(Some(leaf_slot(e)?))
+        }
+        Expr::Not(x) => conjunct_slot(x),
+        Expr::And(xs) | Expr::Or(xs) => {
+            let mut slot = None;
+            for x in xs {
+                match conjunct_slot(x)? {
+                    None => {}
+                    Some(s) if slot.is_none_or(|t| t == s) => slot = Some(s),
+                    Some(_) => return None,
                 }
-                Some(out)
             }
-            CExpr::Not(_) | CExpr::Or(_) => None,
+            Some(slot)
         }
     }
+}
 
-    fn build_bitsets(&mut self) {
-        let w = self.words;
-        let mut masks: Vec<Vec<u64>> = self
-            .slots
+fn conjuncts(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::And(xs) => xs.iter().flat_map(conjuncts).collect(),
+        e => vec![e],
+    }
+}
+
+impl Matcher {
+    /// Compiles `routes` for a shard whose tables are `tables`, with the widest AND this CPU
+    /// runs.
+    pub fn new(routes: &RouteSet, tables: &Tables) -> Matcher {
+        Matcher::with_simd(routes, tables, Simd::detect())
+    }
+
+    /// As [`Matcher::new`], with the AND done by `simd` (which this CPU must run).
+    pub fn with_simd(routes: &RouteSet, tables: &Tables, simd: Simd) -> Matcher {
+        assert!(
+            Simd::available().contains(&simd),
+            "{simd:?} does not run here"
+        );
+        let rules = routes.rules();
+        let words = rules.len().div_ceil(64).max(1);
+        // Sort each rule's conjuncts into slot ones and residual ones.
+        let mut keys: Vec<SlotKey> = Vec::new();
+        let mut by_rule: Vec<Vec<(usize, &Expr)>> = Vec::with_capacity(rules.len());
+        let mut residual: Vec<Option<Expr>> = Vec::with_capacity(rules.len());
+        let mut base = vec![0u64; words];
+        for (r, rule) in rules.iter().enumerate() {
+            let mut mine = Vec::new();
+            let mut rest = Vec::new();
+            let mut never = false;
+            for c in conjuncts(&rule.expr) {
+                match conjunct_slot(c) {
+                    Some(Some(key)) => {
+                        let s = keys.iter().position(|k| *k == key).unwrap_or_else(|| {
+                            keys.push(key);
+                            keys.len() - 1
+                        });
+                        mine.push((s, c));
+                    }
+                    Some(None) => never |= !eval_row(c, None, Row::Null),
+                    None => rest.push(c.clone()),
+                }
+            }
+            if !never {
+                base[r / 64] |= 1 << (r % 64);
+            }
+            by_rule.push(mine);
+            residual.push(match rest.len() {
+                0 => None,
+                1 => rest.pop(),
+                _ => Some(Expr::And(rest)),
+            });
+        }
+        // Each slot's literals, then its rows' bitsets.
+        let mut slots: Vec<Slot> = keys
             .iter()
-            .map(|s| vec![0u64; (s.literals.len() + 1) * w])
+            .map(|&(field, k)| Slot {
+                field,
+                kind: match k {
+                    0 => Kind::Str {
+                        literals: HashMap::new(),
+                        by_sym: Vec::new(),
+                    },
+                    1 => Kind::Ip {
+                        literals: HashMap::new(),
+                    },
+                    _ => Kind::Ord {
+                        points: Vec::new(),
+                        version: k == 3,
+                    },
+                },
+            })
             .collect();
-        for (r, rule) in self.rules.iter().enumerate() {
-            let Some(preds) = Self::conjuncts(rule) else {
-                self.general.push(r);
-                continue;
-            };
-            self.bitset_rules[r / 64] |= 1 << (r % 64);
-            for (s, mask) in masks.iter_mut().enumerate() {
-                let rows = self.slots[s].literals.len() + 1;
-                let tests: Vec<&[u64]> = preds
-                    .iter()
-                    .filter_map(|p| match p {
-                        Pred::In { slot, bits } if *slot == s => Some(&bits[..]),
-                        _ => None,
-                    })
-                    .collect();
-                for id in 0..rows {
-                    // The unknown row passes only rules that do not test this slot.
-                    let pass = if id == rows - 1 {
-                        tests.is_empty()
-                    } else {
-                        tests
+        for conjs in &by_rule {
+            for &(s, c) in conjs {
+                collect_literals(c, &mut slots[s].kind);
+            }
+        }
+        for slot in &mut slots {
+            match &mut slot.kind {
+                Kind::Ord { points, .. } => {
+                    points.sort_unstable();
+                    points.dedup();
+                }
+                Kind::Str { literals, by_sym } if is_enrichment(slot.field) => {
+                    let other = literals.len() as u32;
+                    *by_sym = tables
+                        .strings()
+                        .iter()
+                        .map(|s| literals.get(&**s).copied().unwrap_or(other))
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+        let masks = slots
+            .iter()
+            .enumerate()
+            .map(|(s, slot)| {
+                let mut mask = vec![0u64; slot.rows() * words].into_boxed_slice();
+                for row in 0..slot.rows() {
+                    let at = row_of(slot, row);
+                    let bits = &mut mask[row * words..(row + 1) * words];
+                    for (r, conjs) in by_rule.iter().enumerate() {
+                        if conjs
                             .iter()
-                            .all(|b| b.get(id / 64).is_some_and(|w| w >> (id % 64) & 1 == 1))
-                    };
-                    if pass {
-                        mask[id * w + r / 64] |= 1 << (r % 64);
+                            .all(|&(t, c)| t != s || eval_row(c, Some(slot), at))
+                        {
+                            bits[r / 64] |= 1 << (r % 64);
+                        }
                     }
                 }
-            }
-            for p in preds {
-                match p {
-                    Pred::Version { op, key } => self.versions.push((r, *op, *key)),
-                    Pred::Num { field, op, value } => self.numbers.push((r, *field, *op, *value)),
-                    _ => {}
-                }
-            }
-        }
-        self.slot_masks = masks;
-    }
-
-    /// Sets in `out` (one bit per rule, `words()` words) the rules whose condition holds.
-    #[inline]
-    pub fn matching(&self, r: &Resolved, ctx: &Ctx<'_, '_>, out: &mut [u64]) {
-        let w = self.words;
-        out[..w].copy_from_slice(&self.bitset_rules);
-        for (s, mask) in self.slot_masks.iter().enumerate() {
-            let rows = mask.len() / w;
-            let id = (r.ids[s] as usize).min(rows - 1);
-            for (o, m) in out[..w].iter_mut().zip(&mask[id * w..id * w + w]) {
-                *o &= m;
+                mask
+            })
+            .collect();
+        let mut residual_rules = vec![0u64; words];
+        for (r, x) in residual.iter().enumerate() {
+            if x.is_some() {
+                residual_rules[r / 64] |= 1 << (r % 64);
             }
         }
-        for &(rule, op, key) in &self.versions {
-            if !r.version.is_some_and(|v| op.holds(v.cmp(&key))) {
-                out[rule / 64] &= !(1 << (rule % 64));
-            }
-        }
-        for &(rule, field, op, value) in &self.numbers {
-            let holds = matches!(ctx.get(field), Value::U64(v) if op.holds(v.cmp(&value)));
-            if !holds {
-                out[rule / 64] &= !(1 << (rule % 64));
-            }
-        }
-        for &rule in &self.general {
-            if eval(&self.rules[rule], r, ctx) {
-                out[rule / 64] |= 1 << (rule % 64);
-            }
+        Matcher {
+            words,
+            slots,
+            masks,
+            base: base.into(),
+            residual_rules: residual_rules.into(),
+            residual,
+            simd,
         }
     }
 
@@ -227,133 +328,245 @@ impl Matcher {
         self.words
     }
 
-    fn slot(&mut self, field: Field) -> usize {
-        if let Some(i) = self.slots.iter().position(|s| s.field == field) {
-            return i;
-        }
-        self.slots.push(StrSlot {
-            field,
-            literals: HashMap::new(),
-            by_sym: Vec::new(),
-        });
-        self.slots.len() - 1
+    /// The AND this matcher runs.
+    pub fn simd(&self) -> Simd {
+        self.simd
     }
 
-    fn literal_id(&mut self, slot: usize, s: &str) -> u32 {
-        let lits = &mut self.slots[slot].literals;
-        let next = lits.len() as u32;
-        *lits.entry(s.into()).or_insert(next)
-    }
-
-    fn set(&mut self, field: Field, lits: &[Lit]) -> Option<Pred> {
-        let strs: Option<Vec<&str>> = lits
-            .iter()
-            .map(|l| match l {
-                Lit::Str(s) if !field.is_numeric() && field != Field::ClientIp => Some(s.as_str()),
-                _ => None,
-            })
-            .collect();
-        let strs = strs?;
-        let slot = self.slot(field);
-        let ids: Vec<u32> = strs.iter().map(|s| self.literal_id(slot, s)).collect();
-        let words = ids.iter().max().map_or(1, |m| *m as usize / 64 + 1);
-        let mut bits = vec![0u64; words];
-        for id in ids {
-            bits[id as usize / 64] |= 1 << (id % 64);
-        }
-        Some(Pred::In {
-            slot,
-            bits: bits.into(),
-        })
-    }
-
-    fn compile(&mut self, e: &Expr) -> CExpr {
-        let pred = match e {
-            Expr::True => return CExpr::True,
-            Expr::Not(x) => return CExpr::Not(Box::new(self.compile(x))),
-            Expr::And(xs) => return CExpr::And(xs.iter().map(|x| self.compile(x)).collect()),
-            Expr::Or(xs) => return CExpr::Or(xs.iter().map(|x| self.compile(x)).collect()),
-            Expr::In(field, lits) => self.set(*field, lits),
-            Expr::Cmp(field, Op::Eq, lit) => self.set(*field, std::slice::from_ref(lit)),
-            Expr::Cmp(field, Op::Ne, lit) => {
-                if let Some(p) = self.set(*field, std::slice::from_ref(lit)) {
-                    return CExpr::Not(Box::new(CExpr::Pred(p)));
-                }
-                None
-            }
-            Expr::Cmp(field, op, Lit::U64(value)) => Some(Pred::Num {
-                field: *field,
-                op: *op,
-                value: *value,
-            }),
-            Expr::Cmp(Field::AppVersion, op, Lit::Version(key, _)) => {
-                self.needs_version = true;
-                Some(Pred::Version { op: *op, key: *key })
-            }
-            Expr::Cmp(..) => None,
-        };
-        CExpr::Pred(pred.unwrap_or_else(|| Pred::Interpret(e.clone())))
-    }
-
-    /// Resolves the fields the rules read, once per event.
+    /// Sets in `out` (`words()` words, one bit per rule) the rules whose condition holds for
+    /// the event, and clears the others.
     #[inline]
-    pub fn resolve(&self, ctx: &Ctx<'_, '_>) -> Resolved {
-        let mut r = Resolved {
-            ids: [UNKNOWN; Field::ALL.len()],
-            version: None,
-        };
-        let e = &ctx.enriched;
-        for (i, slot) in self.slots.iter().enumerate() {
-            let sym = match slot.field {
-                Field::GeoCountry => e.geo.map(|g| g.country),
-                Field::GeoRegion => e.geo.map(|g| g.region),
-                Field::DeviceBrand => e.device.map(|d| d.brand),
-                Field::DeviceModel => e.device.map(|d| d.model),
-                Field::DevicePlatform => e.device.map(|d| d.platform),
-                Field::DeviceOs => e.device.map(|d| d.os),
-                Field::CustomerPlan => e.customer.map(|c| c.plan),
-                Field::CustomerSignupCountry => e.customer.map(|c| c.signup_country),
-                f => {
-                    if let Value::Str(s) = ctx.get(f) {
-                        r.ids[i] = slot.literals.get(s).copied().unwrap_or(UNKNOWN);
+    pub fn matching(&self, ctx: &Ctx<'_, '_>, out: &mut [u64]) {
+        let w = self.words;
+        let out = &mut out[..w];
+        let mut rows: [&[u64]; MAX_SLOTS] = [&[]; MAX_SLOTS];
+        for (i, (slot, mask)) in self.slots.iter().zip(&self.masks).enumerate() {
+            let row = self.row(slot, ctx);
+            rows[i] = &mask[row * w..(row + 1) * w];
+        }
+        let rows = &rows[..self.slots.len()];
+        match self.simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `with_simd` checked that this CPU has AVX-512F.
+            Simd::Avx512 => unsafe { and_rows_avx512(out, &self.base, rows) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `with_simd` checked that this CPU has AVX2.
+            Simd::Avx2 => unsafe { and_rows_avx2(out, &self.base, rows) },
+            _ => and_rows_scalar(out, &self.base, rows),
+        }
+        for (i, (o, m)) in out.iter_mut().zip(self.residual_rules.iter()).enumerate() {
+            let mut left = *o & m;
+            while left != 0 {
+                let b = left.trailing_zeros();
+                left &= left - 1;
+                let rule = i * 64 + b as usize;
+                if let Some(x) = &self.residual[rule]
+                    && !x.eval(ctx)
+                {
+                    *o &= !(1 << b);
+                }
+            }
+        }
+    }
+
+    /// The row of `slot` the event's value picks.
+    #[inline]
+    fn row(&self, slot: &Slot, ctx: &Ctx<'_, '_>) -> usize {
+        match &slot.kind {
+            Kind::Str { literals, by_sym } => {
+                let other = literals.len();
+                if is_enrichment(slot.field) {
+                    let e = &ctx.enriched;
+                    let sym = match slot.field {
+                        Field::GeoCountry => e.geo.map(|g| g.country),
+                        Field::GeoRegion => e.geo.map(|g| g.region),
+                        Field::DeviceBrand => e.device.map(|d| d.brand),
+                        Field::DeviceModel => e.device.map(|d| d.model),
+                        Field::DevicePlatform => e.device.map(|d| d.platform),
+                        Field::DeviceOs => e.device.map(|d| d.os),
+                        Field::CustomerPlan => e.customer.map(|c| c.plan),
+                        _ => e.customer.map(|c| c.signup_country),
+                    };
+                    match sym {
+                        Some(sym) => by_sym.get(sym.index()).map_or(other, |&id| id as usize),
+                        None => other + 1,
                     }
-                    continue;
+                } else {
+                    match ctx.get(slot.field) {
+                        Value::Str(s) => literals.get(s).map_or(other, |&id| id as usize),
+                        _ => other + 1,
+                    }
                 }
-            };
-            if let Some(sym) = sym {
-                r.ids[i] = slot.by_sym.get(sym.index()).copied().unwrap_or(UNKNOWN);
+            }
+            Kind::Ip { literals } => match ctx.get(slot.field) {
+                Value::Ip(ip) => literals.get(&ip).map_or(literals.len(), |&id| id as usize),
+                _ => slot.null_row(),
+            },
+            Kind::Ord { points, version } => {
+                let v = if *version {
+                    super::version_key(ctx.event.app_version)
+                } else {
+                    match ctx.get(slot.field) {
+                        Value::U64(v) => Some(v),
+                        _ => None,
+                    }
+                };
+                match v {
+                    Some(v) => {
+                        let i = points.partition_point(|p| *p < v);
+                        if points.get(i) == Some(&v) {
+                            2 * i + 1
+                        } else {
+                            2 * i
+                        }
+                    }
+                    None => slot.null_row(),
+                }
             }
         }
-        if self.needs_version {
-            r.version = super::version_key(ctx.event.app_version);
-        }
-        r
-    }
-
-    /// Whether rule `i`'s condition holds (before sampling).
-    #[inline]
-    pub fn matches(&self, i: usize, r: &Resolved, ctx: &Ctx<'_, '_>) -> bool {
-        eval(&self.rules[i], r, ctx)
     }
 }
 
-fn eval(e: &CExpr, r: &Resolved, ctx: &Ctx<'_, '_>) -> bool {
+/// What row number `row` of `slot` stands for.
+fn row_of(slot: &Slot, row: usize) -> Row {
+    if row == slot.null_row() && !matches!(slot.kind, Kind::Ip { .. }) {
+        return Row::Null;
+    }
+    match &slot.kind {
+        Kind::Str { literals, .. } if row == literals.len() => Row::Other,
+        Kind::Ip { literals } if row == literals.len() => Row::Other,
+        Kind::Str { .. } | Kind::Ip { .. } => Row::Lit(row as u32),
+        Kind::Ord { .. } if row % 2 == 1 => Row::Point(row / 2),
+        Kind::Ord { .. } => Row::Gap(row / 2),
+    }
+}
+
+fn collect_literals(e: &Expr, kind: &mut Kind) {
+    let mut add = |l: &Lit| match (l, &mut *kind) {
+        (Lit::Str(s), Kind::Str { literals, .. }) => {
+            let next = literals.len() as u32;
+            literals.entry(s.as_str().into()).or_insert(next);
+        }
+        (Lit::Ip(ip), Kind::Ip { literals }) => {
+            let next = literals.len() as u32;
+            literals.entry(*ip).or_insert(next);
+        }
+        (Lit::U64(v) | Lit::Version(v, _), Kind::Ord { points, .. }) => points.push(*v),
+        _ => {}
+    };
     match e {
-        CExpr::True => true,
-        CExpr::Pred(p) => match p {
-            Pred::In { slot, bits } => {
-                let id = r.ids[*slot] as usize;
-                bits.get(id / 64).is_some_and(|w| w >> (id % 64) & 1 == 1)
+        Expr::Cmp(_, _, l) => add(l),
+        Expr::In(_, ls) | Expr::NotIn(_, ls) => ls.iter().for_each(add),
+        Expr::Not(x) => collect_literals(x, kind),
+        Expr::And(xs) | Expr::Or(xs) => xs.iter().for_each(|x| collect_literals(x, kind)),
+        _ => {}
+    }
+}
+
+/// The id (string, IP) or point index (ordered) of a literal in its slot.
+fn literal_index(slot: &Slot, l: &Lit) -> Option<usize> {
+    match (l, &slot.kind) {
+        (Lit::Str(s), Kind::Str { literals, .. }) => literals.get(s.as_str()).map(|&i| i as usize),
+        (Lit::Ip(ip), Kind::Ip { literals }) => literals.get(ip).map(|&i| i as usize),
+        (Lit::U64(v) | Lit::Version(v, _), Kind::Ord { points, .. }) => {
+            points.binary_search(v).ok()
+        }
+        _ => None,
+    }
+}
+
+/// Whether a conjunct that reads only `slot` (or nothing) holds for a value in `row`.
+fn eval_row(e: &Expr, slot: Option<&Slot>, row: Row) -> bool {
+    // How the row's value compares with literal `l`; `None` when it has no value.
+    let cmp = |l: &Lit| -> Option<std::cmp::Ordering> {
+        use std::cmp::Ordering::*;
+        let j = literal_index(slot?, l)?;
+        match row {
+            Row::Lit(i) => Some(if i as usize == j { Equal } else { Less }),
+            Row::Other => Some(Less),
+            Row::Point(i) => Some(i.cmp(&j)),
+            Row::Gap(i) => Some(if j < i { Greater } else { Less }),
+            Row::Null => None,
+        }
+    };
+    let eq = |l: &Lit| cmp(l) == Some(std::cmp::Ordering::Equal);
+    match e {
+        Expr::True => true,
+        Expr::Exists(f) => always_there(*f) || !matches!(row, Row::Null),
+        Expr::Cmp(_, op, l) => cmp(l).is_some_and(|o| op.holds(o)),
+        Expr::In(_, ls) => ls.iter().any(eq),
+        Expr::NotIn(_, ls) => !matches!(row, Row::Null) && !ls.iter().any(eq),
+        Expr::Not(x) => !eval_row(x, slot, row),
+        Expr::And(xs) => xs.iter().all(|x| eval_row(x, slot, row)),
+        Expr::Or(xs) => xs.iter().any(|x| eval_row(x, slot, row)),
+        Expr::StartsWith(..) => unreachable!("prefixes are residual"),
+    }
+}
+
+fn and_rows_scalar(out: &mut [u64], base: &[u64], rows: &[&[u64]]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut v = base[i];
+        for r in rows {
+            v &= r[i];
+        }
+        *o = v;
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX-512F; `base` and every row are at least `out.len()` long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn and_rows_avx512(out: &mut [u64], base: &[u64], rows: &[&[u64]]) {
+    use std::arch::x86_64::{__m512i, _mm512_and_si512, _mm512_loadu_si512, _mm512_storeu_si512};
+    let n = out.len();
+    assert!(base.len() >= n && rows.iter().all(|r| r.len() >= n));
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n, and every slice holds at least n words (asserted above).
+        unsafe {
+            let mut v = _mm512_loadu_si512(base.as_ptr().add(i).cast::<__m512i>());
+            for r in rows {
+                v = _mm512_and_si512(v, _mm512_loadu_si512(r.as_ptr().add(i).cast::<__m512i>()));
             }
-            Pred::Num { field, op, value } => match ctx.get(*field) {
-                Value::U64(v) => op.holds(v.cmp(value)),
-                _ => false,
-            },
-            Pred::Version { op, key } => r.version.is_some_and(|v| op.holds(v.cmp(key))),
-            Pred::Interpret(x) => x.eval(ctx),
-        },
-        CExpr::Not(x) => !eval(x, r, ctx),
-        CExpr::And(xs) => xs.iter().all(|x| eval(x, r, ctx)),
-        CExpr::Or(xs) => xs.iter().any(|x| eval(x, r, ctx)),
+            _mm512_storeu_si512(out.as_mut_ptr().add(i).cast::<__m512i>(), v);
+        }
+        i += 8;
+    }
+    tail(out, base, rows, i);
+}
+
+/// # Safety
+/// The CPU must have AVX2; `base` and every row are at least `out.len()` long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn and_rows_avx2(out: &mut [u64], base: &[u64], rows: &[&[u64]]) {
+    use std::arch::x86_64::{__m256i, _mm256_and_si256, _mm256_loadu_si256, _mm256_storeu_si256};
+    let n = out.len();
+    assert!(base.len() >= n && rows.iter().all(|r| r.len() >= n));
+    let mut i = 0;
+    while i + 4 <= n {
+        // SAFETY: i + 4 <= n, and every slice holds at least n words (asserted above).
+        unsafe {
+            let mut v = _mm256_loadu_si256(base.as_ptr().add(i).cast::<__m256i>());
+            for r in rows {
+                v = _mm256_and_si256(v, _mm256_loadu_si256(r.as_ptr().add(i).cast::<__m256i>()));
+            }
+            _mm256_storeu_si256(out.as_mut_ptr().add(i).cast::<__m256i>(), v);
+        }
+        i += 4;
+    }
+    tail(out, base, rows, i);
+}
+
+/// The scalar AND of the words from `from` on.
+#[inline]
+fn tail(out: &mut [u64], base: &[u64], rows: &[&[u64]], from: usize) {
+    for i in from..out.len() {
+        let mut v = base[i];
+        for r in rows {
+            v &= r[i];
+        }
+        out[i] = v;
     }
 }

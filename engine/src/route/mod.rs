@@ -6,14 +6,21 @@
 //! ```text
 //! expr  := and ("or" and)*
 //! and   := unary ("and" unary)*
-//! unary := "not" unary | "(" expr ")" | "true" | field op literal | field "in" "[" literals "]"
+//! unary := "not" unary | "(" expr ")" | "true" | "exists" field
+//!        | field op literal | field ["not"] "in" "[" literal ("," literal)* "]"
+//!        | field "starts_with" string
 //! op    := "==" | "!=" | ">=" | ">" | "<=" | "<"
 //! ```
 //!
-//! Literals are double-quoted strings or unsigned integers. `app_version` compares as a
-//! `major.minor.patch` version; other strings compare bytewise; numbers numerically. A field
-//! whose enrichment row is missing satisfies no comparison. This is the plain interpreter the
-//! compiled matcher of the routing issue will be tested against.
+//! Literals are double-quoted strings or unsigned integers, checked against the field's type
+//! when the rule compiles. Numbers compare numerically; `app_version` orders as a
+//! `major.minor.patch` version (`<`, `<=`, `>`, `>=` take only numbers and versions); strings
+//! and `client_ip` take `==`, `!=`, `in`, `not in`, and strings `starts_with`.
+//!
+//! A field whose enrichment row is missing (or an `app_version` that is no version, when it is
+//! ordered) satisfies no comparison: `!=` and `not in` are false on it too, `not (f == x)` is
+//! true, and `exists f` tells which. This is the plain interpreter: the compiled matcher
+//! ([`compiled`]) is tested against it.
 //!
 //! Sampling keeps a match when the SplitMix64 finalizer of `event_id ^ FNV-1a(rule name)`,
 //! modulo 1,000,000, is below `sample · 1,000,000`: the decision depends only on the event
@@ -101,6 +108,19 @@ impl Field {
 
     pub fn from_name(name: &str) -> Option<Field> {
         Field::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// What kind of value the field holds, in words.
+    pub fn kind(self) -> &'static str {
+        if self.is_numeric() {
+            "number"
+        } else if self == Field::ClientIp {
+            "IP address"
+        } else if self == Field::AppVersion {
+            "version string"
+        } else {
+            "string"
+        }
     }
 
     pub fn is_numeric(self) -> bool {
@@ -237,6 +257,11 @@ pub enum Expr {
     True,
     Cmp(Field, Op, Lit),
     In(Field, Vec<Lit>),
+    /// The field has a value and it is none of these.
+    NotIn(Field, Vec<Lit>),
+    StartsWith(Field, String),
+    /// The field has a value (its enrichment row is there).
+    Exists(Field),
     Not(Box<Expr>),
     And(Vec<Expr>),
     Or(Vec<Expr>),
@@ -257,8 +282,13 @@ impl fmt::Display for Expr {
         match self {
             Expr::True => f.write_str("true"),
             Expr::Cmp(field, op, lit) => write!(f, "{} {} {lit}", field.name(), op.symbol()),
-            Expr::In(field, lits) => {
-                write!(f, "{} in [", field.name())?;
+            Expr::In(field, lits) | Expr::NotIn(field, lits) => {
+                let not = if matches!(self, Expr::NotIn(..)) {
+                    "not "
+                } else {
+                    ""
+                };
+                write!(f, "{} {not}in [", field.name())?;
                 for (i, l) in lits.iter().enumerate() {
                     if i > 0 {
                         f.write_str(", ")?;
@@ -267,6 +297,8 @@ impl fmt::Display for Expr {
                 }
                 f.write_str("]")
             }
+            Expr::StartsWith(field, p) => write!(f, "{} starts_with {p:?}", field.name()),
+            Expr::Exists(field) => write!(f, "exists {}", field.name()),
             Expr::Not(x) => write!(f, "not {x}"),
             Expr::And(xs) => join(f, xs, "and"),
             Expr::Or(xs) => join(f, xs, "or"),
@@ -315,6 +347,17 @@ impl Expr {
                 lits.iter()
                     .any(|l| compare(v, l) == Some(std::cmp::Ordering::Equal))
             }
+            Expr::NotIn(field, lits) => {
+                let v = ctx.get(*field);
+                v != Value::Null
+                    && lits
+                        .iter()
+                        .all(|l| compare(v, l).is_some_and(|o| o != std::cmp::Ordering::Equal))
+            }
+            Expr::StartsWith(field, p) => {
+                matches!(ctx.get(*field), Value::Str(v) if v.starts_with(p.as_str()))
+            }
+            Expr::Exists(field) => ctx.get(*field) != Value::Null,
             Expr::Not(x) => !x.eval(ctx),
             Expr::And(xs) => xs.iter().all(|x| x.eval(ctx)),
             Expr::Or(xs) => xs.iter().any(|x| x.eval(ctx)),
@@ -326,17 +369,37 @@ impl Expr {
 #[derive(Debug, Clone)]
 pub struct RuleSource {
     pub name: String,
-    pub stream: usize,
+    /// Indexes of the streams it writes to (one record each per kept match).
+    pub streams: Vec<usize>,
     pub when: String,
     pub fields: Vec<String>,
     pub sample: Option<f64>,
+}
+
+/// What is wrong with a rule, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    /// Index of the rule in the sources.
+    pub rule: usize,
+    pub part: RulePart,
+    pub reason: String,
+}
+
+/// The part of a rule an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RulePart {
+    Name,
+    To,
+    /// The condition, at this byte offset in its text.
+    When(usize),
+    Fields,
 }
 
 /// A compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
-    pub stream: usize,
+    pub streams: Vec<usize>,
     pub expr: Expr,
     pub fields: Vec<Field>,
     pub sample: Option<f64>,
@@ -360,31 +423,51 @@ impl Rule {
 #[derive(Debug, Clone, Default)]
 pub struct RouteSet {
     rules: Vec<Rule>,
+    unmatched: Option<usize>,
 }
 
 impl RouteSet {
-    /// Compiles rules; an error names the rule (by index) and why.
-    pub fn compile(sources: &[RuleSource]) -> Result<RouteSet, (usize, String)> {
+    /// Compiles rules; events that match none go to stream `unmatched` when there is one.
+    pub fn compile(
+        sources: &[RuleSource],
+        unmatched: Option<usize>,
+    ) -> Result<RouteSet, RuleError> {
         let mut rules = Vec::with_capacity(sources.len());
+        let mut names = std::collections::HashSet::new();
         for (i, s) in sources.iter().enumerate() {
-            if sources[..i].iter().any(|o| o.name == s.name) {
-                return Err((i, "a rule of this name comes earlier".into()));
+            let err = |part, reason: String| RuleError {
+                rule: i,
+                part,
+                reason,
+            };
+            if !names.insert(s.name.as_str()) {
+                return Err(err(
+                    RulePart::Name,
+                    "a rule of this name comes earlier".into(),
+                ));
             }
-            let expr = parse(&s.when).map_err(|e| (i, format!("when: {e}")))?;
+            if s.streams.is_empty() {
+                return Err(err(RulePart::To, "`to` names no stream".into()));
+            }
+            let expr = parse(&s.when).map_err(|e| err(RulePart::When(e.at), e.reason))?;
             if s.fields.is_empty() {
-                return Err((i, "fields: a rule projects at least one field".into()));
+                return Err(err(
+                    RulePart::Fields,
+                    "a rule projects at least one field".into(),
+                ));
             }
             let fields = s
                 .fields
                 .iter()
                 .map(|f| {
-                    Field::from_name(f).ok_or_else(|| (i, format!("fields: unknown field {f:?}")))
+                    Field::from_name(f)
+                        .ok_or_else(|| err(RulePart::Fields, format!("unknown field {f:?}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let salt = sluice_protocol::fnv1a64(s.name.as_bytes());
             rules.push(Rule {
                 name: s.name.clone(),
-                stream: s.stream,
+                streams: s.streams.clone(),
                 expr,
                 fields,
                 sample: s.sample,
@@ -394,24 +477,46 @@ impl RouteSet {
                 salt,
             });
         }
-        Ok(RouteSet { rules })
+        Ok(RouteSet { rules, unmatched })
     }
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
+
+    /// The stream for events no rule matches, if the config has one.
+    pub fn unmatched(&self) -> Option<usize> {
+        self.unmatched
+    }
+}
+
+/// A condition that does not parse: why, and at which byte of its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub at: usize,
+    pub reason: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (at byte {})", self.reason, self.at)
+    }
 }
 
 /// Parses a condition.
-pub fn parse(src: &str) -> Result<Expr, String> {
+pub fn parse(src: &str) -> Result<Expr, ParseError> {
     let mut p = Parser {
         toks: lex(src)?,
         at: 0,
+        end: src.len(),
     };
     let e = p.or()?;
     match p.toks.get(p.at) {
         None => Ok(e),
-        Some(t) => Err(format!("unexpected {t} after a complete condition")),
+        Some((t, at)) => Err(ParseError {
+            at: *at,
+            reason: format!("unexpected {t} after a complete condition"),
+        }),
     }
 }
 
@@ -444,23 +549,29 @@ impl fmt::Display for Tok {
     }
 }
 
-fn lex(src: &str) -> Result<Vec<Tok>, String> {
+/// Tokens with the byte offset each starts at.
+fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
     let b = src.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
+    let fail = |at: usize, reason: String| Err(ParseError { at, reason });
     while i < b.len() {
         let c = b[i];
-        match c {
-            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+        let start = i;
+        let tok = match c {
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                i += 1;
+                continue;
+            }
             b'(' | b')' | b'[' | b']' | b',' => {
-                out.push(match c {
+                i += 1;
+                match c {
                     b'(' => Tok::LParen,
                     b')' => Tok::RParen,
                     b'[' => Tok::LBracket,
                     b']' => Tok::RBracket,
                     _ => Tok::Comma,
-                });
-                i += 1;
+                }
             }
             b'=' | b'!' | b'<' | b'>' => {
                 let two = b.get(i + 1) == Some(&b'=');
@@ -471,29 +582,26 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
                     (b'<', true) => Op::Le,
                     (b'>', false) => Op::Gt,
                     (b'<', false) => Op::Lt,
-                    _ => {
-                        return Err(format!(
-                            "`{}` at column {}: did you mean `==`?",
-                            c as char,
-                            i + 1
-                        ));
-                    }
+                    (b'=', false) => return fail(i, "`=`: did you mean `==`?".into()),
+                    _ => return fail(i, "`!`: did you mean `!=` or `not`?".into()),
                 };
-                out.push(Tok::Op(op));
                 i += if two { 2 } else { 1 };
+                Tok::Op(op)
             }
             b'"' => {
                 let mut s = String::new();
                 i += 1;
                 loop {
                     match b.get(i) {
-                        None => return Err("a string is not closed".into()),
+                        None => return fail(start, "a string is not closed".into()),
                         Some(b'"') => break,
                         Some(b'\\') => {
                             match b.get(i + 1) {
                                 Some(b'"') => s.push('"'),
                                 Some(b'\\') => s.push('\\'),
-                                _ => return Err(format!("bad escape at column {}", i + 1)),
+                                _ => {
+                                    return fail(i, "a bad escape (only \\\" and \\\\)".into());
+                                }
                             }
                             i += 2;
                         }
@@ -505,52 +613,71 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
                     }
                 }
                 i += 1;
-                out.push(Tok::Str(s));
+                Tok::Str(s)
             }
             b'0'..=b'9' => {
-                let start = i;
                 while i < b.len() && b[i].is_ascii_digit() {
                     i += 1;
                 }
-                let n = src[start..i]
-                    .parse()
-                    .map_err(|_| format!("number {} is too large", &src[start..i]))?;
-                out.push(Tok::Num(n));
+                match src[start..i].parse() {
+                    Ok(n) => Tok::Num(n),
+                    Err(_) => {
+                        return fail(start, format!("number {} is too large", &src[start..i]));
+                    }
+                }
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
-                let start = i;
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.')
                 {
                     i += 1;
                 }
-                out.push(Tok::Ident(src[start..i].to_owned()));
+                Tok::Ident(src[start..i].to_owned())
             }
             _ => {
                 let ch = src[i..].chars().next().expect("in bounds");
-                return Err(format!("unexpected {ch:?} at column {}", i + 1));
+                return fail(i, format!("unexpected {ch:?}"));
             }
-        }
+        };
+        out.push((tok, start));
     }
     Ok(out)
 }
 
 struct Parser {
-    toks: Vec<Tok>,
+    toks: Vec<(Tok, usize)>,
     at: usize,
+    /// Length of the source: where "the end" is.
+    end: usize,
 }
 
 impl Parser {
     fn peek_word(&self, w: &str) -> bool {
-        matches!(self.toks.get(self.at), Some(Tok::Ident(s)) if s == w)
+        matches!(self.toks.get(self.at), Some((Tok::Ident(s), _)) if s == w)
     }
 
     fn next(&mut self) -> Option<Tok> {
-        let t = self.toks.get(self.at).cloned();
+        let t = self.toks.get(self.at).map(|t| t.0.clone());
         self.at += 1;
         t
     }
 
-    fn or(&mut self) -> Result<Expr, String> {
+    /// An error about the token just taken by [`Parser::next`].
+    fn error_at_last(&self, reason: String) -> ParseError {
+        let at = self
+            .toks
+            .get(self.at.saturating_sub(1))
+            .map_or(self.end, |t| t.1);
+        ParseError { at, reason }
+    }
+
+    fn expected(&self, what: &str, got: Option<Tok>) -> ParseError {
+        self.error_at_last(match got {
+            Some(t) => format!("expected {what}, found {t}"),
+            None => format!("expected {what}, found the end"),
+        })
+    }
+
+    fn or(&mut self) -> Result<Expr, ParseError> {
         let mut xs = vec![self.and()?];
         while self.peek_word("or") {
             self.at += 1;
@@ -563,7 +690,7 @@ impl Parser {
         })
     }
 
-    fn and(&mut self) -> Result<Expr, String> {
+    fn and(&mut self) -> Result<Expr, ParseError> {
         let mut xs = vec![self.unary()?];
         while self.peek_word("and") {
             self.at += 1;
@@ -576,80 +703,127 @@ impl Parser {
         })
     }
 
-    fn unary(&mut self) -> Result<Expr, String> {
+    fn field(&mut self) -> Result<Field, ParseError> {
         match self.next() {
-            Some(Tok::Ident(w)) if w == "not" => Ok(Expr::Not(Box::new(self.unary()?))),
-            Some(Tok::Ident(w)) if w == "true" => Ok(Expr::True),
-            Some(Tok::LParen) => {
-                let e = self.or()?;
-                match self.next() {
-                    Some(Tok::RParen) => Ok(e),
-                    other => Err(expected("`)`", other)),
-                }
-            }
-            Some(Tok::Ident(name)) => {
-                let field = Field::from_name(&name).ok_or_else(|| {
-                    format!(
-                        "unknown field `{name}` (known: {})",
-                        Field::ALL.map(Field::name).join(", ")
-                    )
-                })?;
-                match self.next() {
-                    Some(Tok::Op(op)) => {
-                        let lit = self.literal(field, op)?;
-                        Ok(Expr::Cmp(field, op, lit))
-                    }
-                    Some(Tok::Ident(w)) if w == "in" => {
-                        match self.next() {
-                            Some(Tok::LBracket) => {}
-                            other => return Err(expected("`[`", other)),
-                        }
-                        let mut lits = Vec::new();
-                        loop {
-                            lits.push(self.literal(field, Op::Eq)?);
-                            match self.next() {
-                                Some(Tok::Comma) => {}
-                                Some(Tok::RBracket) => break,
-                                other => return Err(expected("`,` or `]`", other)),
-                            }
-                        }
-                        Ok(Expr::In(field, lits))
-                    }
-                    other => Err(expected("a comparison or `in`", other)),
-                }
-            }
-            other => Err(expected("a field, `not`, `true` or `(`", other)),
+            Some(Tok::Ident(name)) => Field::from_name(&name).ok_or_else(|| {
+                self.error_at_last(format!(
+                    "unknown field `{name}` (known: {})",
+                    Field::ALL.map(Field::name).join(", ")
+                ))
+            }),
+            other => Err(self.expected("a field", other)),
         }
     }
 
-    fn literal(&mut self, field: Field, op: Op) -> Result<Lit, String> {
+    fn unary(&mut self) -> Result<Expr, ParseError> {
+        match self.toks.get(self.at).map(|t| &t.0) {
+            Some(Tok::Ident(w)) if w == "not" => {
+                self.at += 1;
+                return Ok(Expr::Not(Box::new(self.unary()?)));
+            }
+            Some(Tok::Ident(w)) if w == "true" => {
+                self.at += 1;
+                return Ok(Expr::True);
+            }
+            Some(Tok::Ident(w)) if w == "exists" => {
+                self.at += 1;
+                return Ok(Expr::Exists(self.field()?));
+            }
+            Some(Tok::LParen) => {
+                self.at += 1;
+                let e = self.or()?;
+                return match self.next() {
+                    Some(Tok::RParen) => Ok(e),
+                    other => Err(self.expected("`)`", other)),
+                };
+            }
+            Some(Tok::Ident(_)) => {}
+            _ => {
+                let got = self.next();
+                return Err(self.expected("a field, `not`, `exists`, `true` or `(`", got));
+            }
+        }
+        let field = self.field()?;
+        match self.next() {
+            Some(Tok::Op(op)) => {
+                if !matches!(op, Op::Eq | Op::Ne)
+                    && !field.is_numeric()
+                    && field != Field::AppVersion
+                {
+                    return Err(self.error_at_last(format!(
+                        "`{}` orders numbers and versions; `{}` is a {}",
+                        op.symbol(),
+                        field.name(),
+                        field.kind()
+                    )));
+                }
+                let lit = self.literal(field, op)?;
+                Ok(Expr::Cmp(field, op, lit))
+            }
+            Some(Tok::Ident(w)) if w == "in" => Ok(Expr::In(field, self.list(field)?)),
+            Some(Tok::Ident(w)) if w == "not" => match self.next() {
+                Some(Tok::Ident(w)) if w == "in" => Ok(Expr::NotIn(field, self.list(field)?)),
+                other => Err(self.expected("`in` after `not`", other)),
+            },
+            Some(Tok::Ident(w)) if w == "starts_with" => {
+                if field.is_numeric() || field == Field::ClientIp {
+                    return Err(self.error_at_last(format!(
+                        "`starts_with` takes a string field; `{}` is a {}",
+                        field.name(),
+                        field.kind()
+                    )));
+                }
+                match self.next() {
+                    Some(Tok::Str(p)) => Ok(Expr::StartsWith(field, p)),
+                    other => Err(self.expected("a string", other)),
+                }
+            }
+            other => Err(self.expected(
+                "`==`, `!=`, `<`, `<=`, `>`, `>=`, `in`, `not in` or `starts_with`",
+                other,
+            )),
+        }
+    }
+
+    /// `[ literal, ... ]`, at least one.
+    fn list(&mut self, field: Field) -> Result<Vec<Lit>, ParseError> {
+        match self.next() {
+            Some(Tok::LBracket) => {}
+            other => return Err(self.expected("`[`", other)),
+        }
+        let mut lits = Vec::new();
+        loop {
+            lits.push(self.literal(field, Op::Eq)?);
+            match self.next() {
+                Some(Tok::Comma) => {}
+                Some(Tok::RBracket) => return Ok(lits),
+                other => return Err(self.expected("`,` or `]`", other)),
+            }
+        }
+    }
+
+    fn literal(&mut self, field: Field, op: Op) -> Result<Lit, ParseError> {
         let tok = self.next();
+        let bad = |p: &Self, why: String| Err(p.error_at_last(why));
         match (tok, field) {
             (Some(Tok::Num(n)), f) if f.is_numeric() => Ok(Lit::U64(n)),
             (Some(Tok::Str(s)), Field::AppVersion) if !matches!(op, Op::Eq | Op::Ne) => {
-                version_key(&s)
-                    .map(|k| Lit::Version(k, s.clone()))
-                    .ok_or_else(|| format!("{s:?} is not a major.minor.patch version"))
+                match version_key(&s) {
+                    Some(k) => Ok(Lit::Version(k, s)),
+                    None => bad(self, format!("{s:?} is not a major.minor.patch version")),
+                }
             }
-            (Some(Tok::Str(s)), Field::ClientIp) => s
-                .parse()
-                .map(Lit::Ip)
-                .map_err(|_| format!("{s:?} is not an IP address")),
+            (Some(Tok::Str(s)), Field::ClientIp) => match s.parse() {
+                Ok(ip) => Ok(Lit::Ip(ip)),
+                Err(_) => bad(self, format!("{s:?} is not an IP address")),
+            },
             (Some(Tok::Str(s)), f) if !f.is_numeric() => Ok(Lit::Str(s)),
-            (Some(t @ (Tok::Num(_) | Tok::Str(_))), f) => Err(format!(
-                "{t} does not fit `{}`, which is a {}",
-                f.name(),
-                if f.is_numeric() { "number" } else { "string" }
-            )),
-            (other, _) => Err(expected("a literal", other)),
+            (Some(t @ (Tok::Num(_) | Tok::Str(_))), f) => bad(
+                self,
+                format!("{t} does not fit `{}`, which is a {}", f.name(), f.kind()),
+            ),
+            (other, _) => Err(self.expected("a literal", other)),
         }
-    }
-}
-
-fn expected(what: &str, got: Option<Tok>) -> String {
-    match got {
-        Some(t) => format!("expected {what}, found {t}"),
-        None => format!("expected {what}, found the end"),
     }
 }
 
@@ -659,29 +833,51 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        let e =
-            parse(r#"event_type in ["a", "b"] and (app_version >= "6.1.0" or not geo.asn < 10)"#)
-                .unwrap();
+        let e = parse(
+            r#"event_type in ["a", "b"] and (app_version >= "6.1.0" or not geo.asn < 10)
+               and geo.country not in ["US"] and device.model starts_with "Ro"
+               and not exists customer.plan"#,
+        )
+        .unwrap();
         assert_eq!(
             e.to_string(),
-            r#"(event_type in ["a", "b"] and (app_version >= "6.1.0" or not geo.asn < 10))"#
+            r#"(event_type in ["a", "b"] and (app_version >= "6.1.0" or not geo.asn < 10) and geo.country not in ["US"] and device.model starts_with "Ro" and not exists customer.plan)"#
         );
     }
 
     #[test]
-    fn errors_say_why() {
+    fn errors_say_why_and_where() {
         let cases = [
-            ("event_typ == \"a\"", "unknown field `event_typ`"),
-            ("event_type = \"a\"", "did you mean `==`"),
-            ("geo.asn == \"x\"", "does not fit `geo.asn`"),
-            ("app_version >= \"6.x\"", "not a major.minor.patch"),
-            ("event_type in [\"a\"", "expected `,` or `]`"),
-            ("(true", "expected `)`"),
-            ("true true", "unexpected `true`"),
+            ("event_typ == \"a\"", 0, "unknown field `event_typ`"),
+            ("event_type = \"a\"", 11, "did you mean `==`"),
+            ("geo.asn == \"x\"", 11, "does not fit `geo.asn`"),
+            ("app_version >= \"6.x\"", 15, "not a major.minor.patch"),
+            (
+                "event_type in [\"a\"",
+                18,
+                "expected `,` or `]`, found the end",
+            ),
+            ("(true", 5, "expected `)`"),
+            ("true true", 5, "unexpected `true`"),
+            (
+                "geo.country < \"US\"",
+                12,
+                "`<` orders numbers and versions",
+            ),
+            (
+                "geo.asn starts_with \"1\"",
+                8,
+                "`starts_with` takes a string field",
+            ),
+            ("geo.country not [\"US\"]", 16, "expected `in` after `not`"),
+            ("exists 7", 7, "expected a field"),
+            ("event_type in []", 15, "expected a literal, found `]`"),
+            ("device.os ~ \"x\"", 10, "unexpected '~'"),
         ];
-        for (src, want) in cases {
+        for (src, at, want) in cases {
             let err = parse(src).unwrap_err();
-            assert!(err.contains(want), "{src}: {err}");
+            assert!(err.reason.contains(want), "{src}: {err}");
+            assert_eq!(err.at, at, "{src}: {err}");
         }
     }
 
