@@ -64,7 +64,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(config),
-        Command::Check { config } => load(config).map(|c| print!("{}", c.describe())),
+        Command::Check { config } => load(config).map(|c| {
+            // A closed pipe (`sluice check | head`) is no error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), c.describe().as_bytes());
+        }),
         Command::Cat { paths } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());

@@ -13,7 +13,7 @@ use sluice_protocol::{AlignedBuf, BatchFrame, Error, Opener};
 
 use crate::config::Config;
 use crate::enrich::Tables;
-use crate::route::compiled::Matcher;
+use crate::route::compiled::{Matcher, Matches};
 use crate::route::{Ctx, Field, RouteSet};
 use crate::sink::record::{self, Format};
 use crate::sink::segment::append_record;
@@ -91,8 +91,8 @@ pub struct Pipeline {
     tables: Tables,
     routes: RouteSet,
     matcher: Matcher,
-    /// The rules an event matches, one bit each.
-    rule_bits: Vec<u64>,
+    /// The rules an event matches.
+    matches: Matches,
     formats: Vec<Format>,
     owned: Vec<bool>,
     dead_letter: usize,
@@ -107,10 +107,12 @@ impl Pipeline {
     /// gets its own copy).
     pub fn new(config: &Config, shard: usize, tables: Tables) -> Pipeline {
         let streams = config.streams.len();
+        let matcher = Matcher::new(&config.routes, &tables);
+        let matches = matcher.matches();
         Pipeline {
             opener: Opener::new(config.keyring.clone(), config.limits),
-            matcher: Matcher::new(&config.routes, &tables),
-            rule_bits: vec![0; config.routes.rules().len().div_ceil(64).max(1)],
+            matcher,
+            matches,
             tables,
             routes: config.routes.clone(),
             formats: config.streams.iter().map(|s| s.format).collect(),
@@ -168,7 +170,7 @@ impl Pipeline {
             tables,
             routes,
             matcher,
-            rule_bits,
+            matches,
             formats,
             scratch,
             out,
@@ -188,33 +190,26 @@ impl Pipeline {
                             enriched: tables.lookup(&event),
                             tables,
                         };
-                        matcher.matching(&ctx, rule_bits);
+                        matcher.matching(&ctx, matches);
                         let rules = routes.rules();
-                        let mut matched = false;
-                        for (w, &word) in rule_bits.iter().enumerate() {
-                            matched |= word != 0;
-                            let mut bits = word;
-                            while bits != 0 {
-                                let i = w * 64 + bits.trailing_zeros() as usize;
-                                bits &= bits - 1;
-                                let rule = &rules[i];
-                                if !rule.keeps(event.event_id) {
-                                    continue;
-                                }
-                                for &stream in &rule.streams {
-                                    o.records += 1;
-                                    emit(
-                                        &mut out[stream],
-                                        formats[stream],
-                                        partition,
-                                        scratch,
-                                        &ctx,
-                                        &rule.fields,
-                                    );
-                                }
+                        matches.for_each(|i| {
+                            let rule = &rules[i];
+                            if !rule.keeps(event.event_id) {
+                                return;
                             }
-                        }
-                        if !matched {
+                            for &stream in &rule.streams {
+                                o.records += 1;
+                                emit(
+                                    &mut out[stream],
+                                    formats[stream],
+                                    partition,
+                                    scratch,
+                                    &ctx,
+                                    &rule.fields,
+                                );
+                            }
+                        });
+                        if matches.is_empty() {
                             counters.unmatched += 1;
                             if let Some(stream) = routes.unmatched() {
                                 o.records += 1;

@@ -184,11 +184,18 @@ fn check(set: &RouteSet, events: &[Event]) -> Result<usize, TestCaseError> {
         let want: Vec<bool> = set.rules().iter().map(|r| r.expr.eval(&ctx)).collect();
         hits += want.iter().filter(|w| **w).count();
         for m in &matchers {
-            let mut bits = vec![!0u64; m.words()];
-            m.matching(&ctx, &mut bits);
+            let mut found = m.matches();
+            m.matching(&ctx, &mut found);
+            let listed: Vec<usize> = found.iter().collect();
+            let wanted: Vec<usize> = (0..want.len()).filter(|i| want[*i]).collect();
+            prop_assert_eq!(&listed, &wanted, "{:?}", m.simd());
+            let mut each = Vec::new();
+            found.for_each(|i| each.push(i));
+            prop_assert_eq!(&each, &wanted);
+            prop_assert_eq!(found.is_empty(), wanted.is_empty());
             for (i, w) in want.iter().enumerate() {
                 prop_assert_eq!(
-                    bits[i / 64] >> (i % 64) & 1 == 1,
+                    found.contains(i),
                     *w,
                     "{:?}: rule {}",
                     m.simd(),
@@ -215,6 +222,29 @@ proptest! {
         }
         check(&compile(&whens), &events)?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    /// Sets of 520 to 700 rules: more than 8 words, so the AVX-512 and AVX2 loops run and
+    /// not only their scalar tails.
+    #[test]
+    fn large_sets_agree_on_every_path(
+        rules in prop::collection::vec(rule(), 520..700),
+        events in prop::collection::vec(event(), 1..12),
+    ) {
+        let whens: Vec<String> = rules.iter().map(Expr::to_string).collect();
+        check(&compile(&whens), &events)?;
+    }
+}
+
+#[test]
+fn a_generated_set_of_1000_agrees_on_w1_events() {
+    let specs = sluice_loadgen::routes::generated_routes(3, 1000, 10);
+    let whens: Vec<String> = specs.iter().map(|r| r.when()).collect();
+    let hits = check(&compile(&whens), &EVENTS).unwrap();
+    assert!(hits > 300, "the rules match something: {hits}");
 }
 
 #[test]

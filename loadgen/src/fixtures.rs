@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
-use crate::routes::{STREAMS, routes_toml, w1_routes};
+use crate::routes::{STREAMS, W3_STREAMS, generated_streams, routes_toml, w1_routes, w3_routes};
 use crate::workload::Workload;
 
 /// The seed of the embedded default's tables and route set.
@@ -20,11 +20,12 @@ enum Sources {
     Files,
 }
 
-fn config(seed: u64, sources: Sources, data_dir: &str) -> String {
+fn config(workload: Workload, seed: u64, sources: Sources, data_dir: &str) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "# A sluice engine config for the W1 workload (seed {seed}), written by `loadgen fixtures`."
+        "# A sluice engine config for the {} workload (seed {seed}), written by `loadgen fixtures`.",
+        workload.to_string().to_uppercase()
     );
     o.push_str(
         "# Sections: engine, shard (tuning), listen, keys, tables, sinks, streams, routes;\n\
@@ -50,33 +51,36 @@ fn config(seed: u64, sources: Sources, data_dir: &str) -> String {
         o,
         "[sinks]\ndir = \"{data_dir}\"\nsegment_bytes_max = 268435456\ndurability = {{ interval_us = 1000 }}\n"
     );
-    for (i, s) in STREAMS.iter().enumerate() {
+    let (streams, routes) = match workload {
+        Workload::W3 => (generated_streams(W3_STREAMS), w3_routes(seed)),
+        _ => (STREAMS.map(String::from).to_vec(), w1_routes(seed)),
+    };
+    for (i, s) in streams.iter().enumerate() {
         let format = if i % 2 == 0 { "rkyv" } else { "json" };
         let _ = writeln!(o, "[streams.{s}]\nformat = \"{format}\"\n");
     }
     o.push_str("[streams.dead-letter]\nformat = \"json\"\n\n");
-    o.push_str(&routes_toml(&w1_routes(seed)));
+    o.push_str(&routes_toml(&routes));
     o
 }
 
 /// The engine's embedded default config.
 pub fn default_config() -> String {
-    config(DEFAULT_SEED, Sources::Builtin, "./sluice-data")
+    config(
+        Workload::W1,
+        DEFAULT_SEED,
+        Sources::Builtin,
+        "./sluice-data",
+    )
 }
 
 /// Writes the fixtures of `workload` into `out`: `sluice.toml`, `keys.txt`, `geo.csv`,
 /// `device.csv`, `customer.csv`.
 pub fn write(workload: Workload, seed: u64, out: &Path) -> io::Result<()> {
-    if workload == Workload::W3 {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "the W3 route set (10,000 rules) is not generated yet; use w1 or w2",
-        ));
-    }
     std::fs::create_dir_all(out)?;
     std::fs::write(
         out.join("sluice.toml"),
-        config(seed, Sources::Files, "./data"),
+        config(workload, seed, Sources::Files, "./data"),
     )?;
     std::fs::write(
         out.join("keys.txt"),

@@ -6,6 +6,11 @@
 //! Rules are drawn one at a time and kept only while the running sum of their selectivities
 //! (estimated on a sample of W1 events) tracks 3 matches per event.
 //!
+//! The W3 set ([`w3_routes`]) and sets of other sizes ([`generated_routes`]) are drawn the same
+//! way with narrower predicates (2 to 4 of them, smaller sets), into `s00`..`s99`; their
+//! selectivities are products of per-field frequencies measured on a sample (the fields W1
+//! draws are independent), so that 10,000 rules still sum to 3 matches per event.
+//!
 //! A [`RouteSpec`] is plain data: [`RouteSpec::when`] renders it in the engine's rule syntax
 //! and [`RouteSpec::matches`] evaluates it directly, so tests can compute the records a route
 //! set implies without going through the engine's parser or evaluator.
@@ -68,7 +73,7 @@ pub enum Pred {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteSpec {
     pub name: String,
-    pub stream: &'static str,
+    pub stream: String,
     /// All must hold.
     pub preds: Vec<Pred>,
     pub fields: Vec<&'static str>,
@@ -209,12 +214,19 @@ pub struct FactTable {
 impl FactTable {
     /// Draws `n` W1 events from a generator seeded `seed` and joins them to the tables.
     pub fn sample(seed: u64, n: usize) -> Self {
+        Self::sample_of(seed, seed ^ 0x5a3e_0f7e, n)
+    }
+
+    /// Draws `n` W1 events from a generator seeded `events_seed` and joins them to the tables
+    /// of `tables_seed`.
+    pub fn sample_of(tables_seed: u64, events_seed: u64, n: usize) -> Self {
+        let seed = tables_seed;
         let geo = crate::tables::geo(seed);
         let devices = crate::tables::devices(seed);
         let customers = crate::tables::customers(seed);
         let by_prefix: std::collections::HashMap<[u8; 3], &'static str> =
             geo.iter().map(|g| (g.prefix, g.country)).collect();
-        let mut gen_ = WorkloadGen::new(Workload::W1, seed ^ 0x5a3e_0f7e);
+        let mut gen_ = WorkloadGen::new(Workload::W1, events_seed);
         let rows = (0..n)
             .map(|_| {
                 let e = gen_.next_upload(0).events.swap_remove(0);
@@ -316,7 +328,7 @@ fn draw_rule(rng: &mut ChaCha8Rng, i: usize, versions: &[String]) -> RouteSpec {
     }
     RouteSpec {
         name: format!("r{i:03}"),
-        stream: STREAMS[i % STREAMS.len()],
+        stream: STREAMS[i % STREAMS.len()].to_owned(),
         preds,
         fields,
         // Every tenth rule samples.
@@ -331,4 +343,153 @@ fn pick(
 ) -> Vec<&'static str> {
     let n = rng.random_range(n);
     from.choose_multiple(rng, n).copied().collect()
+}
+
+/// Rules in the W3 set.
+pub const W3_RULES: usize = 10_000;
+/// Streams of the W3 set.
+pub const W3_STREAMS: usize = 100;
+
+/// The names of `n` generated streams: `s00`, `s01`, ...
+pub fn generated_streams(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("s{i:02}")).collect()
+}
+
+/// The W3 route set of `seed`: 10,000 rules into 100 streams, 3 matches per event.
+pub fn w3_routes(seed: u64) -> Vec<RouteSpec> {
+    generated_routes(seed, W3_RULES, W3_STREAMS)
+}
+
+/// How often each value of each field a rule tests occurs in W1 events.
+struct Frequencies {
+    event_type: std::collections::HashMap<&'static str, f64>,
+    country: std::collections::HashMap<&'static str, f64>,
+    platform: std::collections::HashMap<&'static str, f64>,
+    plan: std::collections::HashMap<&'static str, f64>,
+    versions: Vec<(u64, f64)>,
+}
+
+impl Frequencies {
+    fn measure(facts: &FactTable) -> Frequencies {
+        let mut f = Frequencies {
+            event_type: Default::default(),
+            country: Default::default(),
+            platform: Default::default(),
+            plan: Default::default(),
+            versions: Vec::new(),
+        };
+        let mut versions = std::collections::HashMap::new();
+        let mut n = 0.0;
+        for (_, event_type, app_version, country, platform, plan) in &facts.rows {
+            n += 1.0;
+            *f.event_type.entry(event_type).or_default() += 1.0;
+            *f.country.entry(country).or_default() += 1.0;
+            *f.platform.entry(platform).or_default() += 1.0;
+            *f.plan.entry(plan).or_default() += 1.0;
+            if let Some(k) = version_key(app_version) {
+                *versions.entry(k).or_insert(0.0) += 1.0;
+            }
+        }
+        for m in [
+            &mut f.event_type,
+            &mut f.country,
+            &mut f.platform,
+            &mut f.plan,
+        ] {
+            m.values_mut().for_each(|c| *c /= n);
+        }
+        f.versions = versions.into_iter().map(|(k, c)| (k, c / n)).collect();
+        f
+    }
+
+    /// Fraction of events a predicate holds for.
+    fn of(&self, p: &Pred) -> f64 {
+        let sum = |m: &std::collections::HashMap<&'static str, f64>, set: &[&'static str]| {
+            set.iter()
+                .map(|v| m.get(v).copied().unwrap_or(0.0))
+                .sum::<f64>()
+        };
+        match p {
+            Pred::EventTypeIn(set) => sum(&self.event_type, set),
+            Pred::CountryIn(set) => sum(&self.country, set),
+            Pred::PlatformEq(v) => sum(&self.platform, &[v]),
+            Pred::PlanIn(set) => sum(&self.plan, set),
+            Pred::VersionGe(v) => {
+                let min = version_key(v).unwrap_or(u64::MAX);
+                self.versions
+                    .iter()
+                    .filter(|(k, _)| *k >= min)
+                    .map(|(_, c)| c)
+                    .sum()
+            }
+        }
+    }
+}
+
+/// `rules` rules into `streams` streams (`s00`...), drawn from `seed` so that an event matches
+/// 3 of them on average (after sampling: every tenth rule keeps 10% of its matches).
+pub fn generated_routes(seed: u64, rules: usize, streams: usize) -> Vec<RouteSpec> {
+    let freq = Frequencies::measure(&FactTable::sample(seed, 65_536));
+    let names = generated_streams(streams);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(5);
+    let versions = app_versions();
+    let mut routes = Vec::with_capacity(rules);
+    let mut total = 0.0;
+    while routes.len() < rules {
+        let i = routes.len();
+        let mut rule = draw_narrow_rule(&mut rng, i, &versions);
+        rule.stream = names[i % streams].clone();
+        let sel =
+            rule.preds.iter().map(|p| freq.of(p)).product::<f64>() * rule.sample.unwrap_or(1.0);
+        let budget = W1_MATCHES_PER_EVENT * (i + 1) as f64 / rules as f64;
+        let floor = 0.05 * W1_MATCHES_PER_EVENT / rules as f64;
+        if sel >= floor && total + sel <= budget + 10.0 * floor {
+            total += sel;
+            routes.push(rule);
+        }
+    }
+    routes
+}
+
+/// A rule of 2 to 4 predicates over distinct fields, with small sets.
+fn draw_narrow_rule(rng: &mut ChaCha8Rng, i: usize, versions: &[String]) -> RouteSpec {
+    let mut kinds = [0u8, 1, 2, 3, 4];
+    let n = rng.random_range(2..=4);
+    for k in 0..n {
+        let j = rng.random_range(k..kinds.len());
+        kinds.swap(k, j);
+    }
+    let mut preds: Vec<Pred> = kinds[..n]
+        .iter()
+        .map(|kind| match kind {
+            0 => Pred::EventTypeIn(pick(rng, &EVENT_TYPES, 1..=3)),
+            1 => Pred::CountryIn(pick(rng, &COUNTRIES, 1..=5)),
+            2 => Pred::PlatformEq(PLATFORMS[rng.random_range(0..PLATFORMS.len())]),
+            3 => Pred::VersionGe(versions[rng.random_range(0..versions.len())].clone()),
+            _ => Pred::PlanIn(pick(rng, &PLANS, 1..=2)),
+        })
+        .collect();
+    preds.sort_by_key(|p| match p {
+        Pred::EventTypeIn(_) => 0,
+        Pred::CountryIn(_) => 1,
+        Pred::PlatformEq(_) => 2,
+        Pred::VersionGe(_) => 3,
+        Pred::PlanIn(_) => 4,
+    });
+    let nf = rng.random_range(4..=8);
+    let mut fields = vec!["event_id"];
+    while fields.len() < nf {
+        let f = FIELDS[rng.random_range(1..FIELDS.len())];
+        if !fields.contains(&f) {
+            fields.push(f);
+        }
+    }
+    RouteSpec {
+        name: format!("r{i:05}"),
+        stream: String::new(),
+        preds,
+        fields,
+        sample: (i % 10 == 9).then_some(0.1),
+    }
 }

@@ -107,3 +107,23 @@ fn w1_route_set_averages_three_matches() {
     assert!((2.5..=3.5).contains(&mean), "mean matches {mean}");
     assert_eq!(w1_routes(1), routes, "seeded");
 }
+
+#[test]
+fn w3_route_set_averages_three_matches_over_100_streams() {
+    use sluice_loadgen::routes::{FactTable, w3_routes};
+    let routes = w3_routes(1);
+    assert_eq!(routes.len(), 10_000);
+    let streams: std::collections::HashSet<&str> =
+        routes.iter().map(|r| r.stream.as_str()).collect();
+    assert_eq!(streams.len(), 100);
+    assert_eq!(routes.iter().filter(|r| r.sample.is_some()).count(), 1_000);
+    assert!(routes.iter().all(|r| (2..=4).contains(&r.preds.len())));
+    // Measured on events the tuner did not see, joined to the same tables.
+    let facts = FactTable::sample_of(1, 7, 4_000);
+    let matches: usize = facts
+        .iter()
+        .map(|f| routes.iter().filter(|r| r.emits(&f)).count())
+        .sum();
+    let mean = matches as f64 / 4_000.0;
+    assert!((2.5..=3.5).contains(&mean), "mean matches {mean}");
+}

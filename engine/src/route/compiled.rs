@@ -23,6 +23,7 @@ use std::net::IpAddr;
 
 use hashbrown::HashMap;
 
+use super::strtab::StrTable;
 use super::{Ctx, Expr, Field, Lit, RouteSet, Value};
 use crate::enrich::Tables;
 
@@ -32,6 +33,8 @@ enum Kind {
     /// Rows: literal ids, then "another string", then "no value".
     Str {
         literals: HashMap<Box<str>, u32>,
+        /// The literals again, for looking up an event field's value.
+        table: StrTable,
         /// For an enrichment field: the literal id (or "another string") of each interned
         /// string of the shard's tables.
         by_sym: Vec<u32>,
@@ -109,6 +112,89 @@ impl Simd {
     }
 }
 
+/// The rules an event matched: one bit per rule, and which words have any.
+#[derive(Debug, Clone)]
+pub struct Matches {
+    bits: Box<[u64]>,
+    nonzero: Box<[u64]>,
+}
+
+impl Matches {
+    /// The matched rules' indexes, in order.
+    #[inline]
+    pub fn iter(&self) -> MatchIter<'_> {
+        MatchIter {
+            m: self,
+            next_group: 0,
+            group: 0,
+            word: 0,
+            bits: 0,
+        }
+    }
+
+    /// Calls `f` with each matched rule's index, in order.
+    #[inline]
+    pub fn for_each(&self, mut f: impl FnMut(usize)) {
+        for (j, &nz) in self.nonzero.iter().enumerate() {
+            let mut words = nz;
+            while words != 0 {
+                let i = j * 64 + words.trailing_zeros() as usize;
+                words &= words - 1;
+                let mut bits = self.bits[i];
+                while bits != 0 {
+                    f(i * 64 + bits.trailing_zeros() as usize);
+                    bits &= bits - 1;
+                }
+            }
+        }
+    }
+
+    /// Whether rule `i` matched.
+    pub fn contains(&self, i: usize) -> bool {
+        self.bits
+            .get(i / 64)
+            .is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+
+    /// Whether no rule matched.
+    pub fn is_empty(&self) -> bool {
+        self.nonzero.iter().all(|w| *w == 0)
+    }
+}
+
+/// The rules of a [`Matches`], in order.
+pub struct MatchIter<'a> {
+    m: &'a Matches,
+    /// The next word of `nonzero` to look at.
+    next_group: usize,
+    /// The nonzero words of the current group not yet visited.
+    group: u64,
+    /// The current word and its bits not yet yielded.
+    word: usize,
+    bits: u64,
+}
+
+impl Iterator for MatchIter<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.bits == 0 {
+            while self.group == 0 {
+                let g = *self.m.nonzero.get(self.next_group)?;
+                self.group = g;
+                self.next_group += 1;
+            }
+            self.word = (self.next_group - 1) * 64 + self.group.trailing_zeros() as usize;
+            self.group &= self.group - 1;
+            self.bits = self.m.bits[self.word];
+        }
+        let b = self.bits.trailing_zeros() as usize;
+        self.bits &= self.bits - 1;
+        Some(self.word * 64 + b)
+    }
+}
+
 /// Slots a route set can have: a string (or IP) and an ordered one per field.
 const MAX_SLOTS: usize = 2 * Field::ALL.len();
 
@@ -117,8 +203,11 @@ const MAX_SLOTS: usize = 2 * Field::ALL.len();
 pub struct Matcher {
     words: usize,
     slots: Vec<Slot>,
-    /// Per slot, `rows · words` bits: the rules each row lets through.
-    masks: Vec<Box<[u64]>>,
+    /// Every slot's rows, `words` words each, one slot after another: the rules each row lets
+    /// through.
+    masks: Box<[u64]>,
+    /// Where each slot's rows start in `masks`.
+    slot_at: Vec<usize>,
     /// Rules that can match at all.
     base: Box<[u64]>,
     /// Rules with residual conjuncts.
@@ -252,6 +341,7 @@ impl Matcher {
                 kind: match k {
                     0 => Kind::Str {
                         literals: HashMap::new(),
+                        table: StrTable::new([]),
                         by_sym: Vec::new(),
                     },
                     1 => Kind::Ip {
@@ -275,7 +365,17 @@ impl Matcher {
                     points.sort_unstable();
                     points.dedup();
                 }
-                Kind::Str { literals, by_sym } if is_enrichment(slot.field) => {
+                Kind::Str {
+                    literals, table, ..
+                } if !is_enrichment(slot.field) => {
+                    let mut by_id: Vec<(&str, u32)> =
+                        literals.iter().map(|(s, &id)| (&**s, id)).collect();
+                    by_id.sort_by_key(|(_, id)| *id);
+                    *table = StrTable::new(by_id.into_iter().map(|(s, _)| s));
+                }
+                Kind::Str {
+                    literals, by_sym, ..
+                } if is_enrichment(slot.field) => {
                     let other = literals.len() as u32;
                     *by_sym = tables
                         .strings()
@@ -286,26 +386,29 @@ impl Matcher {
                 _ => {}
             }
         }
-        let masks = slots
-            .iter()
-            .enumerate()
-            .map(|(s, slot)| {
-                let mut mask = vec![0u64; slot.rows() * words].into_boxed_slice();
-                for row in 0..slot.rows() {
-                    let at = row_of(slot, row);
-                    let bits = &mut mask[row * words..(row + 1) * words];
-                    for (r, conjs) in by_rule.iter().enumerate() {
-                        if conjs
-                            .iter()
-                            .all(|&(t, c)| t != s || eval_row(c, Some(slot), at))
-                        {
-                            bits[r / 64] |= 1 << (r % 64);
-                        }
+        let mut masks = Vec::new();
+        let mut slot_at = Vec::with_capacity(slots.len());
+        for (s, slot) in slots.iter().enumerate() {
+            slot_at.push(masks.len());
+            for row in 0..slot.rows() {
+                let at = row_of(slot, row);
+                let start = masks.len();
+                masks.resize(start + words, 0u64);
+                let bits = &mut masks[start..];
+                for (r, conjs) in by_rule.iter().enumerate() {
+                    if conjs
+                        .iter()
+                        .all(|&(t, c)| t != s || eval_row(c, Some(slot), at))
+                    {
+                        bits[r / 64] |= 1 << (r % 64);
                     }
                 }
-                mask
-            })
-            .collect();
+            }
+        }
+        assert!(
+            masks.len() <= u32::MAX as usize,
+            "the rule bitsets fit 32-bit offsets"
+        );
         let mut residual_rules = vec![0u64; words];
         for (r, x) in residual.iter().enumerate() {
             if x.is_some() {
@@ -315,7 +418,8 @@ impl Matcher {
         Matcher {
             words,
             slots,
-            masks,
+            masks: masks.into(),
+            slot_at,
             base: base.into(),
             residual_rules: residual_rules.into(),
             residual,
@@ -328,42 +432,90 @@ impl Matcher {
         self.words
     }
 
+    /// An empty set of matches for this matcher's rules.
+    pub fn matches(&self) -> Matches {
+        Matches {
+            bits: vec![0; self.words].into(),
+            nonzero: vec![0; self.words.div_ceil(64)].into(),
+        }
+    }
+
     /// The AND this matcher runs.
     pub fn simd(&self) -> Simd {
         self.simd
     }
 
-    /// Sets in `out` (`words()` words, one bit per rule) the rules whose condition holds for
-    /// the event, and clears the others.
+    /// Finds the rules whose condition holds for the event. `out` comes from
+    /// [`Matcher::matches`].
     #[inline]
-    pub fn matching(&self, ctx: &Ctx<'_, '_>, out: &mut [u64]) {
+    pub fn matching(&self, ctx: &Ctx<'_, '_>, out: &mut Matches) {
         let w = self.words;
-        let out = &mut out[..w];
-        let mut rows: [&[u64]; MAX_SLOTS] = [&[]; MAX_SLOTS];
-        for (i, (slot, mask)) in self.slots.iter().zip(&self.masks).enumerate() {
-            let row = self.row(slot, ctx);
-            rows[i] = &mask[row * w..(row + 1) * w];
+        let Matches { bits, nonzero } = out;
+        let (bits, nonzero) = (&mut bits[..w], &mut nonzero[..w.div_ceil(64)]);
+        if w < 8 {
+            // Under one vector: AND slot by slot.
+            bits.copy_from_slice(&self.base);
+            for (slot, at) in self.slots.iter().zip(&self.slot_at) {
+                let row = &self.masks[at + self.row(slot, ctx) * w..][..w];
+                for (b, m) in bits.iter_mut().zip(row) {
+                    *b &= m;
+                }
+            }
+            nonzero[0] = bits
+                .iter()
+                .enumerate()
+                .fold(0, |nz, (i, b)| nz | u64::from(*b != 0) << i);
+        } else {
+            self.and_all(ctx, bits, nonzero);
         }
-        let rows = &rows[..self.slots.len()];
+        if self.residual_rules.iter().any(|r| *r != 0) {
+            self.residual(ctx, bits, nonzero);
+        }
+    }
+
+    /// The AND of every slot's row, a vector at a time.
+    #[inline]
+    fn and_all(&self, ctx: &Ctx<'_, '_>, bits: &mut [u64], nonzero: &mut [u64]) {
+        let w = self.words;
+        let mut offs = [0u32; MAX_SLOTS];
+        for (i, (slot, at)) in self.slots.iter().zip(&self.slot_at).enumerate() {
+            offs[i] = (at + self.row(slot, ctx) * w) as u32;
+        }
+        let rows = Rows {
+            masks: &self.masks,
+            offs: &offs[..self.slots.len()],
+        };
+        nonzero.fill(0);
         match self.simd {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `with_simd` checked that this CPU has AVX-512F.
-            Simd::Avx512 => unsafe { and_rows_avx512(out, &self.base, rows) },
+            Simd::Avx512 => unsafe { and_rows_avx512(bits, nonzero, &self.base, rows) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `with_simd` checked that this CPU has AVX2.
-            Simd::Avx2 => unsafe { and_rows_avx2(out, &self.base, rows) },
-            _ => and_rows_scalar(out, &self.base, rows),
+            Simd::Avx2 => unsafe { and_rows_avx2(bits, nonzero, &self.base, rows) },
+            _ => and_rows(bits, nonzero, &self.base, rows, 0),
         }
-        for (i, (o, m)) in out.iter_mut().zip(self.residual_rules.iter()).enumerate() {
-            let mut left = *o & m;
-            while left != 0 {
-                let b = left.trailing_zeros();
-                left &= left - 1;
-                let rule = i * 64 + b as usize;
-                if let Some(x) = &self.residual[rule]
-                    && !x.eval(ctx)
-                {
-                    *o &= !(1 << b);
+    }
+
+    /// Clears the rules whose residual conditions fail.
+    fn residual(&self, ctx: &Ctx<'_, '_>, bits: &mut [u64], nonzero: &mut [u64]) {
+        for (j, nz) in nonzero.iter_mut().enumerate() {
+            let mut words = *nz;
+            while words != 0 {
+                let i = j * 64 + words.trailing_zeros() as usize;
+                words &= words - 1;
+                let mut left = bits[i] & self.residual_rules[i];
+                while left != 0 {
+                    let b = left.trailing_zeros();
+                    left &= left - 1;
+                    if let Some(x) = &self.residual[i * 64 + b as usize]
+                        && !x.eval(ctx)
+                    {
+                        bits[i] &= !(1 << b);
+                    }
+                }
+                if bits[i] == 0 {
+                    *nz &= !(1 << (i % 64));
                 }
             }
         }
@@ -373,7 +525,11 @@ impl Matcher {
     #[inline]
     fn row(&self, slot: &Slot, ctx: &Ctx<'_, '_>) -> usize {
         match &slot.kind {
-            Kind::Str { literals, by_sym } => {
+            Kind::Str {
+                literals,
+                by_sym,
+                table,
+            } => {
                 let other = literals.len();
                 if is_enrichment(slot.field) {
                     let e = &ctx.enriched;
@@ -392,10 +548,16 @@ impl Matcher {
                         None => other + 1,
                     }
                 } else {
-                    match ctx.get(slot.field) {
-                        Value::Str(s) => literals.get(s).map_or(other, |&id| id as usize),
-                        _ => other + 1,
-                    }
+                    let s = match slot.field {
+                        Field::EventType => ctx.event.event_type,
+                        Field::AppVersion => ctx.event.app_version,
+                        Field::DeviceId => ctx.event.device_id,
+                        f => match ctx.get(f) {
+                            Value::Str(s) => s,
+                            _ => return other + 1,
+                        },
+                    };
+                    table.get(s).map_or(other, |id| id as usize)
                 }
             }
             Kind::Ip { literals } => match ctx.get(slot.field) {
@@ -413,7 +575,13 @@ impl Matcher {
                 };
                 match v {
                     Some(v) => {
-                        let i = points.partition_point(|p| *p < v);
+                        // Counting is branch-free and vectorizes; searching pays off past
+                        // a few dozen points.
+                        let i = if points.len() <= 64 {
+                            points.iter().filter(|p| **p < v).count()
+                        } else {
+                            points.partition_point(|p| *p < v)
+                        };
                         if points.get(i) == Some(&v) {
                             2 * i + 1
                         } else {
@@ -503,70 +671,94 @@ fn eval_row(e: &Expr, slot: Option<&Slot>, row: Row) -> bool {
     }
 }
 
-fn and_rows_scalar(out: &mut [u64], base: &[u64], rows: &[&[u64]]) {
-    for (i, o) in out.iter_mut().enumerate() {
+/// The rows an event picked: word offsets into the matcher's masks.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    masks: &'a [u64],
+    offs: &'a [u32],
+}
+
+/// The AND of `base` and the rows, from word `from` on, into `bits`, noting the nonzero words
+/// in `nonzero`.
+#[inline]
+fn and_rows(bits: &mut [u64], nonzero: &mut [u64], base: &[u64], rows: Rows<'_>, from: usize) {
+    for i in from..bits.len() {
         let mut v = base[i];
-        for r in rows {
-            v &= r[i];
+        for &o in rows.offs {
+            v &= rows.masks[o as usize + i];
         }
-        *o = v;
+        bits[i] = v;
+        nonzero[i / 64] |= u64::from(v != 0) << (i % 64);
     }
 }
 
 /// # Safety
-/// The CPU must have AVX-512F; `base` and every row are at least `out.len()` long.
+/// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn and_rows_avx512(out: &mut [u64], base: &[u64], rows: &[&[u64]]) {
-    use std::arch::x86_64::{__m512i, _mm512_and_si512, _mm512_loadu_si512, _mm512_storeu_si512};
-    let n = out.len();
-    assert!(base.len() >= n && rows.iter().all(|r| r.len() >= n));
+unsafe fn and_rows_avx512(bits: &mut [u64], nonzero: &mut [u64], base: &[u64], rows: Rows<'_>) {
+    use std::arch::x86_64::{
+        __m512i, _mm512_and_si512, _mm512_loadu_si512, _mm512_storeu_si512, _mm512_test_epi64_mask,
+    };
+    let n = bits.len();
+    assert!(
+        base.len() >= n
+            && rows
+                .offs
+                .iter()
+                .all(|&o| o as usize + n <= rows.masks.len())
+    );
     let mut i = 0;
     while i + 8 <= n {
-        // SAFETY: i + 8 <= n, and every slice holds at least n words (asserted above).
+        // SAFETY: words i..i + 8 are in `base`, `bits` and every row (asserted above).
         unsafe {
             let mut v = _mm512_loadu_si512(base.as_ptr().add(i).cast::<__m512i>());
-            for r in rows {
-                v = _mm512_and_si512(v, _mm512_loadu_si512(r.as_ptr().add(i).cast::<__m512i>()));
+            for &o in rows.offs {
+                let r = rows.masks.as_ptr().add(o as usize + i);
+                v = _mm512_and_si512(v, _mm512_loadu_si512(r.cast::<__m512i>()));
             }
-            _mm512_storeu_si512(out.as_mut_ptr().add(i).cast::<__m512i>(), v);
+            _mm512_storeu_si512(bits.as_mut_ptr().add(i).cast::<__m512i>(), v);
+            nonzero[i / 64] |= u64::from(_mm512_test_epi64_mask(v, v)) << (i % 64);
         }
         i += 8;
     }
-    tail(out, base, rows, i);
+    and_rows(bits, nonzero, base, rows, i);
 }
 
 /// # Safety
-/// The CPU must have AVX2; `base` and every row are at least `out.len()` long.
+/// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn and_rows_avx2(out: &mut [u64], base: &[u64], rows: &[&[u64]]) {
-    use std::arch::x86_64::{__m256i, _mm256_and_si256, _mm256_loadu_si256, _mm256_storeu_si256};
-    let n = out.len();
-    assert!(base.len() >= n && rows.iter().all(|r| r.len() >= n));
+unsafe fn and_rows_avx2(bits: &mut [u64], nonzero: &mut [u64], base: &[u64], rows: Rows<'_>) {
+    use std::arch::x86_64::{
+        __m256i, _mm256_and_si256, _mm256_castsi256_pd, _mm256_cmpeq_epi64, _mm256_loadu_si256,
+        _mm256_movemask_pd, _mm256_setzero_si256, _mm256_storeu_si256,
+    };
+    let n = bits.len();
+    assert!(
+        base.len() >= n
+            && rows
+                .offs
+                .iter()
+                .all(|&o| o as usize + n <= rows.masks.len())
+    );
     let mut i = 0;
     while i + 4 <= n {
-        // SAFETY: i + 4 <= n, and every slice holds at least n words (asserted above).
+        // SAFETY: words i..i + 4 are in `base`, `bits` and every row (asserted above).
         unsafe {
             let mut v = _mm256_loadu_si256(base.as_ptr().add(i).cast::<__m256i>());
-            for r in rows {
-                v = _mm256_and_si256(v, _mm256_loadu_si256(r.as_ptr().add(i).cast::<__m256i>()));
+            for &o in rows.offs {
+                let r = rows.masks.as_ptr().add(o as usize + i);
+                v = _mm256_and_si256(v, _mm256_loadu_si256(r.cast::<__m256i>()));
             }
-            _mm256_storeu_si256(out.as_mut_ptr().add(i).cast::<__m256i>(), v);
+            _mm256_storeu_si256(bits.as_mut_ptr().add(i).cast::<__m256i>(), v);
+            let zero = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(
+                v,
+                _mm256_setzero_si256(),
+            )));
+            nonzero[i / 64] |= u64::from(!zero as u8 & 0xf) << (i % 64);
         }
         i += 4;
     }
-    tail(out, base, rows, i);
-}
-
-/// The scalar AND of the words from `from` on.
-#[inline]
-fn tail(out: &mut [u64], base: &[u64], rows: &[&[u64]], from: usize) {
-    for i in from..out.len() {
-        let mut v = base[i];
-        for r in rows {
-            v &= r[i];
-        }
-        out[i] = v;
-    }
+    and_rows(bits, nonzero, base, rows, i);
 }

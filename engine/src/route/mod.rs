@@ -34,6 +34,7 @@ use sluice_protocol::EventView;
 use crate::enrich::{Enriched, Tables};
 
 pub mod compiled;
+mod strtab;
 
 /// A field of an enriched event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -306,22 +307,31 @@ impl fmt::Display for Expr {
     }
 }
 
-/// `major.minor.patch` packed into one comparable number (16 bits each).
+/// `major.minor.patch` packed into one comparable number (16 bits each): each part 1 to 5
+/// digits, at most 65535.
+#[inline]
 pub fn version_key(v: &str) -> Option<u64> {
-    let mut parts = v.split('.');
     let mut key = 0u64;
-    for _ in 0..3 {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
+    let mut part = 0u64;
+    let mut digits = 0;
+    let mut parts = 0;
+    for &b in v.as_bytes() {
+        match b {
+            b'0'..=b'9' if digits < 5 => {
+                part = part * 10 + u64::from(b - b'0');
+                digits += 1;
+            }
+            b'.' if digits > 0 && parts < 2 => {
+                if part > 0xffff {
+                    return None;
+                }
+                key = key << 16 | part;
+                (part, digits, parts) = (0, 0, parts + 1);
+            }
+            _ => return None,
         }
-        let n: u64 = p.parse().ok()?;
-        if n > 0xffff {
-            return None;
-        }
-        key = key << 16 | n;
     }
-    parts.next().is_none().then_some(key)
+    (digits > 0 && parts == 2 && part <= 0xffff).then_some(key << 16 | part)
 }
 
 fn compare(v: Value<'_>, lit: &Lit) -> Option<std::cmp::Ordering> {
@@ -886,5 +896,19 @@ mod tests {
         assert!(version_key("6.10.0") > version_key("6.9.9"));
         assert_eq!(version_key("1.2"), None);
         assert_eq!(version_key("1.2.3.4"), None);
+        assert_eq!(version_key("7.4.12"), Some(7 << 32 | 4 << 16 | 12));
+        assert_eq!(version_key("65535.0.0"), Some(0xffff << 32));
+        for bad in [
+            "",
+            "1..2",
+            ".1.2",
+            "1.2.",
+            "65536.0.0",
+            "123456.0.0",
+            "1.2.x",
+            "1.-2.3",
+        ] {
+            assert_eq!(version_key(bad), None, "{bad}");
+        }
     }
 }
