@@ -153,6 +153,14 @@ impl EngineProc {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Sends `sig` to the engine.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(mut self) {
         // SAFETY: sending a signal to our own child process.

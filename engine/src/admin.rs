@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint (default 127.0.0.1:9180): `GET /metrics` (Prometheus text),
-//! `GET /healthz`. It runs on its own plain thread, off the shards' cores' data path, and
-//! reads only the metrics slots the shards publish.
+//! `GET /healthz`, `POST /reload` (200 with the new revision, or 400 with why the running
+//! rules stay). It runs on its own plain thread, off the shards' cores' data path, and reads
+//! only the metrics slots the shards publish; a reload compiles here, on this thread.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -8,12 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::control::Control;
 use crate::metrics::Registry;
 
 /// Binds the admin listener and serves it on a new thread until `stop` is set.
 pub fn serve(
     addr: SocketAddr,
     registry: Registry,
+    control: Arc<Control>,
     ready: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -25,7 +28,7 @@ pub fn serve(
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        let _ = handle(conn, &registry, &ready);
+                        let _ = handle(conn, &registry, &control, &ready);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
@@ -36,7 +39,12 @@ pub fn serve(
         })
 }
 
-fn handle(conn: TcpStream, registry: &Registry, ready: &AtomicBool) -> std::io::Result<()> {
+fn handle(
+    conn: TcpStream,
+    registry: &Registry,
+    control: &Control,
+    ready: &AtomicBool,
+) -> std::io::Result<()> {
     conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
@@ -53,11 +61,20 @@ fn handle(conn: TcpStream, registry: &Registry, ready: &AtomicBool) -> std::io::
         ("GET", "/metrics") => ("200 OK", registry.render()),
         ("GET", "/healthz") if ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_owned()),
         ("GET", "/healthz") => ("503 Service Unavailable", "starting\n".to_owned()),
-        ("POST", "/reload") => (
-            "501 Not Implemented",
-            "reload is not built yet; restart with the new config\n".to_owned(),
+        ("POST", "/reload") => match control.reload() {
+            Ok(done) => {
+                eprintln!("sluice: reloaded: {done}");
+                ("200 OK", format!("{done}\n"))
+            }
+            Err(why) => {
+                eprintln!("sluice: reload refused, the running rules stay: {why}");
+                ("400 Bad Request", format!("{why}\n"))
+            }
+        },
+        _ => (
+            "404 Not Found",
+            "GET /metrics, GET /healthz or POST /reload\n".to_owned(),
         ),
-        _ => ("404 Not Found", "GET /metrics or /healthz\n".to_owned()),
     };
     let mut conn = conn;
     write!(

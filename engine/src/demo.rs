@@ -51,7 +51,7 @@ pub fn run(args: DemoArgs, interrupted: &'static AtomicBool) -> Result<(), Strin
         config.streams.len() - 1,
         data.display()
     );
-    let engine = Engine::start(config)?;
+    let engine = Engine::start(config, None)?;
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod cat;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod enrich;
 pub mod metrics;

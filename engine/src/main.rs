@@ -38,13 +38,19 @@ enum Command {
 }
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// SIGHUP came: reload the routes.
+static HANGUP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::Relaxed);
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGHUP {
+        HANGUP.store(true, Ordering::Relaxed);
+    } else {
+        SIGNALLED.store(true, Ordering::Relaxed);
+    }
 }
 
 fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
             libc::signal(sig, on_signal as *const () as libc::sighandler_t);
@@ -97,8 +103,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>) -> Result<(), String> {
-    let config = load(config)?;
+fn run(source: Option<PathBuf>) -> Result<(), String> {
+    let config = load(source.clone())?;
     install_signal_handlers();
     eprintln!(
         "sluice: {} shards, {} partitions, {} routes into {} streams; listening on {} (shards {}..), admin http://{}",
@@ -110,10 +116,18 @@ fn run(config: Option<PathBuf>) -> Result<(), String> {
         config.shard_addr(0),
         config.listen.admin
     );
-    let engine = Engine::start(config)?;
+    let engine = Engine::start(config, source)?;
     eprintln!("sluice: ready");
     while !SIGNALLED.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if HANGUP.swap(false, Ordering::Relaxed) {
+            match engine.reload() {
+                Ok(done) => eprintln!("sluice: SIGHUP: reloaded: {done}"),
+                Err(why) => {
+                    eprintln!("sluice: SIGHUP: reload refused, the running rules stay: {why}")
+                }
+            }
+        }
     }
     eprintln!("sluice: stopping: committing what was taken");
     engine.stop()?;

@@ -24,6 +24,8 @@ pub struct ShardSnapshot {
     pub inflight_bytes: u64,
     pub commits: u64,
     pub sink_errors: u64,
+    /// The route set revision the shard routes by (1 at start, one more per reload).
+    pub route_revision: u64,
     /// Batch latency, receipt to ack, in µs.
     pub latency_us: Histogram<u64>,
     /// Writing one round of output to the segments, in µs.
@@ -47,6 +49,7 @@ impl ShardSnapshot {
             inflight_bytes: 0,
             commits: 0,
             sink_errors: 0,
+            route_revision: 1,
             latency_us: new_histogram(),
             write_us: new_histogram(),
             sync_us: new_histogram(),
@@ -199,6 +202,13 @@ impl Registry {
             "counter",
             "Group commits of the segment writers.",
             &|s| s.commits,
+        );
+        per_shard(
+            &mut o,
+            "sluice_route_revision",
+            "gauge",
+            "The route set revision the shard routes by: 1 at start, one more per reload.",
+            &|s| s.route_revision,
         );
         per_shard(
             &mut o,

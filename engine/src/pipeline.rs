@@ -132,6 +132,14 @@ impl Pipeline {
         }
     }
 
+    /// Routes the next batches by `routes`, matched by `matcher` (compiled for this shard's
+    /// tables, or a copy of them). Called between batches.
+    pub fn set_routes(&mut self, routes: RouteSet, matcher: Matcher) {
+        self.matches = matcher.matches();
+        self.matcher = matcher;
+        self.routes = routes;
+    }
+
     /// Whether this shard owns `partition`.
     pub fn owns(&self, partition: u32) -> bool {
         self.owned.get(partition as usize).copied().unwrap_or(false)

@@ -22,6 +22,7 @@
 //! metrics are published into per-shard slots off the data path.
 
 use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +42,7 @@ use sluice_protocol::{
 };
 
 use crate::config::{Config, Durability};
+use crate::control::Control;
 use crate::metrics::{LATENCY_US_MAX, Registry, ShardSnapshot, new_histogram};
 use crate::pipeline::{Pipeline, StepError};
 use crate::sink::segment::Kind;
@@ -98,11 +100,32 @@ struct Core {
     hello: Rc<Vec<u8>>,
     peers: RefCell<Vec<Option<Rc<ConnectedSender<Forward>>>>>,
     stopping: Cell<bool>,
+    control: Arc<Control>,
+    /// The route set revision the pipeline routes by.
+    revision: Cell<u64>,
+}
+
+impl Core {
+    /// Takes the newest route set if a reload published one. Call between batches.
+    #[inline]
+    fn adopt_routes(&self) {
+        if self.control.published() == self.revision.get() {
+            return;
+        }
+        if let Some(u) = self.control.latest() {
+            self.pipeline
+                .borrow_mut()
+                .set_routes(u.routes.clone(), u.matcher.clone());
+            self.revision.set(u.revision);
+            self.control.running(self.shard, u.revision);
+        }
+    }
 }
 
 /// A running engine: its shard threads and admin endpoint.
 pub struct Engine {
     shards: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    control: Arc<Control>,
     admin: Option<std::thread::JoinHandle<()>>,
     registry: Registry,
     stop: Arc<AtomicBool>,
@@ -116,11 +139,14 @@ struct ShardInit {
     peers: Vec<Option<SharedSender<Forward>>>,
     inbox: Vec<SharedReceiver<Forward>>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
+    control: Arc<Control>,
 }
 
 impl Engine {
-    /// Starts every shard and the admin endpoint; returns once all listen.
-    pub fn start(config: Config) -> Result<Engine, String> {
+    /// Starts every shard and the admin endpoint; returns once all listen. Reloads read the
+    /// config again from `source` (the embedded default when `None`).
+    pub fn start(config: Config, source: Option<PathBuf>) -> Result<Engine, String> {
+        let control = Arc::new(Control::new(&config, source));
         let cfg = Arc::new(config);
         let n = cfg.shards;
         let registry = Registry::new(n, cfg.streams.iter().map(|s| s.name.clone()).collect());
@@ -149,6 +175,7 @@ impl Engine {
                 peers,
                 inbox,
                 ready: ready_tx.clone(),
+                control: control.clone(),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cfg.cores[shard]))
                 .name(&format!("sluice-shard-{shard}"))
@@ -160,6 +187,7 @@ impl Engine {
         drop(ready_tx);
         let mut engine = Engine {
             shards,
+            control,
             admin: None,
             registry,
             stop,
@@ -181,6 +209,7 @@ impl Engine {
         match crate::admin::serve(
             cfg.listen.admin,
             engine.registry.clone(),
+            engine.control.clone(),
             ready,
             engine.stop.clone(),
         ) {
@@ -195,6 +224,11 @@ impl Engine {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Reloads the route set (see [`Control::reload`]).
+    pub fn reload(&self) -> Result<String, String> {
+        self.control.reload()
     }
 
     fn stop_now(&mut self) {
@@ -257,6 +291,7 @@ async fn shard_main(init: ShardInit) -> Result<(), String> {
         peers,
         inbox,
         ready,
+        control,
     } = init;
     let started = async {
         let mut writers = Vec::with_capacity(cfg.streams.len());
@@ -309,6 +344,8 @@ async fn shard_main(init: ShardInit) -> Result<(), String> {
         hello: Rc::new(hello_reply(&cfg)),
         peers: RefCell::new(Vec::new()),
         stopping: Cell::new(false),
+        control,
+        revision: Cell::new(1),
         cfg,
     });
     for rx in inbox {
@@ -349,6 +386,8 @@ async fn shard_main(init: ShardInit) -> Result<(), String> {
     let mut last_publish = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(10)).await;
+        // An idle shard takes a reload here.
+        core.adopt_routes();
         if last_publish.elapsed() >= interval {
             registry.publish(snapshot(&core));
             last_publish = Instant::now();
@@ -381,6 +420,7 @@ fn snapshot(core: &Core) -> ShardSnapshot {
         inflight_bytes: core.cfg.tuning.inflight_bytes_max as u64 - core.inflight.available(),
         commits: stats.commits,
         sink_errors: stats.sink_errors,
+        route_revision: core.revision.get(),
         latency_us: core.latency_us.borrow().clone(),
         write_us: core.write_us.borrow().clone(),
         sync_us: core.sync_us.borrow().clone(),
@@ -423,6 +463,7 @@ fn take_local(
     received: Instant,
 ) {
     let bytes = frame.len() as u64;
+    core.adopt_routes();
     let result = core.pipeline.borrow_mut().step(frame);
     match result {
         Ok(o) => {

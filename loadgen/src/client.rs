@@ -251,6 +251,42 @@ pub fn build_pool(
     frames
 }
 
+/// The event ids of each frame [`build_pool`] makes with the same arguments, in the same
+/// order, with each frame's partition: uploads dealt to their partition's open frame, which
+/// closes at `batch_envelopes` envelopes; the frames still open close at the end.
+pub fn pool_event_ids(
+    workload: Workload,
+    seed: u64,
+    events: usize,
+    batch_envelopes: usize,
+    partitions: u32,
+) -> Vec<(u32, Vec<u64>)> {
+    let mut generator = WorkloadGen::new(workload, seed);
+    let mut open: Vec<Option<(Vec<u64>, usize)>> = (0..partitions).map(|_| None).collect();
+    let mut frames = Vec::new();
+    let mut made = 0;
+    while made < events {
+        let up = generator.next_upload(0);
+        let take = up.events.len().min(events - made);
+        made += take;
+        let p = partition_for(up.partition_key, partitions);
+        let slot = &mut open[p as usize];
+        let (ids, envelopes) = slot.get_or_insert_with(|| (Vec::new(), 0));
+        ids.extend(up.events[..take].iter().map(|e| e.event_id));
+        *envelopes += 1;
+        if *envelopes == batch_envelopes {
+            let (ids, _) = slot.take().expect("just filled");
+            frames.push((p, ids));
+        }
+    }
+    for (p, slot) in open.into_iter().enumerate() {
+        if let Some((ids, _)) = slot {
+            frames.push((p as u32, ids));
+        }
+    }
+    frames
+}
+
 fn aligned(b: &[u8]) -> AlignedBuf {
     let mut out = AlignedBuf::with_capacity(b.len());
     out.extend_from_slice(b);

@@ -522,7 +522,7 @@ impl Matcher {
     }
 
     /// The row of `slot` the event's value picks.
-    #[inline]
+    #[inline(always)]
     fn row(&self, slot: &Slot, ctx: &Ctx<'_, '_>) -> usize {
         match &slot.kind {
             Kind::Str {

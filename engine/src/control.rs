@@ -1,0 +1,142 @@
+//! The control plane: reloading the route set without a restart.
+//!
+//! `POST /reload` on the admin port and SIGHUP both call [`Control::reload`], on their own
+//! threads: it reads the config file again, parses, validates and compiles it (route set and
+//! matcher) there, off the data path, and publishes the result under a new revision. Each
+//! shard checks the published revision (one atomic load) before every batch it steps, and in
+//! its housekeeping loop when idle; on a change it takes the new routes and matcher between
+//! two batches, so a batch is routed wholly by one revision. `reload` returns once every
+//! shard runs the new revision.
+//!
+//! Only `[[route]]` reloads: the streams (and so the sinks), tables, keys, shards and
+//! listeners are those the engine started with. A config whose streams differ is refused, as
+//! is one that does not compile; either way the running rules stay.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, StreamSpec};
+use crate::enrich::Tables;
+use crate::route::RouteSet;
+use crate::route::compiled::Matcher;
+
+/// A route set compiled for the shards' tables, by revision.
+#[derive(Debug)]
+pub struct RouteUpdate {
+    pub revision: u64,
+    pub routes: RouteSet,
+    pub matcher: Matcher,
+}
+
+/// The running engine's reloadable state.
+pub struct Control {
+    /// The config file reloads read; `None` for the embedded default.
+    source: Option<PathBuf>,
+    streams: Vec<StreamSpec>,
+    /// A copy of the shards' tables (they are all copies of one), to compile matchers for.
+    tables: Tables,
+    /// The newest revision published.
+    published: AtomicU64,
+    /// The newest update (none before the first reload: the shards start from the config).
+    latest: Mutex<Option<Arc<RouteUpdate>>>,
+    /// The revision each shard runs.
+    running: Vec<AtomicU64>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+impl Control {
+    /// The control plane of an engine started with `config` (read from `source`).
+    pub fn new(config: &Config, source: Option<PathBuf>) -> Control {
+        Control {
+            source,
+            streams: config.streams.clone(),
+            tables: config.tables.clone(),
+            published: AtomicU64::new(1),
+            latest: Mutex::new(None),
+            running: (0..config.shards).map(|_| AtomicU64::new(1)).collect(),
+            reloading: Mutex::new(()),
+        }
+    }
+
+    /// The newest revision published.
+    #[inline]
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// The newest update; a shard calls this when [`Control::published`] moved.
+    pub fn latest(&self) -> Option<Arc<RouteUpdate>> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records that `shard` now routes by `revision`.
+    pub fn running(&self, shard: usize, revision: u64) {
+        self.running[shard].store(revision, Ordering::Release);
+    }
+
+    /// Reads, compiles and publishes the config again; waits (up to 10 s) until every shard
+    /// runs it. Returns what was loaded, or why nothing was.
+    pub fn reload(&self) -> Result<String, String> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let config = match &self.source {
+            Some(p) => Config::load(p),
+            None => Config::embedded_default(),
+        }
+        .map_err(|e| e.to_string())?;
+        if config.streams != self.streams {
+            let names = |s: &[StreamSpec]| {
+                s.iter()
+                    .map(|s| format!("{} ({})", s.name, s.format))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(format!(
+                "the streams differ from the running ones: {} instead of {}; adding, removing or \
+                 reformatting streams needs a restart",
+                names(&config.streams),
+                names(&self.streams)
+            ));
+        }
+        let started = Instant::now();
+        let revision = self.published() + 1;
+        let update = RouteUpdate {
+            revision,
+            matcher: Matcher::new(&config.routes, &self.tables),
+            routes: config.routes,
+        };
+        let rules = update.routes.rules().len();
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(update));
+        self.published.store(revision, Ordering::Release);
+        let deadline = started + Duration::from_secs(10);
+        while self
+            .running
+            .iter()
+            .any(|r| r.load(Ordering::Acquire) < revision)
+        {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "revision {revision} is published but not every shard took it within 10 s"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(format!(
+            "revision {revision}: {rules} routes, running on every shard after {} ms",
+            started.elapsed().as_millis()
+        ))
+    }
+
+    /// The revision each shard runs.
+    pub fn revisions(&self) -> Vec<u64> {
+        self.running
+            .iter()
+            .map(|r| r.load(Ordering::Acquire))
+            .collect()
+    }
+}
