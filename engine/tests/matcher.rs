@@ -10,7 +10,7 @@ use sluice::enrich::Tables;
 use sluice::route::compiled::{Matcher, Simd};
 use sluice::route::{Ctx, Expr, Field, Lit, Op, RouteSet, RuleSource, Value, parse, version_key};
 use sluice_loadgen::{Workload, WorkloadGen};
-use sluice_protocol::{Event, EventView};
+use sluice_protocol::Event;
 
 static TABLES: LazyLock<Tables> = LazyLock::new(|| Tables::w1(1));
 
@@ -22,26 +22,11 @@ static EVENTS: LazyLock<Vec<Event>> = LazyLock::new(|| {
         .collect()
 });
 
-fn view(e: &Event) -> EventView<'_> {
-    EventView {
-        event_id: e.event_id,
-        ts_ms: e.ts_ms,
-        event_type: &e.event_type,
-        app_version: &e.app_version,
-        device_type_id: e.device_type_id,
-        device_id: &e.device_id,
-        customer_id: e.customer_id,
-        client_ip: e.client_ip.into(),
-        session_id: e.session_id,
-        attrs: sluice_protocol::Attrs::Archived(&[]),
-    }
-}
-
 /// The values each field takes on the events: what literals are drawn from.
 static VALUES: LazyLock<Vec<Vec<Lit>>> = LazyLock::new(|| {
     let mut per_field: Vec<Vec<Lit>> = vec![Vec::new(); Field::ALL.len()];
     for e in EVENTS.iter().take(100) {
-        let v = view(e);
+        let v = e.view_without_attrs();
         let ctx = Ctx {
             event: &v,
             enriched: TABLES.lookup(&v),
@@ -175,7 +160,7 @@ fn check(set: &RouteSet, events: &[Event]) -> Result<usize, TestCaseError> {
         .collect();
     let mut hits = 0;
     for e in events {
-        let v = view(e);
+        let v = e.view_without_attrs();
         let ctx = Ctx {
             event: &v,
             enriched: TABLES.lookup(&v),

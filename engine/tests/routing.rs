@@ -8,7 +8,6 @@ use sluice::pipeline::Pipeline;
 use sluice::route::{Ctx, parse};
 use sluice_loadgen::client::build_pool;
 use sluice_loadgen::{Workload, WorkloadGen};
-use sluice_protocol::EventView;
 
 const CONFIG: &str = r#"
 [keys]
@@ -68,18 +67,7 @@ fn rules_write_to_every_stream_of_their_to_and_the_rest_is_unmatched() {
     while seen < events {
         for e in g.next_upload(0).events {
             seen += 1;
-            let v = EventView {
-                event_id: e.event_id,
-                ts_ms: e.ts_ms,
-                event_type: &e.event_type,
-                app_version: &e.app_version,
-                device_type_id: e.device_type_id,
-                device_id: &e.device_id,
-                customer_id: e.customer_id,
-                client_ip: e.client_ip.into(),
-                session_id: e.session_id,
-                attrs: sluice_protocol::Attrs::Archived(&[]),
-            };
+            let v = e.view_without_attrs();
             let ctx = Ctx {
                 event: &v,
                 enriched: config.tables.lookup(&v),

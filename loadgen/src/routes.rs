@@ -277,11 +277,12 @@ pub fn w1_routes(seed: u64) -> Vec<RouteSpec> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(4);
     let versions = app_versions();
+    let streams = STREAMS.map(String::from);
     let mut routes = Vec::with_capacity(W1_RULES);
     let mut total = 0.0;
     while routes.len() < W1_RULES {
         let i = routes.len();
-        let rule = draw_rule(&mut rng, i, &versions);
+        let rule = draw_rule(&mut rng, i, &versions, &W1_SHAPE, &streams);
         let sel = facts.selectivity(&rule);
         // Keep the running sum on the line from 0 to 3 matches per event.
         let budget = W1_MATCHES_PER_EVENT * (i + 1) as f64 / W1_RULES as f64 + 0.05;
@@ -293,9 +294,42 @@ pub fn w1_routes(seed: u64) -> Vec<RouteSpec> {
     routes
 }
 
-fn draw_rule(rng: &mut ChaCha8Rng, i: usize, versions: &[String]) -> RouteSpec {
+/// How wide the rules of a set are drawn.
+struct Shape {
+    preds: std::ops::RangeInclusive<usize>,
+    event_types: std::ops::RangeInclusive<usize>,
+    countries: std::ops::RangeInclusive<usize>,
+    /// Digits in the rule names (`r007`, `r00007`).
+    name_digits: usize,
+}
+
+/// W1's rules: 1 to 3 predicates, up to 5 event types and 10 countries.
+const W1_SHAPE: Shape = Shape {
+    preds: 1..=3,
+    event_types: 1..=5,
+    countries: 1..=10,
+    name_digits: 3,
+};
+
+/// The rules of larger sets: 2 to 4 predicates, up to 3 event types and 5 countries.
+const NARROW_SHAPE: Shape = Shape {
+    preds: 2..=4,
+    event_types: 1..=3,
+    countries: 1..=5,
+    name_digits: 5,
+};
+
+/// Rule `i`: predicates over distinct fields, 4 to 8 projected fields, every tenth rule
+/// sampling 10%; streams go round robin over `streams`.
+fn draw_rule(
+    rng: &mut ChaCha8Rng,
+    i: usize,
+    versions: &[String],
+    shape: &Shape,
+    streams: &[String],
+) -> RouteSpec {
     let mut kinds = [0u8, 1, 2, 3, 4];
-    let n = rng.random_range(1..=3);
+    let n = rng.random_range(shape.preds.clone());
     // Partial Fisher-Yates: n distinct predicate kinds.
     for k in 0..n {
         let j = rng.random_range(k..kinds.len());
@@ -304,8 +338,8 @@ fn draw_rule(rng: &mut ChaCha8Rng, i: usize, versions: &[String]) -> RouteSpec {
     let mut preds: Vec<Pred> = kinds[..n]
         .iter()
         .map(|kind| match kind {
-            0 => Pred::EventTypeIn(pick(rng, &EVENT_TYPES, 1..=5)),
-            1 => Pred::CountryIn(pick(rng, &COUNTRIES, 1..=10)),
+            0 => Pred::EventTypeIn(pick(rng, &EVENT_TYPES, shape.event_types.clone())),
+            1 => Pred::CountryIn(pick(rng, &COUNTRIES, shape.countries.clone())),
             2 => Pred::PlatformEq(PLATFORMS[rng.random_range(0..PLATFORMS.len())]),
             3 => Pred::VersionGe(versions[rng.random_range(0..versions.len())].clone()),
             _ => Pred::PlanIn(pick(rng, &PLANS, 1..=2)),
@@ -327,8 +361,8 @@ fn draw_rule(rng: &mut ChaCha8Rng, i: usize, versions: &[String]) -> RouteSpec {
         }
     }
     RouteSpec {
-        name: format!("r{i:03}"),
-        stream: STREAMS[i % STREAMS.len()].to_owned(),
+        name: format!("r{i:0w$}", w = shape.name_digits),
+        stream: streams[i % streams.len()].clone(),
         preds,
         fields,
         // Every tenth rule samples.
@@ -438,8 +472,7 @@ pub fn generated_routes(seed: u64, rules: usize, streams: usize) -> Vec<RouteSpe
     let mut total = 0.0;
     while routes.len() < rules {
         let i = routes.len();
-        let mut rule = draw_narrow_rule(&mut rng, i, &versions);
-        rule.stream = names[i % streams].clone();
+        let rule = draw_rule(&mut rng, i, &versions, &NARROW_SHAPE, &names);
         let sel =
             rule.preds.iter().map(|p| freq.of(p)).product::<f64>() * rule.sample.unwrap_or(1.0);
         let budget = W1_MATCHES_PER_EVENT * (i + 1) as f64 / rules as f64;
@@ -450,46 +483,4 @@ pub fn generated_routes(seed: u64, rules: usize, streams: usize) -> Vec<RouteSpe
         }
     }
     routes
-}
-
-/// A rule of 2 to 4 predicates over distinct fields, with small sets.
-fn draw_narrow_rule(rng: &mut ChaCha8Rng, i: usize, versions: &[String]) -> RouteSpec {
-    let mut kinds = [0u8, 1, 2, 3, 4];
-    let n = rng.random_range(2..=4);
-    for k in 0..n {
-        let j = rng.random_range(k..kinds.len());
-        kinds.swap(k, j);
-    }
-    let mut preds: Vec<Pred> = kinds[..n]
-        .iter()
-        .map(|kind| match kind {
-            0 => Pred::EventTypeIn(pick(rng, &EVENT_TYPES, 1..=3)),
-            1 => Pred::CountryIn(pick(rng, &COUNTRIES, 1..=5)),
-            2 => Pred::PlatformEq(PLATFORMS[rng.random_range(0..PLATFORMS.len())]),
-            3 => Pred::VersionGe(versions[rng.random_range(0..versions.len())].clone()),
-            _ => Pred::PlanIn(pick(rng, &PLANS, 1..=2)),
-        })
-        .collect();
-    preds.sort_by_key(|p| match p {
-        Pred::EventTypeIn(_) => 0,
-        Pred::CountryIn(_) => 1,
-        Pred::PlatformEq(_) => 2,
-        Pred::VersionGe(_) => 3,
-        Pred::PlanIn(_) => 4,
-    });
-    let nf = rng.random_range(4..=8);
-    let mut fields = vec!["event_id"];
-    while fields.len() < nf {
-        let f = FIELDS[rng.random_range(1..FIELDS.len())];
-        if !fields.contains(&f) {
-            fields.push(f);
-        }
-    }
-    RouteSpec {
-        name: format!("r{i:05}"),
-        stream: String::new(),
-        preds,
-        fields,
-        sample: (i % 10 == 9).then_some(0.1),
-    }
 }
