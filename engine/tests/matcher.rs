@@ -154,9 +154,14 @@ fn compile(whens: &[String]) -> RouteSet {
 }
 
 fn check(set: &RouteSet, events: &[Event]) -> Result<usize, TestCaseError> {
-    let matchers: Vec<Matcher> = Simd::available()
+    // Each matcher keeps its matches buffer (and its version cache) across the events.
+    let mut matchers: Vec<(Matcher, _)> = Simd::available()
         .into_iter()
-        .map(|s| Matcher::with_simd(set, &TABLES, s))
+        .map(|s| {
+            let m = Matcher::with_simd(set, &TABLES, s);
+            let found = m.matches();
+            (m, found)
+        })
         .collect();
     let mut hits = 0;
     for e in events {
@@ -168,9 +173,8 @@ fn check(set: &RouteSet, events: &[Event]) -> Result<usize, TestCaseError> {
         };
         let want: Vec<bool> = set.rules().iter().map(|r| r.expr.eval(&ctx)).collect();
         hits += want.iter().filter(|w| **w).count();
-        for m in &matchers {
-            let mut found = m.matches();
-            m.matching(&ctx, &mut found);
+        for (m, found) in &mut matchers {
+            m.matching(&ctx, found);
             let listed: Vec<usize> = found.iter().collect();
             let wanted: Vec<usize> = (0..want.len()).filter(|i| want[*i]).collect();
             prop_assert_eq!(&listed, &wanted, "{:?}", m.simd());

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 
 use hashbrown::HashMap;
 
-use super::strtab::StrTable;
+use super::strtab::{RowCache, StrTable};
 use super::{Ctx, Expr, Field, Lit, RouteSet, Value};
 use crate::enrich::Tables;
 
@@ -117,6 +117,9 @@ impl Simd {
 pub struct Matches {
     bits: Box<[u64]>,
     nonzero: Box<[u64]>,
+    /// The version slot's rows of recent `app_version` strings (a version is parsed and
+    /// placed among the points once, not per event).
+    versions: RowCache,
 }
 
 impl Matches {
@@ -437,6 +440,7 @@ impl Matcher {
         Matches {
             bits: vec![0; self.words].into(),
             nonzero: vec![0; self.words.div_ceil(64)].into(),
+            versions: RowCache::default(),
         }
     }
 
@@ -450,13 +454,17 @@ impl Matcher {
     #[inline]
     pub fn matching(&self, ctx: &Ctx<'_, '_>, out: &mut Matches) {
         let w = self.words;
-        let Matches { bits, nonzero } = out;
+        let Matches {
+            bits,
+            nonzero,
+            versions,
+        } = out;
         let (bits, nonzero) = (&mut bits[..w], &mut nonzero[..w.div_ceil(64)]);
         if w < 8 {
             // Under one vector: AND slot by slot.
             bits.copy_from_slice(&self.base);
             for (slot, at) in self.slots.iter().zip(&self.slot_at) {
-                let row = &self.masks[at + self.row(slot, ctx) * w..][..w];
+                let row = &self.masks[at + self.row(slot, ctx, versions) * w..][..w];
                 for (b, m) in bits.iter_mut().zip(row) {
                     *b &= m;
                 }
@@ -466,7 +474,7 @@ impl Matcher {
                 .enumerate()
                 .fold(0, |nz, (i, b)| nz | u64::from(*b != 0) << i);
         } else {
-            self.and_all(ctx, bits, nonzero);
+            self.and_all(ctx, bits, nonzero, versions);
         }
         if self.residual_rules.iter().any(|r| *r != 0) {
             self.residual(ctx, bits, nonzero);
@@ -475,11 +483,17 @@ impl Matcher {
 
     /// The AND of every slot's row, a vector at a time.
     #[inline]
-    fn and_all(&self, ctx: &Ctx<'_, '_>, bits: &mut [u64], nonzero: &mut [u64]) {
+    fn and_all(
+        &self,
+        ctx: &Ctx<'_, '_>,
+        bits: &mut [u64],
+        nonzero: &mut [u64],
+        versions: &mut RowCache,
+    ) {
         let w = self.words;
         let mut offs = [0u32; MAX_SLOTS];
         for (i, (slot, at)) in self.slots.iter().zip(&self.slot_at).enumerate() {
-            offs[i] = (at + self.row(slot, ctx) * w) as u32;
+            offs[i] = (at + self.row(slot, ctx, versions) * w) as u32;
         }
         let rows = Rows {
             masks: &self.masks,
@@ -523,7 +537,7 @@ impl Matcher {
 
     /// The row of `slot` the event's value picks.
     #[inline(always)]
-    fn row(&self, slot: &Slot, ctx: &Ctx<'_, '_>) -> usize {
+    fn row(&self, slot: &Slot, ctx: &Ctx<'_, '_>, versions: &mut RowCache) -> usize {
         match &slot.kind {
             Kind::Str {
                 literals,
@@ -565,15 +579,7 @@ impl Matcher {
                 _ => slot.null_row(),
             },
             Kind::Ord { points, version } => {
-                let v = if *version {
-                    super::version_key(ctx.event.app_version)
-                } else {
-                    match ctx.get(slot.field) {
-                        Value::U64(v) => Some(v),
-                        _ => None,
-                    }
-                };
-                match v {
+                let row_of = |v: Option<u64>| match v {
                     Some(v) => {
                         // Counting is branch-free and vectorizes; searching pays off past
                         // a few dozen points.
@@ -589,6 +595,14 @@ impl Matcher {
                         }
                     }
                     None => slot.null_row(),
+                };
+                if *version {
+                    versions.row(ctx.event.app_version, |s| row_of(super::version_key(s)))
+                } else {
+                    row_of(match ctx.get(slot.field) {
+                        Value::U64(v) => Some(v),
+                        _ => None,
+                    })
                 }
             }
         }

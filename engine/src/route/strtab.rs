@@ -24,17 +24,34 @@ struct Entry {
 
 const EMPTY: u32 = u32::MAX;
 
-/// The first and last 8 bytes of `s` (zero-padded when shorter).
+/// A key that, with the length, tells strings of up to 16 bytes apart: the first and last 8
+/// bytes; for shorter strings, overlapping reads that still cover every byte (no copy).
 #[inline]
 fn key(s: &[u8]) -> (u64, u64) {
-    if s.len() >= 8 {
+    let n = s.len();
+    let u32_at = |i: usize| u64::from(u32::from_le_bytes(s[i..i + 4].try_into().expect("4")));
+    if n >= 8 {
         let head = u64::from_le_bytes(s[..8].try_into().expect("8 bytes"));
-        let tail = u64::from_le_bytes(s[s.len() - 8..].try_into().expect("8 bytes"));
+        let tail = u64::from_le_bytes(s[n - 8..].try_into().expect("8 bytes"));
         (head, tail)
+    } else if n >= 4 {
+        (u32_at(0) | u32_at(n - 4) << 32, 0)
+    } else if n > 0 {
+        let (a, b, c) = (s[0], s[n / 2], s[n - 1]);
+        (u64::from(a) | u64::from(b) << 8 | u64::from(c) << 16, 0)
     } else {
-        let mut b = [0u8; 8];
-        b[..s.len()].copy_from_slice(s);
-        (u64::from_le_bytes(b), 0)
+        (0, 0)
+    }
+}
+
+/// Whether two strings of the same length (over 16 bytes) with the same first and last 8
+/// bytes are equal: one more word up to 24 bytes, a full comparison beyond.
+#[inline]
+fn same_middle(a: &[u8], b: &[u8]) -> bool {
+    if b.len() <= 24 {
+        a[8..16] == b[8..16]
+    } else {
+        a == b
     }
 }
 
@@ -84,7 +101,7 @@ impl StrTable {
     }
 
     /// The id of `s`, if interned.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, s: &str) -> Option<u32> {
         let b = s.as_bytes();
         let (head, tail) = key(b);
@@ -98,7 +115,7 @@ impl StrTable {
             if e.len as usize == b.len()
                 && e.head == head
                 && e.tail == tail
-                && (b.len() <= 16 || *self.strings[e.id as usize] == *s)
+                && (b.len() <= 16 || same_middle(self.strings[e.id as usize].as_bytes(), b))
             {
                 return Some(e.id);
             }
@@ -107,9 +124,100 @@ impl StrTable {
     }
 }
 
+/// The rows of recently seen short strings of one field, for a field whose row takes parsing
+/// (`app_version`): direct-mapped, 256 entries. A hit is a hash and three word compares.
+#[derive(Debug, Clone)]
+pub struct RowCache {
+    entries: Box<[Entry]>,
+}
+
+impl Default for RowCache {
+    fn default() -> Self {
+        let empty = Entry {
+            head: 0,
+            tail: 0,
+            len: EMPTY,
+            id: 0,
+        };
+        RowCache {
+            entries: vec![empty; 256].into(),
+        }
+    }
+}
+
+impl RowCache {
+    /// The row of `s`: cached, or `compute(s)`, cached when `s` is at most 16 bytes (then its
+    /// length, head and tail are the whole string).
+    #[inline]
+    pub fn row(&mut self, s: &str, compute: impl FnOnce(&str) -> usize) -> usize {
+        let b = s.as_bytes();
+        if b.len() > 16 {
+            return compute(s);
+        }
+        let (head, tail) = key(b);
+        let h = (head ^ tail.rotate_left(29) ^ b.len() as u64).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        let e = &mut self.entries[(h >> 56) as usize];
+        if e.len as usize == b.len() && e.head == head && e.tail == tail {
+            return e.id as usize;
+        }
+        let row = compute(s);
+        *e = Entry {
+            head,
+            tail,
+            len: b.len() as u32,
+            id: row as u32,
+        };
+        row
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::StrTable;
+    use super::{RowCache, StrTable};
+
+    #[test]
+    fn the_cache_gives_what_compute_gives() {
+        let mut c = RowCache::default();
+        let calls = std::cell::Cell::new(0);
+        let f = |s: &str| {
+            calls.set(calls.get() + 1);
+            s.len() * 10
+        };
+        let strings = [
+            "7.4.1",
+            "7.4.10",
+            "6.0.0",
+            "",
+            "1234567890123456",
+            "a-long-version-string",
+        ];
+        for _ in 0..3 {
+            for s in strings {
+                assert_eq!(c.row(s, f), s.len() * 10);
+            }
+        }
+        // Many more strings than entries: every answer is still the computed one.
+        let f = |s: &str| {
+            s.bytes().fold(7usize, |h, b| {
+                h.wrapping_mul(31).wrapping_add(usize::from(b))
+            }) % 1_000_003
+        };
+        for pass in 0..2 {
+            for i in 0..20 {
+                for j in 0..30 {
+                    let v = format!("{i}.{j}.{}", (i * j + pass) % 7);
+                    assert_eq!(c.row(&v, f), f(&v), "{v}");
+                }
+            }
+        }
+        // Each short string is computed once unless another shares its entry; a long one
+        // every time.
+        assert!(
+            calls.get() <= 5 * 3 + 3 && calls.get() >= 5 + 3,
+            "{}",
+            calls.get()
+        );
+    }
 
     #[test]
     fn finds_what_it_holds_and_nothing_else() {
