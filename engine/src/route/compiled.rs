@@ -460,7 +460,22 @@ impl Matcher {
             versions,
         } = out;
         let (bits, nonzero) = (&mut bits[..w], &mut nonzero[..w.div_ceil(64)]);
-        if w < 8 {
+        if w <= 2 {
+            // Up to 128 rules: AND slot by slot in registers.
+            let (mut lo, mut hi) = (self.base[0], self.base.get(1).copied().unwrap_or(0));
+            for (slot, at) in self.slots.iter().zip(&self.slot_at) {
+                let o = at + self.row(slot, ctx, versions) * w;
+                lo &= self.masks[o];
+                if w == 2 {
+                    hi &= self.masks[o + 1];
+                }
+            }
+            bits[0] = lo;
+            if w == 2 {
+                bits[1] = hi;
+            }
+            nonzero[0] = u64::from(lo != 0) | u64::from(hi != 0) << 1;
+        } else if w < 8 {
             // Under one vector: AND slot by slot.
             bits.copy_from_slice(&self.base);
             for (slot, at) in self.slots.iter().zip(&self.slot_at) {
