@@ -215,6 +215,8 @@ pub struct Matcher {
     base: Box<[u64]>,
     /// Rules with residual conjuncts.
     residual_rules: Box<[u64]>,
+    /// Whether any rule has residual conjuncts (so the pass over them can be skipped).
+    any_residual: bool,
     /// Per rule, its residual conjuncts as one condition.
     residual: Vec<Option<Expr>>,
     simd: Simd,
@@ -424,6 +426,7 @@ impl Matcher {
             masks: masks.into(),
             slot_at,
             base: base.into(),
+            any_residual: residual.iter().any(Option::is_some),
             residual_rules: residual_rules.into(),
             residual,
             simd,
@@ -491,7 +494,7 @@ impl Matcher {
         } else {
             self.and_all(ctx, bits, nonzero, versions);
         }
-        if self.residual_rules.iter().any(|r| *r != 0) {
+        if self.any_residual {
             self.residual(ctx, bits, nonzero);
         }
     }
