@@ -25,7 +25,7 @@ use hashbrown::HashMap;
 
 use super::strtab::{RowCache, StrTable};
 use super::{Ctx, Expr, Field, Lit, RouteSet, Value};
-use crate::enrich::Tables;
+use crate::enrich::{Enriched, Sym, Tables};
 
 /// How an event's row in a slot is found.
 #[derive(Debug, Clone)]
@@ -35,9 +35,6 @@ enum Kind {
         literals: HashMap<Box<str>, u32>,
         /// The literals again, for looking up an event field's value.
         table: StrTable,
-        /// For an enrichment field: the literal id (or "another string") of each interned
-        /// string of the shard's tables.
-        by_sym: Vec<u32>,
     },
     /// Rows: literal ids, then "another address".
     Ip { literals: HashMap<IpAddr, u32> },
@@ -211,6 +208,14 @@ pub struct Matcher {
     masks: Box<[u64]>,
     /// Where each slot's rows start in `masks`.
     slot_at: Vec<usize>,
+    /// The enrichment string slots, found without going through [`Matcher::row`].
+    sym_probes: Vec<SymProbe>,
+    /// The index [`enrichment_syms`] gives a missing row.
+    no_sym: u32,
+    /// The slot ordering `app_version` as a version: its rows' offsets are cached per string.
+    version_probe: Option<usize>,
+    /// The other slots.
+    probes: Vec<usize>,
     /// Rules that can match at all.
     base: Box<[u64]>,
     /// Rules with residual conjuncts.
@@ -222,18 +227,49 @@ pub struct Matcher {
     simd: Simd,
 }
 
+/// The enrichment string fields, in the order of [`enrichment_syms`].
+const ENRICHMENT: [Field; 8] = [
+    Field::GeoCountry,
+    Field::GeoRegion,
+    Field::DeviceBrand,
+    Field::DeviceModel,
+    Field::DevicePlatform,
+    Field::DeviceOs,
+    Field::CustomerPlan,
+    Field::CustomerSignupCountry,
+];
+
 fn is_enrichment(f: Field) -> bool {
-    matches!(
-        f,
-        Field::GeoCountry
-            | Field::GeoRegion
-            | Field::DeviceBrand
-            | Field::DeviceModel
-            | Field::DevicePlatform
-            | Field::DeviceOs
-            | Field::CustomerPlan
-            | Field::CustomerSignupCountry
-    )
+    ENRICHMENT.contains(&f)
+}
+
+/// The interned strings of an event's enrichment fields, in [`ENRICHMENT`]'s order; `none`
+/// for a field whose row is missing.
+#[inline(always)]
+fn enrichment_syms(e: &Enriched, none: u32) -> [u32; 8] {
+    let s = |x: Option<Sym>| x.map_or(none, |s| s.index() as u32);
+    let (g, d, c) = (e.geo, e.device, e.customer);
+    [
+        s(g.map(|g| g.country)),
+        s(g.map(|g| g.region)),
+        s(d.map(|d| d.brand)),
+        s(d.map(|d| d.model)),
+        s(d.map(|d| d.platform)),
+        s(d.map(|d| d.os)),
+        s(c.map(|c| c.plan)),
+        s(c.map(|c| c.signup_country)),
+    ]
+}
+
+/// An enrichment string slot: the offset in the matcher's masks of the row each interned
+/// string of the shard's tables picks, then that of "no value".
+#[derive(Debug, Clone)]
+struct SymProbe {
+    /// Index into [`ENRICHMENT`].
+    field: usize,
+    offs: Box<[u32]>,
+    /// The offset of "another string".
+    other: u32,
 }
 
 /// Whether a field is on every event (so `exists` holds).
@@ -347,7 +383,6 @@ impl Matcher {
                     0 => Kind::Str {
                         literals: HashMap::new(),
                         table: StrTable::new([]),
-                        by_sym: Vec::new(),
                     },
                     1 => Kind::Ip {
                         literals: HashMap::new(),
@@ -370,31 +405,38 @@ impl Matcher {
                     points.sort_unstable();
                     points.dedup();
                 }
-                Kind::Str {
-                    literals, table, ..
-                } if !is_enrichment(slot.field) => {
+                Kind::Str { literals, table } if !is_enrichment(slot.field) => {
                     let mut by_id: Vec<(&str, u32)> =
                         literals.iter().map(|(s, &id)| (&**s, id)).collect();
                     by_id.sort_by_key(|(_, id)| *id);
                     *table = StrTable::new(by_id.into_iter().map(|(s, _)| s));
-                }
-                Kind::Str {
-                    literals, by_sym, ..
-                } if is_enrichment(slot.field) => {
-                    let other = literals.len() as u32;
-                    *by_sym = tables
-                        .strings()
-                        .iter()
-                        .map(|s| literals.get(&**s).copied().unwrap_or(other))
-                        .collect();
                 }
                 _ => {}
             }
         }
         let mut masks = Vec::new();
         let mut slot_at = Vec::with_capacity(slots.len());
+        let mut sym_probes = Vec::new();
+        let mut probes = Vec::new();
+        let mut version_probe = None;
         for (s, slot) in slots.iter().enumerate() {
-            slot_at.push(masks.len());
+            let at = masks.len();
+            slot_at.push(at);
+            match (&slot.kind, ENRICHMENT.iter().position(|f| *f == slot.field)) {
+                (Kind::Str { literals, .. }, Some(field)) => {
+                    let offset = |row: usize| (at + row * words) as u32;
+                    let other = offset(literals.len());
+                    let offs = tables
+                        .strings()
+                        .iter()
+                        .map(|s| literals.get(&**s).map_or(other, |&id| offset(id as usize)))
+                        .chain([offset(literals.len() + 1)])
+                        .collect();
+                    sym_probes.push(SymProbe { field, offs, other });
+                }
+                (Kind::Ord { version: true, .. }, _) => version_probe = Some(s),
+                _ => probes.push(s),
+            }
             for row in 0..slot.rows() {
                 let at = row_of(slot, row);
                 let start = masks.len();
@@ -425,6 +467,10 @@ impl Matcher {
             slots,
             masks: masks.into(),
             slot_at,
+            sym_probes,
+            no_sym: tables.strings().len() as u32,
+            probes,
+            version_probe,
             base: base.into(),
             any_residual: residual.iter().any(Option::is_some),
             residual_rules: residual_rules.into(),
@@ -466,13 +512,12 @@ impl Matcher {
         if w <= 2 {
             // Up to 128 rules: AND slot by slot in registers.
             let (mut lo, mut hi) = (self.base[0], self.base.get(1).copied().unwrap_or(0));
-            for (slot, at) in self.slots.iter().zip(&self.slot_at) {
-                let o = at + self.row(slot, ctx, versions) * w;
+            self.each_row(ctx, versions, |o| {
                 lo &= self.masks[o];
                 if w == 2 {
                     hi &= self.masks[o + 1];
                 }
-            }
+            });
             bits[0] = lo;
             if w == 2 {
                 bits[1] = hi;
@@ -481,12 +526,11 @@ impl Matcher {
         } else if w < 8 {
             // Under one vector: AND slot by slot.
             bits.copy_from_slice(&self.base);
-            for (slot, at) in self.slots.iter().zip(&self.slot_at) {
-                let row = &self.masks[at + self.row(slot, ctx, versions) * w..][..w];
-                for (b, m) in bits.iter_mut().zip(row) {
+            self.each_row(ctx, versions, |o| {
+                for (b, m) in bits.iter_mut().zip(&self.masks[o..o + w]) {
                     *b &= m;
                 }
-            }
+            });
             nonzero[0] = bits
                 .iter()
                 .enumerate()
@@ -508,14 +552,15 @@ impl Matcher {
         nonzero: &mut [u64],
         versions: &mut RowCache,
     ) {
-        let w = self.words;
         let mut offs = [0u32; MAX_SLOTS];
-        for (i, (slot, at)) in self.slots.iter().zip(&self.slot_at).enumerate() {
-            offs[i] = (at + self.row(slot, ctx, versions) * w) as u32;
-        }
+        let mut n = 0;
+        self.each_row(ctx, versions, |o| {
+            offs[n] = o as u32;
+            n += 1;
+        });
         let rows = Rows {
             masks: &self.masks,
-            offs: &offs[..self.slots.len()],
+            offs: &offs[..n],
         };
         nonzero.fill(0);
         match self.simd {
@@ -553,77 +598,73 @@ impl Matcher {
         }
     }
 
-    /// The row of `slot` the event's value picks.
+    /// Calls `f` with the offset in `masks` of the row each slot's value picks.
     #[inline(always)]
-    fn row(&self, slot: &Slot, ctx: &Ctx<'_, '_>, versions: &mut RowCache) -> usize {
+    fn each_row(&self, ctx: &Ctx<'_, '_>, versions: &mut RowCache, mut f: impl FnMut(usize)) {
+        if !self.sym_probes.is_empty() {
+            let syms = enrichment_syms(&ctx.enriched, self.no_sym);
+            for p in &self.sym_probes {
+                f(*p.offs.get(syms[p.field] as usize).unwrap_or(&p.other) as usize);
+            }
+        }
+        if let Some(s) = self.version_probe {
+            let (slot, at) = (&self.slots[s], self.slot_at[s]);
+            f(versions.row(ctx.event.app_version, |v| {
+                at + ord_row(slot, super::version_key(v)) * self.words
+            }));
+        }
+        for &s in &self.probes {
+            f(self.slot_at[s] + self.row(&self.slots[s], ctx) * self.words);
+        }
+    }
+
+    /// The row of `slot` (not an enrichment string's) the event's value picks.
+    #[inline(always)]
+    fn row(&self, slot: &Slot, ctx: &Ctx<'_, '_>) -> usize {
         match &slot.kind {
-            Kind::Str {
-                literals,
-                by_sym,
-                table,
-            } => {
-                let other = literals.len();
-                if is_enrichment(slot.field) {
-                    let e = &ctx.enriched;
-                    let sym = match slot.field {
-                        Field::GeoCountry => e.geo.map(|g| g.country),
-                        Field::GeoRegion => e.geo.map(|g| g.region),
-                        Field::DeviceBrand => e.device.map(|d| d.brand),
-                        Field::DeviceModel => e.device.map(|d| d.model),
-                        Field::DevicePlatform => e.device.map(|d| d.platform),
-                        Field::DeviceOs => e.device.map(|d| d.os),
-                        Field::CustomerPlan => e.customer.map(|c| c.plan),
-                        _ => e.customer.map(|c| c.signup_country),
-                    };
-                    match sym {
-                        Some(sym) => by_sym.get(sym.index()).map_or(other, |&id| id as usize),
-                        None => other + 1,
-                    }
-                } else {
-                    let s = match slot.field {
-                        Field::EventType => ctx.event.event_type,
-                        Field::AppVersion => ctx.event.app_version,
-                        Field::DeviceId => ctx.event.device_id,
-                        f => match ctx.get(f) {
-                            Value::Str(s) => s,
-                            _ => return other + 1,
-                        },
-                    };
-                    table.get(s).map_or(other, |id| id as usize)
-                }
+            Kind::Str { literals, table } => {
+                let s = match slot.field {
+                    Field::EventType => ctx.event.event_type,
+                    Field::AppVersion => ctx.event.app_version,
+                    Field::DeviceId => ctx.event.device_id,
+                    f => match ctx.get(f) {
+                        Value::Str(s) => s,
+                        _ => return literals.len() + 1,
+                    },
+                };
+                table.get(s).map_or(literals.len(), |id| id as usize)
             }
             Kind::Ip { literals } => match ctx.get(slot.field) {
                 Value::Ip(ip) => literals.get(&ip).map_or(literals.len(), |&id| id as usize),
                 _ => slot.null_row(),
             },
-            Kind::Ord { points, version } => {
-                let row_of = |v: Option<u64>| match v {
-                    Some(v) => {
-                        // Counting is branch-free and vectorizes; searching pays off past
-                        // a few dozen points.
-                        let i = if points.len() <= 64 {
-                            points.iter().filter(|p| **p < v).count()
-                        } else {
-                            points.partition_point(|p| *p < v)
-                        };
-                        if points.get(i) == Some(&v) {
-                            2 * i + 1
-                        } else {
-                            2 * i
-                        }
-                    }
-                    None => slot.null_row(),
-                };
-                if *version {
-                    versions.row(ctx.event.app_version, |s| row_of(super::version_key(s)))
-                } else {
-                    row_of(match ctx.get(slot.field) {
-                        Value::U64(v) => Some(v),
-                        _ => None,
-                    })
-                }
-            }
+            Kind::Ord { .. } => ord_row(
+                slot,
+                match ctx.get(slot.field) {
+                    Value::U64(v) => Some(v),
+                    _ => None,
+                },
+            ),
         }
+    }
+}
+
+/// The row of an ordered slot that `v` falls in.
+#[inline(always)]
+fn ord_row(slot: &Slot, v: Option<u64>) -> usize {
+    let (Kind::Ord { points, .. }, Some(v)) = (&slot.kind, v) else {
+        return slot.null_row();
+    };
+    // Counting is branch-free and vectorizes; searching pays off past a few dozen points.
+    let i = if points.len() <= 64 {
+        points.iter().filter(|p| **p < v).count()
+    } else {
+        points.partition_point(|p| *p < v)
+    };
+    if points.get(i) == Some(&v) {
+        2 * i + 1
+    } else {
+        2 * i
     }
 }
 

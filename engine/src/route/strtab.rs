@@ -2,8 +2,9 @@
 //!
 //! A general hash map hashes every byte and then compares them all again. Here the key of a
 //! string is its length and its first and last 8 bytes (which, up to 16 bytes, is the whole
-//! string), hashed with one multiply; probing is linear in a table at most a quarter full,
-//! and only a string longer than 16 bytes is compared byte by byte after its key matched.
+//! string), hashed with one multiply; probing is linear in a table at most a quarter full.
+//! The entry also holds bytes 8..16, so strings of up to 24 bytes are compared in the entry
+//! alone; only a longer one is compared byte by byte after its key matched.
 
 /// Strings interned to ids `0..n`.
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct StrTable {
 struct Entry {
     head: u64,
     tail: u64,
+    /// Bytes 8..16 of a string of over 16 bytes (in a [`StrTable`]); else 0.
+    mid: u64,
     /// `u32::MAX` marks an empty slot.
     len: u32,
     id: u32,
@@ -44,14 +47,12 @@ fn key(s: &[u8]) -> (u64, u64) {
     }
 }
 
-/// Whether two strings of the same length (over 16 bytes) with the same first and last 8
-/// bytes are equal: one more word up to 24 bytes, a full comparison beyond.
+/// Bytes 8..16 of a string of over 16 bytes, else 0.
 #[inline]
-fn same_middle(a: &[u8], b: &[u8]) -> bool {
-    if b.len() <= 24 {
-        a[8..16] == b[8..16]
-    } else {
-        a == b
+fn mid(s: &[u8]) -> u64 {
+    match s.get(8..16) {
+        Some(m) if s.len() > 16 => u64::from_le_bytes(m.try_into().expect("8 bytes")),
+        _ => 0,
     }
 }
 
@@ -67,6 +68,7 @@ impl StrTable {
                 Entry {
                     head: 0,
                     tail: 0,
+                    mid: 0,
                     len: EMPTY,
                     id: 0,
                 };
@@ -85,6 +87,7 @@ impl StrTable {
             t.slots[i] = Entry {
                 head,
                 tail,
+                mid: mid(s.as_bytes()),
                 len: s.len() as u32,
                 id: id as u32,
             };
@@ -115,7 +118,8 @@ impl StrTable {
             if e.len as usize == b.len()
                 && e.head == head
                 && e.tail == tail
-                && (b.len() <= 16 || same_middle(self.strings[e.id as usize].as_bytes(), b))
+                && e.mid == mid(b)
+                && (b.len() <= 24 || *self.strings[e.id as usize] == *s)
             {
                 return Some(e.id);
             }
@@ -136,6 +140,7 @@ impl Default for RowCache {
         let empty = Entry {
             head: 0,
             tail: 0,
+            mid: 0,
             len: EMPTY,
             id: 0,
         };
@@ -164,6 +169,7 @@ impl RowCache {
         *e = Entry {
             head,
             tail,
+            mid: 0,
             len: b.len() as u32,
             id: row as u32,
         };
@@ -250,9 +256,12 @@ mod tests {
             assert_eq!(t.get(w), None, "{w:?}");
         }
         // Same length, head and tail, different middle: told apart byte by byte.
-        let t = StrTable::new(["abcdefgh-1-ijklmnop"]);
+        let t = StrTable::new(["abcdefgh-1-ijklmnop", "abcdefgh-12345678-9-ijklmnop"]);
         assert_eq!(t.get("abcdefgh-2-ijklmnop"), None);
         assert_eq!(t.get("abcdefgh-1-ijklmnop"), Some(0));
+        // Over 24 bytes: the same first 24 and last 8 bytes, a different byte past 24.
+        assert_eq!(t.get("abcdefgh-12345678-8-ijklmnop"), None);
+        assert_eq!(t.get("abcdefgh-12345678-9-ijklmnop"), Some(1));
         assert!(StrTable::new([]).get("a").is_none());
     }
 }
