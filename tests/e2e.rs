@@ -326,11 +326,11 @@ fn bad_configs_are_refused_with_file_line_and_reason() {
         (
             base.replacen(
                 "fields = [\"event_id\"",
-                "fields = [\"event_id\", \"geo.city\"",
+                "fields = [\"event_id\", \"geo.town\"",
                 1,
             ),
-            "\"geo.city\"",
-            "unknown field \"geo.city\"",
+            "\"geo.town\"",
+            "unknown field \"geo.town\"",
         ),
         (
             base.replace(

@@ -85,7 +85,7 @@ fn route(c: &mut Criterion) {
     let mut packed = String::new();
     let views = views(&events, &mut packed);
     drop(events);
-    let enriched: Vec<Enriched> = views.iter().map(|v| tables.lookup(v)).collect();
+    let enriched: Vec<Enriched> = views.iter().map(|v| tables.peek(v)).collect();
     let ctx = |i: usize| Ctx {
         event: &views[i],
         enriched: enriched[i],

@@ -71,8 +71,9 @@ struct RawConfig {
     listen: RawListen,
     #[serde(default)]
     keys: RawKeys,
+    /// `[enrich.geo]`, `[enrich.device]`, `[enrich.customer]`.
     #[serde(default)]
-    tables: RawTables,
+    enrich: BTreeMap<String, Spanned<RawTable>>,
     #[serde(default)]
     sinks: RawSinks,
     #[serde(default)]
@@ -172,28 +173,26 @@ struct RawKeys {
     file: Option<Spanned<PathBuf>>,
 }
 
+/// One enrichment table.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawTables {
-    /// `w1`: generate the W1 tables from `seed`.
-    builtin: Option<Spanned<String>>,
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    /// `w1` (generated from `seed`), `file` (CSV or JSON lines at `path`) or `mmdb` (geo
+    /// only: a MaxMind database at `path`).
+    kind: Spanned<String>,
+    path: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_seed")]
     seed: u64,
-    geo: Option<Spanned<PathBuf>>,
-    device: Option<Spanned<PathBuf>>,
-    customer: Option<Spanned<PathBuf>>,
+    /// `mmdb`: entries of each shard's cache.
+    cache_entries: Option<Spanned<usize>>,
 }
 
-impl Default for RawTables {
-    fn default() -> Self {
-        RawTables {
-            builtin: None,
-            seed: 1,
-            geo: None,
-            device: None,
-            customer: None,
-        }
-    }
+fn default_seed() -> u64 {
+    1
 }
+
+/// Entries of a shard's geo cache in front of a MaxMind database, unless set.
+pub const MMDB_CACHE_ENTRIES: usize = 65_536;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -527,43 +526,74 @@ impl Config {
             }
         };
 
-        // Tables.
-        let tb = &raw.tables;
-        let (tables, tables_source) = match (&tb.builtin, &tb.geo, &tb.device, &tb.customer) {
-            (Some(b), None, None, None) if b.get_ref() == "w1" => {
-                (Tables::w1(tb.seed), format!("builtin w1, seed {}", tb.seed))
-            }
-            (Some(b), None, None, None) => {
-                return Err(lines.err(
-                    b.span(),
-                    format!("tables.builtin: unknown {:?} (known: \"w1\")", b.get_ref()),
+        // Enrichment tables.
+        let mut tables = Tables::default();
+        let mut sources = Vec::new();
+        for (name, t) in &raw.enrich {
+            let err = |span: std::ops::Range<usize>, what: String| {
+                lines.err(span, format!("enrich.{name}: {what}"))
+            };
+            if !["geo", "device", "customer"].contains(&name.as_str()) {
+                return Err(err(
+                    t.span(),
+                    format!("no table {name:?} (known: geo, device, customer)"),
                 ));
             }
-            (None, geo, device, customer) => {
-                let load = |p: &Option<Spanned<PathBuf>>, what: &str| {
-                    p.as_ref()
-                        .map(|p| {
-                            std::fs::read_to_string(resolve(p.get_ref())).map_err(|e| {
-                                lines.err(p.span(), format!("tables.{what}: cannot read: {e}"))
-                            })
-                        })
-                        .transpose()
-                };
-                let (g, d, c) = (
-                    load(geo, "geo")?,
-                    load(device, "device")?,
-                    load(customer, "customer")?,
-                );
-                let tables = Tables::from_csv(g.as_deref(), d.as_deref(), c.as_deref())
-                    .map_err(|e| lines.err(0..0, format!("tables: {e}")))?;
-                (tables, "CSV files".to_owned())
-            }
-            (Some(b), ..) => {
-                return Err(lines.err(
-                    b.span(),
-                    "tables: set either `builtin` or table files, not both",
-                ));
-            }
+            let t = t.get_ref();
+            let path = || {
+                t.path
+                    .as_ref()
+                    .map(|p| (resolve(p.get_ref()), p.span()))
+                    .ok_or_else(|| {
+                        err(
+                            t.kind.span(),
+                            format!("kind {:?} needs a `path`", t.kind.get_ref()),
+                        )
+                    })
+            };
+            let source = match t.kind.get_ref().as_str() {
+                "w1" => {
+                    match name.as_str() {
+                        "geo" => tables.load_w1_geo(t.seed),
+                        "device" => tables.load_w1_device(t.seed),
+                        _ => tables.load_w1_customer(t.seed),
+                    }
+                    format!("w1 rows, seed {}", t.seed)
+                }
+                "file" => {
+                    let (p, span) = path()?;
+                    let n = tables.load_file(name, &p).map_err(|e| err(span, e))?;
+                    format!("{} ({n} rows)", p.display())
+                }
+                "mmdb" if name == "geo" => {
+                    let (p, span) = path()?;
+                    let db = crate::enrich::mmdb::Database::open(&p).map_err(|e| err(span, e))?;
+                    let entries = t
+                        .cache_entries
+                        .as_ref()
+                        .map_or(MMDB_CACHE_ENTRIES, |c| *c.get_ref());
+                    tables.use_mmdb(db, entries);
+                    tables.geo_source()
+                }
+                "mmdb" => {
+                    return Err(err(
+                        t.kind.span(),
+                        "kind \"mmdb\" is for the geo table".into(),
+                    ));
+                }
+                k => {
+                    return Err(err(
+                        t.kind.span(),
+                        format!("unknown kind {k:?} (known: \"w1\", \"file\", \"mmdb\")"),
+                    ));
+                }
+            };
+            sources.push(format!("{name} {source}"));
+        }
+        let tables_source = if sources.is_empty() {
+            "none".to_owned()
+        } else {
+            sources.join(", ")
         };
 
         // Streams.
@@ -734,14 +764,7 @@ impl Config {
             self.keyring.ids(),
             self.keyring.backend()
         );
-        let _ = writeln!(
-            o,
-            "tables: {}: {} geo, {} device, {} customer rows",
-            self.tables_source,
-            self.tables.geo_rows(),
-            self.tables.device_rows(),
-            self.tables.customer_rows()
-        );
+        let _ = writeln!(o, "enrich: {}", self.tables_source,);
         let _ = writeln!(
             o,
             "sinks: {} segments up to {} bytes, zero-filled {} bytes ahead, durability {}",

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use hdrhistogram::Histogram;
 use sluice_protocol::Error;
 
+use crate::enrich::{TableStats, Tables};
 use crate::pipeline::Counters;
 
 /// Highest batch latency recorded, in µs (longer ones are clamped).
@@ -26,6 +27,8 @@ pub struct ShardSnapshot {
     pub sink_errors: u64,
     /// The route set revision the shard routes by (1 at start, one more per reload).
     pub route_revision: u64,
+    /// Each enrichment table's rows or cache.
+    pub tables: [(&'static str, TableStats); 3],
     /// Batch latency, receipt to ack, in µs.
     pub latency_us: Histogram<u64>,
     /// Writing one round of output to the segments, in µs.
@@ -50,6 +53,7 @@ impl ShardSnapshot {
             commits: 0,
             sink_errors: 0,
             route_revision: 1,
+            tables: Tables::default().stats(),
             latency_us: new_histogram(),
             write_us: new_histogram(),
             sync_us: new_histogram(),
@@ -217,6 +221,45 @@ impl Registry {
             "Segment write or sync failures.",
             &|s| s.sink_errors,
         );
+        type Stat = fn(&TableStats) -> Option<u64>;
+        let table_metrics: [(&str, &str, &str, Stat); 4] = [
+            (
+                "sluice_enrich_entries",
+                "gauge",
+                "Rows an enrichment table holds in memory; for a cached table, its cache entries.",
+                |t| Some(t.entries as u64),
+            ),
+            (
+                "sluice_enrich_cache_capacity",
+                "gauge",
+                "Entries a cached enrichment table's per-shard cache can hold.",
+                |t| t.capacity.map(|c| c as u64),
+            ),
+            (
+                "sluice_enrich_cache_hits_total",
+                "counter",
+                "Lookups a cached enrichment table answered from its cache.",
+                |t| t.capacity.map(|_| t.cache.hits),
+            ),
+            (
+                "sluice_enrich_cache_misses_total",
+                "counter",
+                "Lookups a cached enrichment table had to go to its source for.",
+                |t| t.capacity.map(|_| t.cache.misses),
+            ),
+        ];
+        for (name, kind, help, f) in table_metrics {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+            for s in &snaps {
+                for (table, t) in &s.tables {
+                    if let Some(v) = f(t) {
+                        let _ =
+                            writeln!(o, "{name}{{shard=\"{}\",table=\"{table}\"}} {v}", s.shard);
+                    }
+                }
+            }
+        }
         for (name, help, bytes) in [
             (
                 "sluice_records_out_total",

@@ -134,10 +134,16 @@ impl Pipeline {
 
     /// Routes the next batches by `routes`, matched by `matcher` (compiled for this shard's
     /// tables, or a copy of them). Called between batches.
-    pub fn set_routes(&mut self, routes: RouteSet, matcher: Matcher) {
+    pub fn set_routes(&mut self, routes: RouteSet, mut matcher: Matcher) {
+        matcher.sync(&self.tables);
         self.matches = matcher.matches();
         self.matcher = matcher;
         self.routes = routes;
+    }
+
+    /// Each enrichment table's rows or cache, for `/metrics`.
+    pub fn table_stats(&self) -> [(&'static str, crate::enrich::TableStats); 3] {
+        self.tables.stats()
     }
 
     /// Whether this shard owns `partition`.
@@ -193,9 +199,11 @@ impl Pipeline {
                     o.accepted += 1;
                     for event in opened.payload.iter() {
                         o.events += 1;
+                        let enriched = tables.lookup(&event);
+                        matcher.sync(tables);
                         let ctx = Ctx {
                             event: &event,
-                            enriched: tables.lookup(&event),
+                            enriched,
                             tables,
                         };
                         matcher.matching(&ctx, matches);

@@ -421,6 +421,7 @@ fn snapshot(core: &Core) -> ShardSnapshot {
         commits: stats.commits,
         sink_errors: stats.sink_errors,
         route_revision: core.revision.get(),
+        tables: core.pipeline.borrow().table_stats(),
         latency_us: core.latency_us.borrow().clone(),
         write_us: core.write_us.borrow().clone(),
         sync_us: core.sync_us.borrow().clone(),

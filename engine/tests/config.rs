@@ -61,7 +61,7 @@ fn tables_load_from_csv() {
     let cfg = dir.join("s.toml");
     std::fs::write(
         &cfg,
-        "[keys]\ndemo = true\n[tables]\ngeo = \"geo.csv\"\ndevice = \"device.csv\"\n",
+        "[keys]\ndemo = true\n[enrich.geo]\nkind = \"file\"\npath = \"geo.csv\"\n[enrich.device]\nkind = \"file\"\npath = \"device.csv\"\n",
     )
     .unwrap();
     let c = Config::load(&cfg).unwrap();
@@ -79,7 +79,10 @@ fn tables_load_from_csv() {
     )
     .unwrap();
     let e = Config::load(&cfg).unwrap_err();
-    assert!(e.reason.contains("geo line 2"), "{e}");
+    assert!(
+        e.reason.contains("enrich.geo") && e.reason.contains("line 2") && e.line == 5,
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

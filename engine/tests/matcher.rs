@@ -12,7 +12,25 @@ use sluice::route::{Ctx, Expr, Field, Lit, Op, RouteSet, RuleSource, Value, pars
 use sluice_loadgen::{Workload, WorkloadGen};
 use sluice_protocol::Event;
 
-static TABLES: LazyLock<Tables> = LazyLock::new(|| Tables::w1(1));
+/// The W1 tables, with geo rows that have a city for some prefixes, and for others no city,
+/// no region or no ASN (empty cells, 0): "no value" as a source gives it.
+static TABLES: LazyLock<Tables> = LazyLock::new(|| {
+    use std::fmt::Write as _;
+    let mut t = Tables::w1(1);
+    let mut csv = String::from("prefix,country,region,asn,city\n");
+    for (i, g) in sluice_loadgen::tables::geo(1).iter().enumerate() {
+        let [a, b, c] = g.prefix;
+        let city = ["", "Springfield", "Shelbyville", "Ogdenville"][i % 4];
+        let region = if i % 7 == 0 { "" } else { &g.region };
+        let asn = if i % 5 == 0 { 0 } else { g.asn };
+        let _ = writeln!(csv, "{a}.{b}.{c}.0/24,{},{region},{asn},{city}", g.country);
+    }
+    let path = std::env::temp_dir().join(format!("sluice-matcher-geo-{}.csv", std::process::id()));
+    std::fs::write(&path, csv).expect("write the geo table");
+    t.load_file("geo", &path).expect("the geo table loads");
+    let _ = std::fs::remove_file(&path);
+    t
+});
 
 /// W1 events to route.
 static EVENTS: LazyLock<Vec<Event>> = LazyLock::new(|| {
@@ -29,7 +47,7 @@ static VALUES: LazyLock<Vec<Vec<Lit>>> = LazyLock::new(|| {
         let v = e.view_without_attrs();
         let ctx = Ctx {
             event: &v,
-            enriched: TABLES.lookup(&v),
+            enriched: TABLES.peek(&v),
             tables: &TABLES,
         };
         for (i, f) in Field::ALL.iter().enumerate() {
@@ -168,7 +186,7 @@ fn check(set: &RouteSet, events: &[Event]) -> Result<usize, TestCaseError> {
         let v = e.view_without_attrs();
         let ctx = Ctx {
             event: &v,
-            enriched: TABLES.lookup(&v),
+            enriched: TABLES.peek(&v),
             tables: &TABLES,
         };
         let want: Vec<bool> = set.rules().iter().map(|r| r.expr.eval(&ctx)).collect();
@@ -242,4 +260,61 @@ fn the_w1_set_agrees_on_w1_events() {
     let hits = check(&set, &EVENTS).unwrap();
     // About 3 matches an event (before sampling).
     assert!(hits > 600, "the rules match something: {hits}");
+}
+
+/// A shard's tables intern strings after its matcher compiled (a cache fills in a row with a
+/// city never seen before); once synced, the matcher places them as the interpreter does.
+#[test]
+fn strings_interned_after_compiling_are_matched_once_synced() {
+    let whens = [
+        r#"geo.city == "Zzyzx""#,
+        r#"geo.city in ["Zzyzx", "Springfield"]"#,
+        r#"geo.city != "Zzyzx""#,
+        r#"exists geo.city"#,
+        r#"geo.region == "US-ZZ""#,
+    ];
+    let sources: Vec<RuleSource> = whens
+        .iter()
+        .enumerate()
+        .map(|(i, w)| RuleSource {
+            name: format!("t{i}"),
+            streams: vec![0],
+            when: (*w).to_owned(),
+            fields: vec!["event_id".into()],
+            sample: None,
+        })
+        .collect();
+    let set = RouteSet::compile(&sources, None).unwrap();
+    let mut tables = Tables::w1(1);
+    let mut m = Matcher::new(&set, &tables);
+    let path = std::env::temp_dir().join(format!("sluice-sync-geo-{}.csv", std::process::id()));
+    std::fs::write(
+        &path,
+        "prefix,country,region,asn,city\n10.0.0.0/24,US,US-ZZ,1,Zzyzx\n10.0.1.0/24,US,US-ZY,1,Yreka\n",
+    )
+    .unwrap();
+    tables.load_file("geo", &path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    m.sync(&tables);
+    let mut found = m.matches();
+    let mut e = EVENTS[0].clone();
+    for (ip, want) in [
+        ([10, 0, 0, 9], vec![0, 1, 3, 4]),
+        ([10, 0, 1, 9], vec![2, 3]),
+        ([10, 0, 2, 9], vec![]),
+    ] {
+        e.client_ip = sluice_protocol::ClientIp::V4(ip);
+        let v = e.view_without_attrs();
+        let ctx = Ctx {
+            event: &v,
+            enriched: tables.lookup(&v),
+            tables: &tables,
+        };
+        m.matching(&ctx, &mut found);
+        let interpreted: Vec<usize> = (0..whens.len())
+            .filter(|&r| set.rules()[r].expr.eval(&ctx))
+            .collect();
+        assert_eq!(found.iter().collect::<Vec<_>>(), want, "{ip:?}");
+        assert_eq!(interpreted, want, "{ip:?}");
+    }
 }

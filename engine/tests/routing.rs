@@ -12,8 +12,12 @@ use sluice_loadgen::{Workload, WorkloadGen};
 const CONFIG: &str = r#"
 [keys]
 demo = true
-[tables]
-builtin = "w1"
+[enrich.geo]
+kind = "w1"
+[enrich.device]
+kind = "w1"
+[enrich.customer]
+kind = "w1"
 seed = 1
 [streams.a]
 format = "rkyv"
@@ -70,7 +74,7 @@ fn rules_write_to_every_stream_of_their_to_and_the_rest_is_unmatched() {
             let v = e.view_without_attrs();
             let ctx = Ctx {
                 event: &v,
-                enriched: config.tables.lookup(&v),
+                enriched: config.tables.peek(&v),
                 tables: &config.tables,
             };
             let (p, u) = (playback.eval(&ctx), us.eval(&ctx));

@@ -28,7 +28,7 @@ fn config(workload: Workload, seed: u64, sources: Sources, data_dir: &str) -> St
         workload.to_string().to_uppercase()
     );
     o.push_str(
-        "# Sections: engine, shard (tuning), listen, keys, tables, sinks, streams, routes;\n\
+        "# Sections: engine, shard (tuning), listen, keys, enrich, sinks, streams, routes;\n\
          # tuning.md lists every knob.\n\n",
     );
     o.push_str("[engine]\nshards = 0 # one per core\npartitions = 64\n\n");
@@ -38,13 +38,18 @@ fn config(workload: Workload, seed: u64, sources: Sources, data_dir: &str) -> St
     match sources {
         Sources::Builtin => {
             o.push_str("[keys]\ndemo = true # the public demo keys: never in production\n\n");
-            let _ = writeln!(o, "[tables]\nbuiltin = \"w1\"\nseed = {seed}\n");
+            for table in ["geo", "device", "customer"] {
+                let _ = writeln!(o, "[enrich.{table}]\nkind = \"w1\"\nseed = {seed}\n");
+            }
         }
         Sources::Files => {
             o.push_str("[keys]\nfile = \"keys.txt\"\n\n");
-            o.push_str(
-                "[tables]\ngeo = \"geo.csv\"\ndevice = \"device.csv\"\ncustomer = \"customer.csv\"\n\n",
-            );
+            for table in ["geo", "device", "customer"] {
+                let _ = writeln!(
+                    o,
+                    "[enrich.{table}]\nkind = \"file\"\npath = \"{table}.csv\"\n"
+                );
+            }
         }
     }
     let _ = writeln!(

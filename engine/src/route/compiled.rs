@@ -210,8 +210,8 @@ pub struct Matcher {
     slot_at: Vec<usize>,
     /// The enrichment string slots, found without going through [`Matcher::row`].
     sym_probes: Vec<SymProbe>,
-    /// The index [`enrichment_syms`] gives a missing row.
-    no_sym: u32,
+    /// How many of the tables' strings the symbol probes know.
+    synced: usize,
     /// The slot ordering `app_version` as a version: its rows' offsets are cached per string.
     version_probe: Option<usize>,
     /// The other slots.
@@ -228,9 +228,10 @@ pub struct Matcher {
 }
 
 /// The enrichment string fields, in the order of [`enrichment_syms`].
-const ENRICHMENT: [Field; 8] = [
+const ENRICHMENT: [Field; 9] = [
     Field::GeoCountry,
     Field::GeoRegion,
+    Field::GeoCity,
     Field::DeviceBrand,
     Field::DeviceModel,
     Field::DevicePlatform,
@@ -243,15 +244,16 @@ fn is_enrichment(f: Field) -> bool {
     ENRICHMENT.contains(&f)
 }
 
-/// The interned strings of an event's enrichment fields, in [`ENRICHMENT`]'s order; `none`
-/// for a field whose row is missing.
+/// The interned strings of an event's enrichment fields, in [`ENRICHMENT`]'s order;
+/// [`Sym::NONE`] (no value) for a field whose row is missing.
 #[inline(always)]
-fn enrichment_syms(e: &Enriched, none: u32) -> [u32; 8] {
-    let s = |x: Option<Sym>| x.map_or(none, |s| s.index() as u32);
+fn enrichment_syms(e: &Enriched) -> [u32; 9] {
+    let s = |x: Option<Sym>| x.unwrap_or(Sym::NONE).index() as u32;
     let (g, d, c) = (e.geo, e.device, e.customer);
     [
         s(g.map(|g| g.country)),
         s(g.map(|g| g.region)),
+        s(g.map(|g| g.city)),
         s(d.map(|d| d.brand)),
         s(d.map(|d| d.model)),
         s(d.map(|d| d.platform)),
@@ -262,12 +264,14 @@ fn enrichment_syms(e: &Enriched, none: u32) -> [u32; 8] {
 }
 
 /// An enrichment string slot: the offset in the matcher's masks of the row each interned
-/// string of the shard's tables picks, then that of "no value".
+/// string of the shard's tables picks ([`Sym::NONE`]'s is that of "no value").
 #[derive(Debug, Clone)]
 struct SymProbe {
     /// Index into [`ENRICHMENT`].
     field: usize,
-    offs: Box<[u32]>,
+    /// The slot's index.
+    slot: usize,
+    offs: Vec<u32>,
     /// The offset of "another string".
     other: u32,
 }
@@ -424,15 +428,12 @@ impl Matcher {
             slot_at.push(at);
             match (&slot.kind, ENRICHMENT.iter().position(|f| *f == slot.field)) {
                 (Kind::Str { literals, .. }, Some(field)) => {
-                    let offset = |row: usize| (at + row * words) as u32;
-                    let other = offset(literals.len());
-                    let offs = tables
-                        .strings()
-                        .iter()
-                        .map(|s| literals.get(&**s).map_or(other, |&id| offset(id as usize)))
-                        .chain([offset(literals.len() + 1)])
-                        .collect();
-                    sym_probes.push(SymProbe { field, offs, other });
+                    sym_probes.push(SymProbe {
+                        field,
+                        slot: s,
+                        offs: Vec::new(),
+                        other: (at + literals.len() * words) as u32,
+                    });
                 }
                 (Kind::Ord { version: true, .. }, _) => version_probe = Some(s),
                 _ => probes.push(s),
@@ -462,13 +463,13 @@ impl Matcher {
                 residual_rules[r / 64] |= 1 << (r % 64);
             }
         }
-        Matcher {
+        let mut m = Matcher {
             words,
             slots,
             masks: masks.into(),
             slot_at,
             sym_probes,
-            no_sym: tables.strings().len() as u32,
+            synced: 0,
             probes,
             version_probe,
             base: base.into(),
@@ -476,7 +477,38 @@ impl Matcher {
             residual_rules: residual_rules.into(),
             residual,
             simd,
+        };
+        m.sync(tables);
+        m
+    }
+
+    /// Catches up with strings `tables` interned since: a shard's tables intern the strings
+    /// of rows a cache fills in, and every one of them must find its row here. Cheap when
+    /// nothing is new; call it after enriching and before matching.
+    #[inline]
+    pub fn sync(&mut self, tables: &Tables) {
+        let strings = tables.strings();
+        if self.synced == strings.len() {
+            return;
         }
+        for p in &mut self.sym_probes {
+            let slot = &self.slots[p.slot];
+            let Kind::Str { literals, .. } = &slot.kind else {
+                unreachable!("a symbol probe reads a string slot")
+            };
+            let at = self.slot_at[p.slot];
+            let null = (at + slot.null_row() * self.words) as u32;
+            for (i, s) in strings.iter().enumerate().skip(p.offs.len()) {
+                p.offs.push(if i == Sym::NONE.index() {
+                    null
+                } else {
+                    literals
+                        .get(&**s)
+                        .map_or(p.other, |&id| (at + id as usize * self.words) as u32)
+                });
+            }
+        }
+        self.synced = strings.len();
     }
 
     /// Words in a rule bitset.
@@ -602,7 +634,7 @@ impl Matcher {
     #[inline(always)]
     fn each_row(&self, ctx: &Ctx<'_, '_>, versions: &mut RowCache, mut f: impl FnMut(usize)) {
         if !self.sym_probes.is_empty() {
-            let syms = enrichment_syms(&ctx.enriched, self.no_sym);
+            let syms = enrichment_syms(&ctx.enriched);
             for p in &self.sym_probes {
                 f(*p.offs.get(syms[p.field] as usize).unwrap_or(&p.other) as usize);
             }

@@ -31,7 +31,7 @@ use std::net::IpAddr;
 
 use sluice_protocol::EventView;
 
-use crate::enrich::{Enriched, Tables};
+use crate::enrich::{Enriched, Sym, Tables};
 
 pub mod compiled;
 mod strtab;
@@ -50,6 +50,7 @@ pub enum Field {
     SessionId,
     GeoCountry,
     GeoRegion,
+    GeoCity,
     GeoAsn,
     DeviceBrand,
     DeviceModel,
@@ -61,7 +62,7 @@ pub enum Field {
 }
 
 impl Field {
-    pub const ALL: [Field; 19] = [
+    pub const ALL: [Field; 20] = [
         Field::EventId,
         Field::TsMs,
         Field::EventType,
@@ -73,6 +74,7 @@ impl Field {
         Field::SessionId,
         Field::GeoCountry,
         Field::GeoRegion,
+        Field::GeoCity,
         Field::GeoAsn,
         Field::DeviceBrand,
         Field::DeviceModel,
@@ -96,6 +98,7 @@ impl Field {
             Field::SessionId => "session_id",
             Field::GeoCountry => "geo.country",
             Field::GeoRegion => "geo.region",
+            Field::GeoCity => "geo.city",
             Field::GeoAsn => "geo.asn",
             Field::DeviceBrand => "device.brand",
             Field::DeviceModel => "device.model",
@@ -165,6 +168,11 @@ where
         let e = self.event;
         let t = self.tables;
         let r = &self.enriched;
+        // A missing row, or the empty string (a source without the value), is no value.
+        let text = |s: Option<Sym>| match s {
+            Some(s) if s != Sym::NONE => Value::Str(t.str(s)),
+            _ => Value::Null,
+        };
         match f {
             Field::EventId => Value::U64(e.event_id),
             Field::TsMs => Value::U64(e.ts_ms),
@@ -175,21 +183,19 @@ where
             Field::CustomerId => Value::U64(e.customer_id),
             Field::ClientIp => Value::Ip(e.client_ip),
             Field::SessionId => Value::U64(e.session_id),
-            Field::GeoCountry => r.geo.map_or(Value::Null, |g| Value::Str(t.str(g.country))),
-            Field::GeoRegion => r.geo.map_or(Value::Null, |g| Value::Str(t.str(g.region))),
-            Field::GeoAsn => r.geo.map_or(Value::Null, |g| Value::U64(u64::from(g.asn))),
-            Field::DeviceBrand => r.device.map_or(Value::Null, |d| Value::Str(t.str(d.brand))),
-            Field::DeviceModel => r.device.map_or(Value::Null, |d| Value::Str(t.str(d.model))),
-            Field::DevicePlatform => r
-                .device
-                .map_or(Value::Null, |d| Value::Str(t.str(d.platform))),
-            Field::DeviceOs => r.device.map_or(Value::Null, |d| Value::Str(t.str(d.os))),
-            Field::CustomerPlan => r
-                .customer
-                .map_or(Value::Null, |c| Value::Str(t.str(c.plan))),
-            Field::CustomerSignupCountry => r
-                .customer
-                .map_or(Value::Null, |c| Value::Str(t.str(c.signup_country))),
+            Field::GeoCountry => text(r.geo.map(|g| g.country)),
+            Field::GeoRegion => text(r.geo.map(|g| g.region)),
+            Field::GeoCity => text(r.geo.map(|g| g.city)),
+            Field::GeoAsn => match r.geo {
+                Some(g) if g.asn != 0 => Value::U64(u64::from(g.asn)),
+                _ => Value::Null,
+            },
+            Field::DeviceBrand => text(r.device.map(|d| d.brand)),
+            Field::DeviceModel => text(r.device.map(|d| d.model)),
+            Field::DevicePlatform => text(r.device.map(|d| d.platform)),
+            Field::DeviceOs => text(r.device.map(|d| d.os)),
+            Field::CustomerPlan => text(r.customer.map(|c| c.plan)),
+            Field::CustomerSignupCountry => text(r.customer.map(|c| c.signup_country)),
             Field::CustomerProfiles => r
                 .customer
                 .map_or(Value::Null, |c| Value::U64(u64::from(c.profiles))),

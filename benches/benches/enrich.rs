@@ -1,0 +1,116 @@
+//! Enrichment, one core: joining W1 events to their geo, device and customer rows.
+//!
+//! - `enrich/w1/warm`: the three lookups of a W1 event against the W1 tables in memory, over
+//!   4,096 events whose strings sit in one buffer (as in a batch just decrypted).
+//! - `enrich/w1-mmdb/warm`: the same with geo from GeoLite2-City through the shard's cache,
+//!   warmed by one pass over the events.
+//! - `enrich/mmdb/uncached`: one GeoLite2-City lookup (trie walk and record decode) per
+//!   address; `enrich/mmdb/cached`: the same addresses through a warm per-shard cache.
+//!
+//! The database is fetched by `scripts/fetch-geolite2.sh` when missing.
+//! `cargo bench -p sluice-benches --bench enrich`. Throughput is in lookups (events).
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice::enrich::Tables;
+use sluice::enrich::mmdb::Database;
+use sluice_loadgen::{Workload, WorkloadGen};
+use sluice_protocol::{Event, EventView};
+
+const EVENTS: usize = 4096;
+
+fn database() -> Database {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(root.join("scripts/fetch-geolite2.sh"))
+        .output()
+        .expect("run scripts/fetch-geolite2.sh");
+    assert!(out.status.success(), "scripts/fetch-geolite2.sh failed");
+    Database::open(&root.join(String::from_utf8(out.stdout).unwrap().trim())).unwrap()
+}
+
+fn enrich(c: &mut Criterion) {
+    sluice_benches::pin_to_one_core();
+    let mut g = WorkloadGen::new(Workload::W1, 42);
+    let events: Vec<Event> = (0..EVENTS)
+        .map(|_| g.next_upload(0).events.remove(0))
+        .collect();
+    let views: Vec<EventView<'_>> = events.iter().map(Event::view_without_attrs).collect();
+    let ips: Vec<IpAddr> = views.iter().map(|v| v.client_ip).collect();
+    let db = database();
+
+    let mut group = c.benchmark_group("enrich");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    let mut tables = Tables::w1(1);
+    group.bench_function("w1/warm", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            for v in &views {
+                let e = tables.lookup(v);
+                n += u64::from(e.geo.is_some()) + u64::from(e.customer.is_some());
+            }
+            black_box(n)
+        })
+    });
+
+    let mut tables = Tables::w1(1);
+    tables.use_mmdb(db.clone(), sluice::config::MMDB_CACHE_ENTRIES);
+    for v in &views {
+        tables.lookup(v);
+    }
+    group.bench_function("w1-mmdb/warm", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            for v in &views {
+                let e = tables.lookup(v);
+                n += u64::from(e.geo.is_some()) + u64::from(e.customer.is_some());
+            }
+            black_box(n)
+        })
+    });
+    let [(_, geo), ..] = tables.stats();
+    eprintln!(
+        "w1-mmdb: geo cache {} of {} entries, {} hits, {} misses ({:.2}% hits)",
+        geo.entries,
+        geo.capacity.unwrap_or(0),
+        geo.cache.hits,
+        geo.cache.misses,
+        100.0 * geo.cache.hits as f64 / (geo.cache.hits + geo.cache.misses).max(1) as f64
+    );
+
+    group.bench_function("mmdb/uncached", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for ip in &ips {
+                n += db.lookup(*ip).0.map_or(0, |t| t.country.len());
+            }
+            black_box(n)
+        })
+    });
+    // Geo alone: no device or customer rows.
+    let mut geo_only = Tables::default();
+    geo_only.use_mmdb(db.clone(), sluice::config::MMDB_CACHE_ENTRIES);
+    for v in &views {
+        geo_only.lookup(v);
+    }
+    group.bench_function("mmdb/cached", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            for v in &views {
+                n += u64::from(geo_only.lookup(v).geo.is_some());
+            }
+            black_box(n)
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = enrich
+}
+criterion_main!(benches);

@@ -1,0 +1,554 @@
+//! Enrichment: the geo, device and customer tables an event is joined against.
+//!
+//! Each shard holds its own copy of the tables (read-mostly data is copied per shard, never
+//! shared; a MaxMind database is the one exception, read-only and mapped once). A table is
+//! one of:
+//! - rows in memory: the built-in W1 rows, or a CSV or JSON-lines file;
+//! - a MaxMind database (geo only), behind a per-shard cache keyed by network prefix
+//!   ([`mmdb`]).
+//!
+//! Strings are interned per shard, so rows are small `Copy` values and a lookup is one probe.
+//! Symbol 0 is the empty string, which stands for "no value" (a database record without a
+//! city, a CSV cell left empty). The interner only grows: rows loaded at start take the same
+//! symbols in every shard, strings met later (a database record decoded on a cache miss) are
+//! appended, and [`crate::route::compiled::Matcher::sync`] catches a shard's matcher up.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use hashbrown::HashMap;
+use sluice_protocol::EventView;
+
+pub mod cache;
+pub mod mmdb;
+
+use mmdb::{CacheStats, MmdbGeo};
+
+/// An interned string: an index into [`Tables::strings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sym(u32);
+
+impl Sym {
+    /// The empty string: no value.
+    pub const NONE: Sym = Sym(0);
+
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GeoRow {
+    pub country: Sym,
+    pub region: Sym,
+    pub city: Sym,
+    /// 0 where the source has none.
+    pub asn: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRow {
+    pub brand: Sym,
+    pub model: Sym,
+    pub platform: Sym,
+    pub os: Sym,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CustomerRow {
+    pub plan: Sym,
+    pub signup_country: Sym,
+    pub profiles: u8,
+}
+
+/// The rows one event joins to; `None` where its key has no row.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Enriched {
+    pub geo: Option<GeoRow>,
+    pub device: Option<DeviceRow>,
+    pub customer: Option<CustomerRow>,
+}
+
+/// Where the geo rows come from.
+#[derive(Debug, Clone)]
+enum Geo {
+    /// Keyed by the /24 prefix of an IPv4 address (`a << 16 | b << 8 | c`).
+    Rows(HashMap<u32, GeoRow>),
+    Mmdb(Box<MmdbGeo>),
+}
+
+/// One table's figures for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableStats {
+    /// Rows held in memory (for a cached table: cache entries).
+    pub entries: usize,
+    /// For a cached table: its capacity and its hits and misses.
+    pub capacity: Option<usize>,
+    pub cache: CacheStats,
+}
+
+/// The enrichment tables of one shard.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    geo: Geo,
+    device: Rows<DeviceRow>,
+    customer: Rows<CustomerRow>,
+    strings: Vec<Box<str>>,
+    interned: HashMap<Box<str>, Sym>,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            geo: Geo::Rows(HashMap::new()),
+            device: Rows::default(),
+            customer: Rows::default(),
+            strings: vec!["".into()],
+            interned: [("".into(), Sym::NONE)].into_iter().collect(),
+        }
+    }
+}
+
+/// The columns of each table, in the order the loaders take them.
+pub const GEO_COLUMNS: [&str; 5] = ["prefix", "country", "region", "asn", "city"];
+pub const DEVICE_COLUMNS: [&str; 5] = ["device_type_id", "brand", "model", "platform", "os"];
+pub const CUSTOMER_COLUMNS: [&str; 4] = ["customer_id", "plan", "signup_country", "profiles"];
+
+impl Tables {
+    /// The W1 tables generated from `seed` (the rows `loadgen fixtures` writes).
+    pub fn w1(seed: u64) -> Tables {
+        let mut t = Tables::default();
+        t.load_w1_geo(seed);
+        t.load_w1_device(seed);
+        t.load_w1_customer(seed);
+        t
+    }
+
+    pub fn load_w1_geo(&mut self, seed: u64) {
+        let mut rows = HashMap::new();
+        for g in sluice_loadgen::tables::geo(seed) {
+            let row = GeoRow {
+                country: self.intern(g.country),
+                region: self.intern(&g.region),
+                city: Sym::NONE,
+                asn: g.asn,
+            };
+            rows.insert(prefix_key(g.prefix), row);
+        }
+        self.geo = Geo::Rows(rows);
+    }
+
+    pub fn load_w1_device(&mut self, seed: u64) {
+        let mut rows = Rows::default();
+        for d in sluice_loadgen::tables::devices(seed) {
+            let row = DeviceRow {
+                brand: self.intern(d.brand),
+                model: self.intern(&d.model),
+                platform: self.intern(d.platform),
+                os: self.intern(d.os),
+            };
+            rows.insert(u64::from(d.device_type_id), row);
+        }
+        rows.seal();
+        self.device = rows;
+    }
+
+    pub fn load_w1_customer(&mut self, seed: u64) {
+        let customers = sluice_loadgen::tables::customers(seed);
+        let mut rows = Rows::default();
+        rows.reserve(customers.len());
+        for c in customers {
+            let row = CustomerRow {
+                plan: self.intern(c.plan),
+                signup_country: self.intern(c.signup_country),
+                profiles: c.profiles,
+            };
+            rows.insert(c.customer_id, row);
+        }
+        rows.seal();
+        self.customer = rows;
+    }
+
+    /// Tables from CSV text in the formats `loadgen fixtures` writes (a header line, then
+    /// `prefix,country,region,asn`, `device_type_id,brand,model,platform,os` and
+    /// `customer_id,plan,signup_country,profiles`). A missing table is empty.
+    pub fn from_csv(
+        geo: Option<&str>,
+        device: Option<&str>,
+        customer: Option<&str>,
+    ) -> Result<Tables, String> {
+        let mut t = Tables::default();
+        if let Some(text) = geo {
+            t.load_geo(&records(text, Format::Csv, &GEO_COLUMNS, 4)?)?;
+        }
+        if let Some(text) = device {
+            t.load_device(&records(text, Format::Csv, &DEVICE_COLUMNS, 5)?)?;
+        }
+        if let Some(text) = customer {
+            t.load_customer(&records(text, Format::Csv, &CUSTOMER_COLUMNS, 4)?)?;
+        }
+        Ok(t)
+    }
+
+    /// Loads table `name` (`geo`, `device` or `customer`) from a CSV (with a header line
+    /// naming the columns) or JSON-lines (one object per line) file, chosen by its extension:
+    /// `.csv`, or `.jsonl`/`.json`/`.ndjson`. Columns are [`GEO_COLUMNS`] (`city` optional),
+    /// [`DEVICE_COLUMNS`] and [`CUSTOMER_COLUMNS`]; others are ignored.
+    pub fn load_file(&mut self, name: &str, path: &Path) -> Result<usize, String> {
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("csv") => Format::Csv,
+            Some("jsonl" | "json" | "ndjson") => Format::JsonLines,
+            _ => {
+                return Err(format!(
+                    "{}: a table file is .csv or .jsonl (JSON lines)",
+                    path.display()
+                ));
+            }
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let at = |e: String| format!("{}: {e}", path.display());
+        match name {
+            "geo" => self.load_geo(&records(&text, format, &GEO_COLUMNS, 4).map_err(at)?),
+            "device" => self.load_device(&records(&text, format, &DEVICE_COLUMNS, 5).map_err(at)?),
+            "customer" => {
+                self.load_customer(&records(&text, format, &CUSTOMER_COLUMNS, 4).map_err(at)?)
+            }
+            _ => Err(format!("no table {name:?} (known: geo, device, customer)")),
+        }
+        .map_err(at)
+    }
+
+    /// Geo rows from a MaxMind database, behind a per-shard cache of `cache_entries`.
+    pub fn use_mmdb(&mut self, db: mmdb::Database, cache_entries: usize) {
+        self.geo = Geo::Mmdb(Box::new(MmdbGeo::new(db, cache_entries)));
+    }
+
+    fn load_geo(&mut self, recs: &[Rec]) -> Result<usize, String> {
+        let mut rows = HashMap::new();
+        for (line, f) in recs {
+            let prefix = parse_prefix(&f[0])
+                .ok_or_else(|| format!("line {line}: prefix {:?} is not a.b.c.0/24", f[0]))?;
+            let row = GeoRow {
+                country: self.intern(&f[1]),
+                region: self.intern(&f[2]),
+                asn: num(&f[3], *line)?,
+                city: self.intern(&f[4]),
+            };
+            rows.insert(prefix_key(prefix), row);
+        }
+        self.geo = Geo::Rows(rows);
+        Ok(recs.len())
+    }
+
+    fn load_device(&mut self, recs: &[Rec]) -> Result<usize, String> {
+        let mut rows = Rows::default();
+        for (line, f) in recs {
+            let row = DeviceRow {
+                brand: self.intern(&f[1]),
+                model: self.intern(&f[2]),
+                platform: self.intern(&f[3]),
+                os: self.intern(&f[4]),
+            };
+            rows.insert(num(&f[0], *line)?, row);
+        }
+        rows.seal();
+        self.device = rows;
+        Ok(recs.len())
+    }
+
+    fn load_customer(&mut self, recs: &[Rec]) -> Result<usize, String> {
+        let mut rows = Rows::default();
+        rows.reserve(recs.len());
+        for (line, f) in recs {
+            let row = CustomerRow {
+                plan: self.intern(&f[1]),
+                signup_country: self.intern(&f[2]),
+                profiles: num(&f[3], *line)?,
+            };
+            rows.insert(num(&f[0], *line)?, row);
+        }
+        rows.seal();
+        self.customer = rows;
+        Ok(recs.len())
+    }
+
+    fn intern(&mut self, s: &str) -> Sym {
+        intern(&mut self.strings, &mut self.interned, s)
+    }
+
+    /// Every interned string, by [`Sym::index`].
+    pub fn strings(&self) -> &[Box<str>] {
+        &self.strings
+    }
+
+    /// The text of an interned string.
+    #[inline]
+    pub fn str(&self, s: Sym) -> &str {
+        &self.strings[s.0 as usize]
+    }
+
+    /// The rows `event` joins to. A cached table may fill its cache (and intern the strings
+    /// of the rows it fills in).
+    #[inline]
+    pub fn lookup(&mut self, event: &EventView<'_>) -> Enriched {
+        let geo = match &mut self.geo {
+            Geo::Rows(rows) => geo_row(rows, event.client_ip),
+            Geo::Mmdb(db) => {
+                let (strings, interned) = (&mut self.strings, &mut self.interned);
+                db.lookup(event.client_ip, |s| intern(strings, interned, s))
+            }
+        };
+        Enriched {
+            geo,
+            device: self.device.get(u64::from(event.device_type_id)),
+            customer: self.customer.get(event.customer_id),
+        }
+    }
+
+    /// The rows `event` joins to as the tables stand: a cached table answers from its cache
+    /// alone, and nothing changes (for tests and benches that join events once up front).
+    pub fn peek(&self, event: &EventView<'_>) -> Enriched {
+        let geo = match &self.geo {
+            Geo::Rows(rows) => geo_row(rows, event.client_ip),
+            Geo::Mmdb(db) => db.peek(event.client_ip).flatten(),
+        };
+        Enriched {
+            geo,
+            device: self.device.get(u64::from(event.device_type_id)),
+            customer: self.customer.get(event.customer_id),
+        }
+    }
+
+    /// Where the geo rows come from, in words.
+    pub fn geo_source(&self) -> String {
+        match &self.geo {
+            Geo::Rows(r) => format!("{} rows", r.len()),
+            Geo::Mmdb(m) => format!(
+                "{} ({}), cache of {}",
+                m.database().path().display(),
+                m.database().kind(),
+                m.cache_capacity()
+            ),
+        }
+    }
+
+    /// Figures per table: geo, device, customer.
+    pub fn stats(&self) -> [(&'static str, TableStats); 3] {
+        let geo = match &self.geo {
+            Geo::Rows(r) => TableStats {
+                entries: r.len(),
+                ..TableStats::default()
+            },
+            Geo::Mmdb(m) => TableStats {
+                entries: m.cache_len(),
+                capacity: Some(m.cache_capacity()),
+                cache: m.stats,
+            },
+        };
+        let rows = |n: usize| TableStats {
+            entries: n,
+            ..TableStats::default()
+        };
+        [
+            ("geo", geo),
+            ("device", rows(self.device.len())),
+            ("customer", rows(self.customer.len())),
+        ]
+    }
+
+    pub fn geo_rows(&self) -> usize {
+        match &self.geo {
+            Geo::Rows(r) => r.len(),
+            Geo::Mmdb(_) => 0,
+        }
+    }
+
+    pub fn device_rows(&self) -> usize {
+        self.device.len()
+    }
+
+    pub fn customer_rows(&self) -> usize {
+        self.customer.len()
+    }
+}
+
+#[inline]
+fn geo_row(rows: &HashMap<u32, GeoRow>, ip: IpAddr) -> Option<GeoRow> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            rows.get(&prefix_key([a, b, c])).copied()
+        }
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn intern(strings: &mut Vec<Box<str>>, interned: &mut HashMap<Box<str>, Sym>, s: &str) -> Sym {
+    if let Some(sym) = interned.get(s) {
+        return *sym;
+    }
+    let sym = Sym(u32::try_from(strings.len()).expect("under 2^32 strings"));
+    strings.push(s.into());
+    interned.insert(s.into(), sym);
+    sym
+}
+
+/// Rows by a numeric key: a plain vector indexed by key when the keys are dense (W1's device
+/// and customer ids are 1..=N), so a lookup is one load instead of a hash probe.
+#[derive(Debug, Clone)]
+struct Rows<V: Copy> {
+    map: HashMap<u64, V>,
+    dense: Vec<Option<V>>,
+}
+
+impl<V: Copy> Default for Rows<V> {
+    fn default() -> Self {
+        Rows {
+            map: HashMap::new(),
+            dense: Vec::new(),
+        }
+    }
+}
+
+impl<V: Copy> Rows<V> {
+    fn insert(&mut self, key: u64, row: V) {
+        self.map.insert(key, row);
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.map.reserve(n);
+    }
+
+    /// Switches to the dense form when the largest key is under twice the row count.
+    fn seal(&mut self) {
+        let max = self.map.keys().max().copied().unwrap_or(0);
+        if !self.map.is_empty() && max < 2 * self.map.len() as u64 + 1024 {
+            let mut dense = vec![None; max as usize + 1];
+            for (k, v) in self.map.drain() {
+                dense[k as usize] = Some(v);
+            }
+            self.dense = dense;
+        }
+    }
+
+    #[inline]
+    fn get(&self, key: u64) -> Option<V> {
+        if self.dense.is_empty() {
+            self.map.get(&key).copied()
+        } else {
+            self.dense.get(key as usize).copied().flatten()
+        }
+    }
+
+    fn len(&self) -> usize {
+        if self.dense.is_empty() {
+            self.map.len()
+        } else {
+            self.dense.iter().filter(|r| r.is_some()).count()
+        }
+    }
+}
+
+fn prefix_key([a, b, c]: [u8; 3]) -> u32 {
+    u32::from(a) << 16 | u32::from(b) << 8 | u32::from(c)
+}
+
+fn parse_prefix(s: &str) -> Option<[u8; 3]> {
+    let ip = s.strip_suffix(".0/24")?;
+    let mut it = ip.split('.').map(|p| p.parse::<u8>());
+    let out = [it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?];
+    it.next().is_none().then_some(out)
+}
+
+fn num<T: std::str::FromStr>(s: &str, line: usize) -> Result<T, String> {
+    s.parse()
+        .map_err(|_| format!("line {line}: {s:?} is not a number in range"))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Csv,
+    JsonLines,
+}
+
+/// A table row: its line number and its cells in the loader's column order (a missing
+/// optional column is empty).
+type Rec = (usize, Vec<String>);
+
+/// The rows of a table file: `columns` in order, the first `required` of them required.
+fn records(
+    text: &str,
+    format: Format,
+    columns: &[&str],
+    required: usize,
+) -> Result<Vec<Rec>, String> {
+    let mut out = Vec::new();
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    match format {
+        Format::Csv => {
+            let Some((_, header)) = lines.next() else {
+                return Ok(out);
+            };
+            let names: Vec<&str> = header.split(',').map(str::trim).collect();
+            let at: Vec<Option<usize>> = columns
+                .iter()
+                .map(|c| names.iter().position(|n| n == c))
+                .collect();
+            if let Some(c) = (0..required).find(|&i| at[i].is_none()) {
+                return Err(format!(
+                    "line 1: the header has no column {:?} (it needs {})",
+                    columns[c],
+                    columns[..required].join(", ")
+                ));
+            }
+            for (i, line) in lines {
+                let f: Vec<&str> = line.split(',').map(str::trim).collect();
+                if f.len() != names.len() {
+                    return Err(format!(
+                        "line {}: {} fields, the header has {}",
+                        i + 1,
+                        f.len(),
+                        names.len()
+                    ));
+                }
+                let cells = at
+                    .iter()
+                    .map(|a| a.map_or("", |a| f[a]).to_owned())
+                    .collect();
+                out.push((i + 1, cells));
+            }
+        }
+        Format::JsonLines => {
+            for (i, line) in lines {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| format!("line {}: not JSON: {e}", i + 1))?;
+                let obj = v
+                    .as_object()
+                    .ok_or_else(|| format!("line {}: not a JSON object", i + 1))?;
+                let mut cells = Vec::with_capacity(columns.len());
+                for (c, name) in columns.iter().enumerate() {
+                    let cell = match obj.get(*name) {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(serde_json::Value::Number(n)) => n.to_string(),
+                        None | Some(serde_json::Value::Null) if c >= required => String::new(),
+                        None => return Err(format!("line {}: no {name:?}", i + 1)),
+                        Some(other) => {
+                            return Err(format!(
+                                "line {}: {name:?} is {other}, not a string or number",
+                                i + 1
+                            ));
+                        }
+                    };
+                    cells.push(cell);
+                }
+                out.push((i + 1, cells));
+            }
+        }
+    }
+    Ok(out)
+}
