@@ -507,3 +507,80 @@ fn routes_reload_under_load_without_losing_or_duplicating_an_event() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `POST /reload` loads a changed table file again: events before it are enriched from the
+/// old rows, events after it from the new, none is lost; a table that does not load is
+/// refused and the running tables stay.
+#[test]
+fn tables_reload_when_their_files_change() {
+    const EVENTS: usize = 3000;
+    let dir = temp_dir("tables");
+    let base = sluice_e2e::free_ports(4);
+    let admin = base + 3;
+    let path = dir.join("sluice.toml");
+    let devices = |platform: &str| {
+        let mut csv = String::from("device_type_id,brand,model,platform,os\n");
+        for id in 1..=500 {
+            csv.push_str(&format!("{id},Acme,m{id},{platform},acmeos\n"));
+        }
+        csv
+    };
+    std::fs::write(dir.join("device.csv"), devices("tv")).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[engine]\nshards = 2\n[listen]\nshared = \"127.0.0.1:{base}\"\nshard_port_base = {}\n\
+             admin = \"127.0.0.1:{admin}\"\n[keys]\ndemo = true\n[sinks]\ndir = {:?}\n\
+             [enrich.device]\nkind = \"file\"\npath = \"device.csv\"\n\
+             [streams.tv]\nformat = \"json\"\n[streams.web]\nformat = \"json\"\n\n\
+             [[route]]\nname = \"tv\"\nto = [\"tv\"]\nwhen = 'device.platform == \"tv\"'\n\
+             fields = [\"event_id\", \"device.platform\"]\n\
+             [[route]]\nname = \"web\"\nto = [\"web\"]\nwhen = 'device.platform == \"web\"'\n\
+             fields = [\"event_id\", \"device.platform\"]\n",
+            base + 1,
+            dir.join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let engine = EngineProc::start(&path, base);
+    let target = engine.target();
+    let send = |seed: &str| {
+        let report = loadgen(
+            &target,
+            &[
+                "--events",
+                &EVENTS.to_string(),
+                "--rate",
+                "20000",
+                "--seed",
+                seed,
+            ],
+        );
+        assert_eq!(report["events_acked"], json!(EVENTS), "{report}");
+    };
+    send("1");
+    // A table that does not load is refused, with its line; the running tables stay.
+    std::fs::write(dir.join("device.csv"), devices("web") + "501,Acme,x\n").unwrap();
+    let reply = http_post(admin, "/reload");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("device.csv: line 502"), "{reply}");
+    send("2");
+    std::fs::write(dir.join("device.csv"), devices("web")).unwrap();
+    let reply = http_post(admin, "/reload");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("tables loaded again"), "{reply}");
+    send("3");
+    // A reload with nothing changed keeps the tables.
+    let reply = http_post(admin, "/reload");
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && !reply.contains("tables loaded again"),
+        "{reply}"
+    );
+    engine.stop();
+    let data = dir.join("data");
+    let tv = stream_records(&data, "tv");
+    let web = stream_records(&data, "web");
+    assert_eq!((tv.len(), web.len()), (2 * EVENTS, EVENTS));
+    assert!(tv.iter().all(|r| r["device.platform"] == "tv"));
+    assert!(web.iter().all(|r| r["device.platform"] == "web"));
+}

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -307,6 +308,9 @@ pub struct Config {
     pub keyring: Keyring,
     pub tables: Tables,
     pub tables_source: String,
+    /// What the tables were loaded from: each table's spec and, for a file, its length and
+    /// modification time. A reload loads the tables again only when this changed.
+    pub tables_fingerprint: String,
     /// Output streams; the dead-letter stream is last.
     pub streams: Vec<StreamSpec>,
     pub routes: RouteSet,
@@ -529,6 +533,7 @@ impl Config {
         // Enrichment tables.
         let mut tables = Tables::default();
         let mut sources = Vec::new();
+        let mut tables_fingerprint = String::new();
         for (name, t) in &raw.enrich {
             let err = |span: std::ops::Range<usize>, what: String| {
                 lines.err(span, format!("enrich.{name}: {what}"))
@@ -540,6 +545,22 @@ impl Config {
                 ));
             }
             let t = t.get_ref();
+            let file = t.path.as_ref().map(|p| {
+                let m = std::fs::metadata(resolve(p.get_ref())).ok();
+                (
+                    resolve(p.get_ref()),
+                    m.as_ref().map(|m| m.len()),
+                    m.and_then(|m| m.modified().ok()),
+                )
+            });
+            let _ = write!(
+                tables_fingerprint,
+                "{name}: {} {} {:?} {:?};",
+                t.kind.get_ref(),
+                t.seed,
+                t.cache_entries.as_ref().map(|c| *c.get_ref()),
+                file
+            );
             let path = || {
                 t.path
                     .as_ref()
@@ -707,6 +728,7 @@ impl Config {
             keyring,
             tables,
             tables_source,
+            tables_fingerprint,
             streams,
             routes,
             sinks,
@@ -736,7 +758,6 @@ impl Config {
 
     /// What the config compiled to, for `sluice check`.
     pub fn describe(&self) -> String {
-        use std::fmt::Write as _;
         let mut o = String::new();
         let _ = writeln!(o, "config: {}", self.source);
         let _ = writeln!(o, "shards: {} on cores {:?}", self.shards, self.cores);

@@ -1,16 +1,17 @@
-//! The control plane: reloading the route set without a restart.
+//! The control plane: reloading the route set and the enrichment tables without a restart.
 //!
 //! `POST /reload` on the admin port and SIGHUP both call [`Control::reload`], on their own
-//! threads: it reads the config file again, parses, validates and compiles it (route set and
-//! matcher) there, off the data path, and publishes the result under a new revision. Each
-//! shard checks the published revision (one atomic load) before every batch it steps, and in
-//! its housekeeping loop when idle; on a change it takes the new routes and matcher between
-//! two batches, so a batch is routed wholly by one revision. `reload` returns once every
-//! shard runs the new revision.
+//! threads: it reads the config file again, parses, validates and compiles it (tables, route
+//! set and matcher) there, off the data path, and publishes the result under a new revision.
+//! Each shard checks the published revision (one atomic load) before every batch it steps,
+//! and in its housekeeping loop when idle; on a change it takes the new routes and matcher
+//! (and, when they changed, its own copy of the new tables) between two batches, so a batch is
+//! routed wholly by one revision. `reload` returns once every shard runs the new revision.
 //!
-//! Only `[[route]]` reloads: the streams (and so the sinks), tables, keys, shards and
-//! listeners are those the engine started with. A config whose streams differ is refused, as
-//! is one that does not compile; either way the running rules stay.
+//! `[[route]]` and `[enrich.*]` reload (the tables are loaded again only when their specs or
+//! files changed); the streams (and so the sinks), keys, shards and listeners are those the
+//! engine started with. A config whose streams differ is refused, as is one that does not
+//! compile or whose tables do not load; either way the running rules and tables stay.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +28,12 @@ use crate::route::compiled::Matcher;
 pub struct RouteUpdate {
     pub revision: u64,
     pub routes: RouteSet,
+    /// Compiled against `tables`.
     pub matcher: Matcher,
+    /// The tables every shard copies, and their revision (1 at start, one more each time a
+    /// reload loads them again): a shard whose copy is of another revision takes a new one.
+    pub tables: Arc<Tables>,
+    pub tables_revision: u64,
 }
 
 /// The running engine's reloadable state.
@@ -35,8 +41,9 @@ pub struct Control {
     /// The config file reloads read; `None` for the embedded default.
     source: Option<PathBuf>,
     streams: Vec<StreamSpec>,
-    /// A copy of the shards' tables (they are all copies of one), to compile matchers for.
-    tables: Tables,
+    /// The tables the shards' copies start from, to compile matchers for, their revision, and
+    /// what they were loaded from.
+    tables: Mutex<(Arc<Tables>, u64, String)>,
     /// The newest revision published.
     published: AtomicU64,
     /// The newest update (none before the first reload: the shards start from the config).
@@ -53,7 +60,11 @@ impl Control {
         Control {
             source,
             streams: config.streams.clone(),
-            tables: config.tables.clone(),
+            tables: Mutex::new((
+                Arc::new(config.tables.clone()),
+                1,
+                config.tables_fingerprint.clone(),
+            )),
             published: AtomicU64::new(1),
             latest: Mutex::new(None),
             running: (0..config.shards).map(|_| AtomicU64::new(1)).collect(),
@@ -105,12 +116,30 @@ impl Control {
         }
         let started = Instant::now();
         let revision = self.published() + 1;
+        let mut current = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let new_tables = current.2 != config.tables_fingerprint;
+        if new_tables {
+            *current = (
+                Arc::new(config.tables),
+                current.1 + 1,
+                config.tables_fingerprint,
+            );
+        }
+        let (tables, tables_revision) = (current.0.clone(), current.1);
+        drop(current);
         let update = RouteUpdate {
             revision,
-            matcher: Matcher::new(&config.routes, &self.tables),
+            matcher: Matcher::new(&config.routes, &tables),
             routes: config.routes,
+            tables,
+            tables_revision,
         };
         let rules = update.routes.rules().len();
+        let loaded = if new_tables {
+            format!(", tables loaded again ({})", config.tables_source)
+        } else {
+            String::new()
+        };
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(update));
         self.published.store(revision, Ordering::Release);
         let deadline = started + Duration::from_secs(10);
@@ -127,7 +156,7 @@ impl Control {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(format!(
-            "revision {revision}: {rules} routes, running on every shard after {} ms",
+            "revision {revision}: {rules} routes{loaded}, running on every shard after {} ms",
             started.elapsed().as_millis()
         ))
     }

@@ -141,6 +141,12 @@ impl Pipeline {
         self.routes = routes;
     }
 
+    /// Enriches the next batches from `tables` (a fresh copy); [`Pipeline::set_routes`] must
+    /// follow with a matcher compiled for the tables it was copied from.
+    pub fn set_tables(&mut self, tables: Tables) {
+        self.tables = tables;
+    }
+
     /// Each enrichment table's rows or cache, for `/metrics`.
     pub fn table_stats(&self) -> [(&'static str, crate::enrich::TableStats); 3] {
         self.tables.stats()

@@ -43,6 +43,7 @@ use sluice_protocol::{
 
 use crate::config::{Config, Durability};
 use crate::control::Control;
+use crate::enrich::Tables;
 use crate::metrics::{LATENCY_US_MAX, Registry, ShardSnapshot, new_histogram};
 use crate::pipeline::{Pipeline, StepError};
 use crate::sink::segment::Kind;
@@ -103,6 +104,8 @@ struct Core {
     control: Arc<Control>,
     /// The route set revision the pipeline routes by.
     revision: Cell<u64>,
+    /// The revision of the tables the pipeline's copy was made from.
+    tables_revision: Cell<u64>,
 }
 
 impl Core {
@@ -113,9 +116,12 @@ impl Core {
             return;
         }
         if let Some(u) = self.control.latest() {
-            self.pipeline
-                .borrow_mut()
-                .set_routes(u.routes.clone(), u.matcher.clone());
+            let mut pipeline = self.pipeline.borrow_mut();
+            if u.tables_revision != self.tables_revision.get() {
+                pipeline.set_tables(Tables::clone(&u.tables));
+                self.tables_revision.set(u.tables_revision);
+            }
+            pipeline.set_routes(u.routes.clone(), u.matcher.clone());
             self.revision.set(u.revision);
             self.control.running(self.shard, u.revision);
         }
@@ -346,6 +352,7 @@ async fn shard_main(init: ShardInit) -> Result<(), String> {
         stopping: Cell::new(false),
         control,
         revision: Cell::new(1),
+        tables_revision: Cell::new(1),
         cfg,
     });
     for rx in inbox {

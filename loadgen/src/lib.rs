@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod fixtures;
+pub mod lookup;
 pub mod routes;
 pub mod tables;
 pub mod workload;

@@ -57,6 +57,23 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Serve a customer table over HTTP for batch lookups (`POST /lookup` with ids
+    /// `1,2,3`), with injected latency and failures.
+    LookupService {
+        /// A customer CSV (as `loadgen fixtures` writes); default: the W1 table of `--seed`.
+        #[arg(long)]
+        table: Option<PathBuf>,
+        #[arg(long, default_value_t = 7480)]
+        port: u16,
+        /// Wait this long before each answer.
+        #[arg(long, default_value_t = 0)]
+        latency_us: u64,
+        /// Fraction of requests answered 503.
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Write keys, tables, route set and an engine config for a workload.
     Fixtures {
         #[arg(long, default_value = "w1")]
@@ -80,6 +97,37 @@ fn main() -> ExitCode {
 
 fn go(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::LookupService {
+            table,
+            port,
+            latency_us,
+            fail_rate,
+            seed,
+        } => {
+            use sluice_loadgen::lookup;
+            if !(0.0..=1.0).contains(&fail_rate) {
+                return Err(format!("--fail-rate {fail_rate} is not within 0..=1"));
+            }
+            let rows = match &table {
+                Some(p) => lookup::load_table(p)?,
+                None => lookup::w1_table(seed),
+            };
+            let n = rows.len();
+            let opts = lookup::ServiceOpts {
+                latency: Duration::from_micros(latency_us),
+                fail_rate,
+                seed,
+            };
+            let (addr, _stats) = lookup::start(&format!("127.0.0.1:{port}"), rows, opts)
+                .map_err(|e| format!("127.0.0.1:{port}: {e}"))?;
+            eprintln!(
+                "loadgen: lookup service on http://{addr}/lookup: {n} customers, {latency_us} us \
+                 latency, {fail_rate} failing"
+            );
+            loop {
+                std::thread::park();
+            }
+        }
         Command::Fixtures {
             workload,
             out,

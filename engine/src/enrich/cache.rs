@@ -22,14 +22,13 @@ struct Set<V> {
 #[derive(Debug, Clone)]
 pub struct Cache<V> {
     sets: Box<[Set<V>]>,
-    shift: u32,
     len: usize,
 }
 
 impl<V: Clone> Cache<V> {
-    /// A cache of at least `entries` entries (rounded up to a power of two, at least 4).
+    /// A cache of `entries` entries, rounded up to a multiple of 4 (at least 4).
     pub fn new(entries: usize) -> Cache<V> {
-        let sets = entries.div_ceil(WAYS).next_power_of_two().max(1);
+        let sets = entries.div_ceil(WAYS).max(1);
         Cache {
             sets: (0..sets)
                 .map(|_| Set {
@@ -38,7 +37,6 @@ impl<V: Clone> Cache<V> {
                     len: 0,
                 })
                 .collect(),
-            shift: 64 - sets.trailing_zeros(),
             len: 0,
         }
     }
@@ -60,9 +58,9 @@ impl<V: Clone> Cache<V> {
     /// The set of `key`.
     #[inline]
     fn index(&self, key: u64) -> usize {
+        // A multiply to mix the key, and the high half of a product to scale it to the sets.
         let h = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        // `shift` is 64 for one set: the shift would overflow, and every key is in set 0.
-        h.checked_shr(self.shift).unwrap_or(0) as usize
+        ((u128::from(h) * self.sets.len() as u128) >> 64) as usize
     }
 
     #[inline]
@@ -143,7 +141,7 @@ mod tests {
                     prop_assert_eq!(Some(*v), map.get(&key).copied());
                 }
                 prop_assert!(cache.len() <= cache.capacity());
-                prop_assert!(cache.capacity() >= cap && cache.capacity() < 4 * cap.max(4));
+                prop_assert!(cache.capacity() >= cap && cache.capacity() < cap + 4);
             }
         }
     }
