@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
 
 use base64::Engine as _;
@@ -583,4 +584,74 @@ fn tables_reload_when_their_files_change() {
     assert_eq!((tv.len(), web.len()), (2 * EVENTS, EVENTS));
     assert!(tv.iter().all(|r| r["device.platform"] == "tv"));
     assert!(web.iter().all(|r| r["device.platform"] == "web"));
+}
+
+/// Geo from GeoLite2-City through the engine: every record's country, region and city are
+/// those MaxMind's own Python reader gives for its address (or none where it has none).
+#[test]
+fn geo_from_a_maxmind_database_matches_maxminds_reader() {
+    const EVENTS: usize = 4000;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let fetched = Command::new(root.join("scripts/fetch-geolite2.sh"))
+        .output()
+        .expect("run scripts/fetch-geolite2.sh");
+    assert!(fetched.status.success());
+    let db = root.join(String::from_utf8(fetched.stdout).unwrap().trim());
+    let dir = temp_dir("mmdb");
+    let base = sluice_e2e::free_ports(4);
+    let path = dir.join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[engine]\nshards = 2\n[listen]\nshared = \"127.0.0.1:{base}\"\nshard_port_base = {}\n\
+             admin = \"127.0.0.1:{}\"\n[keys]\ndemo = true\n[sinks]\ndir = {:?}\n\
+             [enrich.geo]\nkind = \"mmdb\"\npath = {:?}\ncache_entries = 512\n\
+             [streams.all]\nformat = \"json\"\n\n\
+             [[route]]\nname = \"all\"\nto = [\"all\"]\nwhen = 'true'\n\
+             fields = [\"event_id\", \"client_ip\", \"geo.country\", \"geo.region\", \"geo.city\"]\n",
+            base + 1,
+            base + 3,
+            dir.join("data").display().to_string(),
+            db.display().to_string()
+        ),
+    )
+    .unwrap();
+    let engine = EngineProc::start(&path, base);
+    let report = loadgen(
+        &engine.target(),
+        &["--events", &EVENTS.to_string(), "--rate", "20000"],
+    );
+    assert_eq!(report["events_acked"], json!(EVENTS), "{report}");
+    engine.stop();
+    let records = stream_records(&dir.join("data"), "all");
+    assert_eq!(records.len(), EVENTS);
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    let ips: Vec<String> = records.iter().map(|r| text(&r["client_ip"])).collect();
+    let mut py = Command::new("python3")
+        .arg(root.join("scripts/geolite2_answers.py"))
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let input = ips.join("\n") + "\n";
+    let mut stdin = py.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = py.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "scripts/geolite2_answers.py failed");
+    let answers = String::from_utf8(out.stdout).unwrap();
+    let mut with_country = 0;
+    for (r, line) in records.iter().zip(answers.lines()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f[0], text(&r["client_ip"]));
+        let got = [
+            text(&r["geo.country"]),
+            text(&r["geo.region"]),
+            text(&r["geo.city"]),
+        ];
+        assert_eq!(got, [f[2], f[3], f[4]], "{r}");
+        with_country += usize::from(!f[2].is_empty());
+    }
+    assert!(with_country > EVENTS / 2, "{with_country}");
 }

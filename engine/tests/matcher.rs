@@ -273,18 +273,7 @@ fn strings_interned_after_compiling_are_matched_once_synced() {
         r#"exists geo.city"#,
         r#"geo.region == "US-ZZ""#,
     ];
-    let sources: Vec<RuleSource> = whens
-        .iter()
-        .enumerate()
-        .map(|(i, w)| RuleSource {
-            name: format!("t{i}"),
-            streams: vec![0],
-            when: (*w).to_owned(),
-            fields: vec!["event_id".into()],
-            sample: None,
-        })
-        .collect();
-    let set = RouteSet::compile(&sources, None).unwrap();
+    let set = compile(&whens.map(String::from));
     let mut tables = Tables::w1(1);
     let mut m = Matcher::new(&set, &tables);
     let path = std::env::temp_dir().join(format!("sluice-sync-geo-{}.csv", std::process::id()));
