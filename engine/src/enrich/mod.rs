@@ -170,27 +170,6 @@ impl Tables {
         self.customer = rows;
     }
 
-    /// Tables from CSV text in the formats `loadgen fixtures` writes (a header line, then
-    /// `prefix,country,region,asn`, `device_type_id,brand,model,platform,os` and
-    /// `customer_id,plan,signup_country,profiles`). A missing table is empty.
-    pub fn from_csv(
-        geo: Option<&str>,
-        device: Option<&str>,
-        customer: Option<&str>,
-    ) -> Result<Tables, String> {
-        let mut t = Tables::default();
-        if let Some(text) = geo {
-            t.load_geo(&records(text, Format::Csv, &GEO_COLUMNS, 4)?)?;
-        }
-        if let Some(text) = device {
-            t.load_device(&records(text, Format::Csv, &DEVICE_COLUMNS, 5)?)?;
-        }
-        if let Some(text) = customer {
-            t.load_customer(&records(text, Format::Csv, &CUSTOMER_COLUMNS, 4)?)?;
-        }
-        Ok(t)
-    }
-
     /// Loads table `name` (`geo`, `device` or `customer`) from a CSV (with a header line
     /// naming the columns) or JSON-lines (one object per line) file, chosen by its extension:
     /// `.csv`, or `.jsonl`/`.json`/`.ndjson`. Columns are [`GEO_COLUMNS`] (`city` optional),
@@ -401,6 +380,8 @@ fn intern(strings: &mut Vec<Box<str>>, interned: &mut HashMap<Box<str>, Sym>, s:
 struct Rows<V: Copy> {
     map: HashMap<u64, V>,
     dense: Vec<Option<V>>,
+    /// Rows held (counted once: `/metrics` asks every publish).
+    len: usize,
 }
 
 impl<V: Copy> Default for Rows<V> {
@@ -408,6 +389,7 @@ impl<V: Copy> Default for Rows<V> {
         Rows {
             map: HashMap::new(),
             dense: Vec::new(),
+            len: 0,
         }
     }
 }
@@ -423,6 +405,7 @@ impl<V: Copy> Rows<V> {
 
     /// Switches to the dense form when the largest key is under twice the row count.
     fn seal(&mut self) {
+        self.len = self.map.len();
         let max = self.map.keys().max().copied().unwrap_or(0);
         if !self.map.is_empty() && max < 2 * self.map.len() as u64 + 1024 {
             let mut dense = vec![None; max as usize + 1];
@@ -443,11 +426,7 @@ impl<V: Copy> Rows<V> {
     }
 
     fn len(&self) -> usize {
-        if self.dense.is_empty() {
-            self.map.len()
-        } else {
-            self.dense.iter().filter(|r| r.is_some()).count()
-        }
+        self.len
     }
 }
 
