@@ -8,7 +8,9 @@ use std::process::Command;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use sluice_e2e::{EngineProc, binary, cat, engine_config, loadgen, stream_records, temp_dir};
+use sluice_e2e::{
+    EngineProc, ServiceProc, binary, cat, engine_config, loadgen, stream_records, temp_dir,
+};
 use sluice_loadgen::routes::{Facts, STREAMS, w1_routes};
 use sluice_loadgen::{Workload, WorkloadGen, tables};
 use sluice_protocol::envelope::ENVELOPE_HEADER_BYTES;
@@ -654,4 +656,100 @@ fn geo_from_a_maxmind_database_matches_maxminds_reader() {
         with_country += usize::from(!f[2].is_empty());
     }
     assert!(with_country > EVENTS / 2, "{with_country}");
+}
+
+/// The customer table from a lookup service 5 ms away that fails 10% of its requests: every
+/// event is acked, and each record carries its customer's row as the W1 table has it, or the
+/// missing mark (and then no customer fields): never a wrong value. `/metrics` counts it all.
+#[test]
+fn a_slow_failing_lookup_service_never_stalls_or_misleads() {
+    const EVENTS: usize = 6000;
+    let dir = temp_dir("lookup");
+    let base = sluice_e2e::free_ports(5);
+    let admin = base + 3;
+    let service = ServiceProc::start(base + 4, &["--latency-us", "5000", "--fail-rate", "0.1"]);
+    let path = dir.join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[engine]\nshards = 2\n[listen]\nshared = \"127.0.0.1:{base}\"\nshard_port_base = {}\n\
+             admin = \"127.0.0.1:{admin}\"\n[keys]\ndemo = true\n[sinks]\ndir = {:?}\n\
+             [enrich.customer]\nkind = \"http\"\nurl = \"http://127.0.0.1:{}/lookup\"\n\
+             budget_us = 20000\ncache_entries = 4096\nbatch_max = 64\n\
+             [streams.all]\nformat = \"json\"\n\n\
+             [[route]]\nname = \"all\"\nto = [\"all\"]\nwhen = 'true'\n\
+             fields = [\"event_id\", \"customer_id\", \"customer.plan\", \
+             \"customer.signup_country\", \"customer.profiles\"]\n",
+            base + 1,
+            dir.join("data").display().to_string(),
+            service.port
+        ),
+    )
+    .unwrap();
+    let engine = EngineProc::start(&path, base);
+    let report = loadgen(
+        &engine.target(),
+        &["--events", &EVENTS.to_string(), "--rate", "10000"],
+    );
+    assert_eq!(report["events_acked"], json!(EVENTS), "{report}");
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let metrics = http_get(admin, "/metrics");
+    engine.stop();
+    let sum = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains("table=\"customer\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    let table: HashMap<u64, tables::CustomerRow> = tables::customers(1)
+        .into_iter()
+        .map(|c| (c.customer_id, c))
+        .collect();
+    let records = stream_records(&dir.join("data"), "all");
+    assert_eq!(records.len(), EVENTS);
+    let (mut marked, mut enriched) = (0u64, 0u64);
+    for r in &records {
+        let fields = [
+            &r["customer.plan"],
+            &r["customer.signup_country"],
+            &r["customer.profiles"],
+        ];
+        if r.get("enrich_missing").is_some() {
+            assert_eq!(r["enrich_missing"], "customer", "{r}");
+            assert!(fields.iter().all(|v| v.is_null()), "{r}");
+            marked += 1;
+            continue;
+        }
+        let id = r["customer_id"].as_u64().expect("customer_id");
+        let want = table
+            .get(&id)
+            .map_or([Value::Null, Value::Null, Value::Null], |c| {
+                [json!(c.plan), json!(c.signup_country), json!(c.profiles)]
+            });
+        assert_eq!(fields.map(Clone::clone), want, "{r}");
+        enriched += u64::from(!want[0].is_null());
+    }
+    eprintln!(
+        "{EVENTS} events: {enriched} with a customer row, {marked} marked missing; {} requests, {} failed, {} budgets ran out",
+        sum("sluice_enrich_requests_total"),
+        sum("sluice_enrich_failures_total"),
+        sum("sluice_enrich_timeouts_total")
+    );
+    // Some answers came within the budget or from the cache, some were lost to failures.
+    assert!(
+        enriched > EVENTS as u64 / 4,
+        "{enriched} of {EVENTS} enriched"
+    );
+    assert!(marked > 0, "no event went on marked missing");
+    assert_eq!(sum("sluice_enrich_missing_total"), marked, "{metrics}");
+    assert!(sum("sluice_enrich_requests_total") > 0);
+    assert!(sum("sluice_enrich_failures_total") > 0, "{metrics}");
+    assert_eq!(sum("sluice_enrich_inflight"), 0);
+    let (hits, misses) = (
+        sum("sluice_enrich_cache_hits_total"),
+        sum("sluice_enrich_cache_misses_total"),
+    );
+    assert_eq!(hits + misses, EVENTS as u64);
+    drop(service);
 }

@@ -3,7 +3,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -173,6 +173,48 @@ impl EngineProc {
 }
 
 impl Drop for EngineProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `loadgen lookup-service` process, killed when dropped.
+pub struct ServiceProc {
+    child: Child,
+    pub port: u16,
+}
+
+impl ServiceProc {
+    /// Starts `loadgen lookup-service --port PORT ARGS...` and waits until `GET /healthz`
+    /// answers.
+    pub fn start(port: u16, args: &[&str]) -> ServiceProc {
+        let child = Command::new(binary("loadgen"))
+            .args(["lookup-service", "--port", &port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("loadgen lookup-service starts");
+        let service = ServiceProc { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+                let mut buf = [0u8; 64];
+                if matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200")) {
+                    return service;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the lookup service did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServiceProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

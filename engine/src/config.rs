@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sluice_protocol::limits::{FRAME_BYTES_MAX, PARTITIONS_MAX, SHARDS_MAX};
@@ -19,6 +20,7 @@ use sluice_protocol::{Backend, Keyring, Limits};
 use toml::Spanned;
 
 use crate::enrich::Tables;
+use crate::enrich::remote::RemoteSpec;
 use crate::route::{RouteSet, RulePart, RuleSource};
 use crate::sink::record::Format;
 
@@ -178,14 +180,23 @@ struct RawKeys {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTable {
-    /// `w1` (generated from `seed`), `file` (CSV or JSON lines at `path`) or `mmdb` (geo
-    /// only: a MaxMind database at `path`).
+    /// `w1` (generated from `seed`), `file` (CSV or JSON lines at `path`), `mmdb` (geo
+    /// only: a MaxMind database at `path`) or `http` (customer only: a lookup service at
+    /// `url`).
     kind: Spanned<String>,
     path: Option<Spanned<PathBuf>>,
     #[serde(default = "default_seed")]
     seed: u64,
-    /// `mmdb`: entries of each shard's cache.
+    /// `mmdb`, `http`: entries of each shard's cache.
     cache_entries: Option<Spanned<usize>>,
+    /// `http`: the service, and how a shard uses it (see `enrich::remote::RemoteSpec`).
+    url: Option<Spanned<String>>,
+    ttl_ms: Option<Spanned<u64>>,
+    negative_ttl_ms: Option<Spanned<u64>>,
+    batch_max: Option<Spanned<usize>>,
+    in_flight_max: Option<Spanned<usize>>,
+    budget_us: Option<Spanned<u64>>,
+    request_timeout_ms: Option<Spanned<u64>>,
 }
 
 fn default_seed() -> u64 {
@@ -555,12 +566,39 @@ impl Config {
             });
             let _ = write!(
                 tables_fingerprint,
-                "{name}: {} {} {:?} {:?};",
+                "{name}: {} {} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?};",
                 t.kind.get_ref(),
                 t.seed,
                 t.cache_entries.as_ref().map(|c| *c.get_ref()),
-                file
+                file,
+                t.url.as_ref().map(|c| c.get_ref()),
+                t.ttl_ms.as_ref().map(|c| *c.get_ref()),
+                t.negative_ttl_ms.as_ref().map(|c| *c.get_ref()),
+                t.batch_max.as_ref().map(|c| *c.get_ref()),
+                t.in_flight_max.as_ref().map(|c| *c.get_ref()),
+                t.budget_us.as_ref().map(|c| *c.get_ref()),
+                t.request_timeout_ms.as_ref().map(|c| *c.get_ref()),
             );
+            let http_only = [
+                ("url", t.url.as_ref().map(Spanned::span)),
+                ("ttl_ms", t.ttl_ms.as_ref().map(Spanned::span)),
+                (
+                    "negative_ttl_ms",
+                    t.negative_ttl_ms.as_ref().map(Spanned::span),
+                ),
+                ("batch_max", t.batch_max.as_ref().map(Spanned::span)),
+                ("in_flight_max", t.in_flight_max.as_ref().map(Spanned::span)),
+                ("budget_us", t.budget_us.as_ref().map(Spanned::span)),
+                (
+                    "request_timeout_ms",
+                    t.request_timeout_ms.as_ref().map(Spanned::span),
+                ),
+            ];
+            if t.kind.get_ref() != "http"
+                && let Some((key, Some(span))) = http_only.iter().find(|(_, s)| s.is_some())
+            {
+                return Err(err(span.clone(), format!("`{key}` is for kind \"http\"")));
+            }
             let path = || {
                 t.path
                     .as_ref()
@@ -602,10 +640,55 @@ impl Config {
                         "kind \"mmdb\" is for the geo table".into(),
                     ));
                 }
+                "http" if name == "customer" => {
+                    let url = t
+                        .url
+                        .as_ref()
+                        .ok_or_else(|| err(t.kind.span(), "kind \"http\" needs a `url`".into()))?;
+                    let mut spec =
+                        RemoteSpec::from_url(url.get_ref()).map_err(|e| err(url.span(), e))?;
+                    let positive = |v: &Option<Spanned<usize>>, key: &str, default: usize| match v {
+                        None => Ok(default),
+                        Some(v) if *v.get_ref() == 0 => {
+                            Err(err(v.span(), format!("`{key}` must be at least 1")))
+                        }
+                        Some(v) => Ok(*v.get_ref()),
+                    };
+                    spec.cache_entries =
+                        positive(&t.cache_entries, "cache_entries", spec.cache_entries)?;
+                    spec.batch_max = positive(&t.batch_max, "batch_max", spec.batch_max)?;
+                    spec.in_flight_max =
+                        positive(&t.in_flight_max, "in_flight_max", spec.in_flight_max)?;
+                    let get =
+                        |v: &Option<Spanned<u64>>, d: u64| v.as_ref().map_or(d, |v| *v.get_ref());
+                    spec.ttl_ms = get(&t.ttl_ms, spec.ttl_ms);
+                    spec.negative_ttl_ms = get(&t.negative_ttl_ms, spec.negative_ttl_ms);
+                    spec.budget_us = get(&t.budget_us, spec.budget_us);
+                    spec.request_timeout_ms = get(&t.request_timeout_ms, spec.request_timeout_ms);
+                    let source = format!(
+                        "{} (cache of {}, ttl {} ms, negative {} ms, {} keys a request, {} in flight, budget {} us, request timeout {} ms)",
+                        spec.url,
+                        spec.cache_entries,
+                        spec.ttl_ms,
+                        spec.negative_ttl_ms,
+                        spec.batch_max,
+                        spec.in_flight_max,
+                        spec.budget_us,
+                        spec.request_timeout_ms
+                    );
+                    tables.use_remote_customer(Arc::new(spec));
+                    source
+                }
+                "http" => {
+                    return Err(err(
+                        t.kind.span(),
+                        "kind \"http\" is for the customer table".into(),
+                    ));
+                }
                 k => {
                     return Err(err(
                         t.kind.span(),
-                        format!("unknown kind {k:?} (known: \"w1\", \"file\", \"mmdb\")"),
+                        format!("unknown kind {k:?} (known: \"w1\", \"file\", \"mmdb\", \"http\")"),
                     ));
                 }
             };

@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod enrich;
+pub mod lookup;
 pub mod metrics;
 pub mod pipeline;
 pub mod route;

@@ -222,7 +222,7 @@ impl Registry {
             &|s| s.sink_errors,
         );
         type Stat = fn(&TableStats) -> Option<u64>;
-        let table_metrics: [(&str, &str, &str, Stat); 4] = [
+        let table_metrics: [(&str, &str, &str, Stat); 12] = [
             (
                 "sluice_enrich_entries",
                 "gauge",
@@ -246,6 +246,54 @@ impl Registry {
                 "counter",
                 "Lookups a cached enrichment table had to go to its source for.",
                 |t| t.capacity.map(|_| t.cache.misses),
+            ),
+            (
+                "sluice_enrich_stale_total",
+                "counter",
+                "Lookups served from an expired entry of a lookup service's table while it is asked for again.",
+                |t| t.remote.map(|r| r.stale),
+            ),
+            (
+                "sluice_enrich_missing_total",
+                "counter",
+                "Events that went on with a lookup service's table marked missing (no answer within the budget).",
+                |t| t.remote.map(|r| r.missing),
+            ),
+            (
+                "sluice_enrich_answered_total",
+                "counter",
+                "Rows and negative answers a lookup service put into the cache.",
+                |t| t.remote.map(|r| r.answered),
+            ),
+            (
+                "sluice_enrich_requests_total",
+                "counter",
+                "Requests sent to a lookup service.",
+                |t| t.remote.map(|r| r.requests),
+            ),
+            (
+                "sluice_enrich_timeouts_total",
+                "counter",
+                "Batches that went on before a lookup service answered their keys (the time budget ran out).",
+                |t| t.remote.map(|r| r.timeouts),
+            ),
+            (
+                "sluice_enrich_failures_total",
+                "counter",
+                "Requests to a lookup service that failed (connection, status, malformed answer, request timeout).",
+                |t| t.remote.map(|r| r.failures),
+            ),
+            (
+                "sluice_enrich_inflight",
+                "gauge",
+                "Requests to a lookup service in flight.",
+                |t| t.remote.map(|r| r.in_flight),
+            ),
+            (
+                "sluice_enrich_shed_total",
+                "counter",
+                "Keys not asked of a lookup service because every request slot was busy.",
+                |t| t.remote.map(|r| r.shed),
             ),
         ];
         for (name, kind, help, f) in table_metrics {

@@ -9,12 +9,12 @@
 //! written under the durability policy. Nothing here allocates per event once the output
 //! buffers have grown to their working size (see `tests/alloc.rs`).
 
-use sluice_protocol::{AlignedBuf, BatchFrame, Error, Opener};
+use sluice_protocol::{AlignedBuf, BatchFrame, Error, Opener, Payload, Rejected};
 
 use crate::config::Config;
 use crate::enrich::Tables;
 use crate::route::compiled::{Matcher, Matches};
-use crate::route::{Ctx, Field, RouteSet};
+use crate::route::{Ctx, Field, RouteSet, Value};
 use crate::sink::record::{self, Format};
 use crate::sink::segment::append_record;
 
@@ -28,6 +28,10 @@ pub struct StreamOut {
     bytes: u64,
 }
 
+/// The field a record carries when an enrichment table had no answer for its event in time;
+/// its value names the table (`"customer"`).
+pub const MISSING_MARK: &str = "enrich_missing";
+
 /// Encodes one projected record of the event into `s`.
 #[inline]
 fn emit(
@@ -38,7 +42,15 @@ fn emit(
     ctx: &Ctx<'_, '_>,
     fields: &[Field],
 ) {
-    let fields = fields.iter().map(|f| (f.name(), ctx.get(*f)));
+    // An event whose customer row the lookup service did not answer in time says so.
+    let missing = ctx
+        .enriched
+        .customer_missing
+        .then_some((MISSING_MARK, Value::Str("customer")));
+    let fields = fields
+        .iter()
+        .map(|f| (f.name(), ctx.get(*f)))
+        .chain(missing);
     let n = match format {
         Format::Json => append_record(&mut s.buf, partition, |b| record::json_record(b, fields)),
         Format::Rkyv => append_record(&mut s.buf, partition, |b| {
@@ -170,6 +182,85 @@ impl Pipeline {
     /// Runs one batch frame (16-byte aligned, at the start of `frame`) through the pipeline.
     pub fn step(&mut self, frame: &mut [u8]) -> Result<BatchOutcome, StepError> {
         let frame_len = frame.len();
+        let (batch, mut o) = self.begin(frame)?;
+        let (opener, mut parts) = self.parts();
+        for env in batch.into_envelopes() {
+            o.envelopes += 1;
+            match opener.open(env) {
+                Ok(opened) => parts.route(&mut o, &opened.payload, false),
+                Err(rejected) => parts.dead_letter(&mut o, &rejected),
+            }
+        }
+        parts.end(&o, frame_len);
+        Ok(o)
+    }
+
+    /// Whether batches take two passes: an enrichment table asks a lookup service, so a
+    /// batch is opened ([`Pipeline::open`]), the keys it lacks are asked for, and it is
+    /// routed ([`Pipeline::finish`]) once they are answered or out of time.
+    pub fn asks_service(&self) -> bool {
+        self.remote_spec().is_some()
+    }
+
+    /// The first pass of a batch: checks the frame, opens (decrypts and validates) every
+    /// envelope in place, dead-letters those that fail, and notes the keys the tables lack
+    /// ([`Pipeline::wants`]).
+    pub fn open<'a>(&mut self, frame: &'a mut [u8]) -> Result<OpenedBatch<'a>, StepError> {
+        let frame_len = frame.len();
+        let (batch, mut o) = self.begin(frame)?;
+        let (opener, mut parts) = self.parts();
+        let mut envelopes = Vec::new();
+        for env in batch.into_envelopes() {
+            o.envelopes += 1;
+            match opener.open(env) {
+                Ok(opened) => {
+                    for event in opened.payload.iter() {
+                        parts.tables.probe(&event);
+                    }
+                    envelopes.push(opened.payload);
+                }
+                Err(rejected) => parts.dead_letter(&mut o, &rejected),
+            }
+        }
+        Ok(OpenedBatch {
+            envelopes,
+            outcome: o,
+            frame_len,
+        })
+    }
+
+    /// The lookup service a table asks, if any.
+    pub fn remote_spec(&self) -> Option<&std::sync::Arc<crate::enrich::remote::RemoteSpec>> {
+        self.tables.remote_customer()
+    }
+
+    /// The customer keys the batch just opened lacks, and those to refresh.
+    pub fn wants(&self) -> (&[u64], &[u64]) {
+        self.tables.wants()
+    }
+
+    /// Puts a lookup service's answer into the tables (between batches).
+    pub fn answer(&mut self, body: &str) -> Result<usize, String> {
+        self.tables.answer(body)
+    }
+
+    /// The second pass: enriches and routes the opened batch by the tables and routes as
+    /// they are now.
+    pub fn finish(&mut self, batch: OpenedBatch<'_>) -> BatchOutcome {
+        let mut o = batch.outcome;
+        let (_, mut parts) = self.parts();
+        for payload in &batch.envelopes {
+            parts.route(&mut o, payload, true);
+        }
+        parts.end(&o, batch.frame_len);
+        o
+    }
+
+    /// Checks the frame and its partition; starts the tables' batch.
+    fn begin<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+    ) -> Result<(BatchFrame<'a>, BatchOutcome), StepError> {
         let batch = match BatchFrame::parse(frame, self.opener.limits()) {
             Ok(b) => b,
             Err(e) => {
@@ -181,12 +272,61 @@ impl Pipeline {
         if !self.owns(partition) {
             return Err(StepError::NotOwned(partition));
         }
-        let mut o = BatchOutcome {
+        self.tables.begin_batch();
+        let o = BatchOutcome {
             partition,
             ..BatchOutcome::default()
         };
-        let Pipeline {
-            opener,
+        Ok((batch, o))
+    }
+
+    fn parts(&mut self) -> (&mut Opener, Parts<'_>) {
+        (
+            &mut self.opener,
+            Parts {
+                tables: &mut self.tables,
+                routes: &self.routes,
+                matcher: &mut self.matcher,
+                matches: &mut self.matches,
+                formats: &self.formats,
+                scratch: &mut self.scratch,
+                out: &mut self.out,
+                counters: &mut self.counters,
+                dead_letter: self.dead_letter,
+            },
+        )
+    }
+}
+
+/// A batch between its two passes: the validated payloads of its opened envelopes (read
+/// where they lie in the frame) and what the first pass counted.
+pub struct OpenedBatch<'a> {
+    envelopes: Vec<Payload<'a>>,
+    outcome: BatchOutcome,
+    frame_len: usize,
+}
+
+/// The pipeline's state but the opener, borrowed for one batch.
+struct Parts<'p> {
+    tables: &'p mut Tables,
+    routes: &'p RouteSet,
+    matcher: &'p mut Matcher,
+    matches: &'p mut Matches,
+    formats: &'p [Format],
+    scratch: &'p mut AlignedBuf,
+    out: &'p mut [StreamOut],
+    counters: &'p mut Counters,
+    dead_letter: usize,
+}
+
+impl Parts<'_> {
+    /// Enriches and routes the events of one opened envelope (`probed`: the first pass saw
+    /// them).
+    #[inline]
+    fn route(&mut self, o: &mut BatchOutcome, payload: &Payload<'_>, probed: bool) {
+        o.accepted += 1;
+        let partition = o.partition;
+        let Parts {
             tables,
             routes,
             matcher,
@@ -195,78 +335,75 @@ impl Pipeline {
             scratch,
             out,
             counters,
-            dead_letter,
             ..
         } = self;
-        for env in batch.into_envelopes() {
-            o.envelopes += 1;
-            match opener.open(env) {
-                Ok(opened) => {
-                    o.accepted += 1;
-                    for event in opened.payload.iter() {
-                        o.events += 1;
-                        let enriched = tables.lookup(&event);
-                        matcher.sync(tables);
-                        let ctx = Ctx {
-                            event: &event,
-                            enriched,
-                            tables,
-                        };
-                        matcher.matching(&ctx, matches);
-                        let rules = routes.rules();
-                        matches.for_each(|i| {
-                            let rule = &rules[i];
-                            if !rule.keeps(event.event_id) {
-                                return;
-                            }
-                            for &stream in &rule.streams {
-                                o.records += 1;
-                                emit(
-                                    &mut out[stream],
-                                    formats[stream],
-                                    partition,
-                                    scratch,
-                                    &ctx,
-                                    &rule.fields,
-                                );
-                            }
-                        });
-                        if matches.is_empty() {
-                            counters.unmatched += 1;
-                            if let Some(stream) = routes.unmatched() {
-                                o.records += 1;
-                                emit(
-                                    &mut out[stream],
-                                    formats[stream],
-                                    partition,
-                                    scratch,
-                                    &ctx,
-                                    &Field::ALL,
-                                );
-                            }
-                        }
-                    }
+        for event in payload.iter() {
+            o.events += 1;
+            let enriched = if probed {
+                tables.rejoin(&event)
+            } else {
+                tables.lookup(&event)
+            };
+            matcher.sync(tables);
+            let ctx = Ctx {
+                event: &event,
+                enriched,
+                tables,
+            };
+            matcher.matching(&ctx, matches);
+            let rules = routes.rules();
+            matches.for_each(|i| {
+                let rule = &rules[i];
+                if !rule.keeps(event.event_id) {
+                    return;
                 }
-                Err(rejected) => {
-                    o.dead_lettered += 1;
-                    let d = *dead_letter;
-                    let s = &mut out[d];
-                    let n = append_record(&mut s.buf, partition, |b| {
-                        record::dead_letter_record(
-                            b,
-                            formats[d],
-                            &rejected.error,
-                            &rejected.header,
-                            rejected.raw,
-                        )
-                    });
-                    s.records += 1;
-                    s.bytes += n as u64;
-                    counters.dead_letters[usize::from(rejected.error.code()) - 1] += 1;
+                for &stream in &rule.streams {
+                    o.records += 1;
+                    emit(
+                        &mut out[stream],
+                        formats[stream],
+                        partition,
+                        scratch,
+                        &ctx,
+                        &rule.fields,
+                    );
+                }
+            });
+            if matches.is_empty() {
+                counters.unmatched += 1;
+                if let Some(stream) = routes.unmatched() {
+                    o.records += 1;
+                    emit(
+                        &mut out[stream],
+                        formats[stream],
+                        partition,
+                        scratch,
+                        &ctx,
+                        &Field::ALL,
+                    );
                 }
             }
         }
-        for (i, s) in out.iter_mut().enumerate() {
+    }
+
+    /// Writes a rejected envelope to the dead-letter stream.
+    fn dead_letter(&mut self, o: &mut BatchOutcome, rejected: &Rejected<'_>) {
+        o.dead_lettered += 1;
+        let d = self.dead_letter;
+        let format = self.formats[d];
+        let s = &mut self.out[d];
+        let n = append_record(&mut s.buf, o.partition, |b| {
+            record::dead_letter_record(b, format, &rejected.error, &rejected.header, rejected.raw)
+        });
+        s.records += 1;
+        s.bytes += n as u64;
+        self.counters.dead_letters[usize::from(rejected.error.code()) - 1] += 1;
+    }
+
+    /// Moves the batch's figures into the counters.
+    fn end(&mut self, o: &BatchOutcome, frame_len: usize) {
+        let counters = &mut *self.counters;
+        for (i, s) in self.out.iter_mut().enumerate() {
             counters.records[i] += std::mem::take(&mut s.records);
             counters.record_bytes[i] += std::mem::take(&mut s.bytes);
         }
@@ -274,6 +411,5 @@ impl Pipeline {
         counters.envelopes += u64::from(o.envelopes);
         counters.events += u64::from(o.events);
         counters.bytes_in += frame_len as u64;
-        Ok(o)
     }
 }

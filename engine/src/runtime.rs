@@ -44,8 +44,10 @@ use sluice_protocol::{
 use crate::config::{Config, Durability};
 use crate::control::Control;
 use crate::enrich::Tables;
+use crate::enrich::remote::RemoteSpec;
+use crate::lookup::LookupClient;
 use crate::metrics::{LATENCY_US_MAX, Registry, ShardSnapshot, new_histogram};
-use crate::pipeline::{Pipeline, StepError};
+use crate::pipeline::{BatchOutcome, Pipeline, StepError};
 use crate::sink::segment::Kind;
 use crate::sink::writer::{Durable, SegmentWriter, WriterSpec, sync_round};
 
@@ -106,9 +108,63 @@ struct Core {
     revision: Cell<u64>,
     /// The revision of the tables the pipeline's copy was made from.
     tables_revision: Cell<u64>,
+    /// The client of the lookup service the customer table asks, once a batch needed it.
+    lookup: RefCell<Option<Rc<LookupClient>>>,
 }
 
 impl Core {
+    /// The client for the lookup service the tables ask now (a new one after a reload
+    /// changed the service).
+    fn lookup_client(&self, spec: &Arc<RemoteSpec>) -> Rc<LookupClient> {
+        let mut client = self.lookup.borrow_mut();
+        match &*client {
+            Some(c) if c.spec() == spec => c.clone(),
+            _ => {
+                let c = LookupClient::new(spec.clone());
+                *client = Some(c.clone());
+                c
+            }
+        }
+    }
+
+    /// Puts the lookup service's answers received since the last batch into the tables.
+    fn take_answers(&self) {
+        if let Some(c) = &*self.lookup.borrow() {
+            let mut pipeline = self.pipeline.borrow_mut();
+            c.take_answers(|a| pipeline.answer(a));
+        }
+    }
+
+    /// Runs a batch through the pipeline: in one step, or, when a table asks a lookup
+    /// service, in two passes with the service's answers (or its time budget) between them.
+    async fn step(&self, frame: &mut [u8]) -> Result<BatchOutcome, StepError> {
+        if !self.pipeline.borrow().asks_service() {
+            return self.pipeline.borrow_mut().step(frame);
+        }
+        self.take_answers();
+        let batch = self.pipeline.borrow_mut().open(frame)?;
+        let asked = {
+            let pipeline = self.pipeline.borrow();
+            let (misses, refresh) = pipeline.wants();
+            match pipeline.remote_spec() {
+                Some(spec) if !misses.is_empty() || !refresh.is_empty() => {
+                    let client = self.lookup_client(spec);
+                    let waits = client.ask(misses, refresh);
+                    Some((client, waits))
+                }
+                _ => None,
+            }
+        };
+        if let Some((client, waits)) = asked
+            && !waits.is_empty()
+        {
+            // At most the time budget; the shard's other tasks run meanwhile.
+            client.wait(waits).await;
+            self.take_answers();
+        }
+        Ok(self.pipeline.borrow_mut().finish(batch))
+    }
+
     /// Takes the newest route set if a reload published one. Call between batches.
     #[inline]
     fn adopt_routes(&self) {
@@ -353,6 +409,7 @@ async fn shard_main(init: ShardInit) -> Result<(), String> {
         control,
         revision: Cell::new(1),
         tables_revision: Cell::new(1),
+        lookup: RefCell::new(None),
         cfg,
     });
     for rx in inbox {
@@ -428,7 +485,13 @@ fn snapshot(core: &Core) -> ShardSnapshot {
         commits: stats.commits,
         sink_errors: stats.sink_errors,
         route_revision: core.revision.get(),
-        tables: core.pipeline.borrow().table_stats(),
+        tables: {
+            let mut tables = core.pipeline.borrow().table_stats();
+            if let (Some(c), Some(r)) = (&*core.lookup.borrow(), tables[2].1.remote.as_mut()) {
+                c.fill(r);
+            }
+            tables
+        },
         latency_us: core.latency_us.borrow().clone(),
         write_us: core.write_us.borrow().clone(),
         sync_us: core.sync_us.borrow().clone(),
@@ -463,7 +526,7 @@ fn rejected(seq: u64, partition: u32, status: AckStatus, error: u16) -> Ack {
 }
 
 /// Steps a batch this shard owns and queues it for the next commit.
-fn take_local(
+async fn take_local(
     core: &Core,
     frame: &mut [u8],
     seq: u64,
@@ -472,7 +535,7 @@ fn take_local(
 ) {
     let bytes = frame.len() as u64;
     core.adopt_routes();
-    let result = core.pipeline.borrow_mut().step(frame);
+    let result = core.step(frame).await;
     match result {
         Ok(o) => {
             let mut pending = core.pending.borrow_mut();
@@ -514,7 +577,7 @@ async fn take_forwarded(core: &Core, mut f: Forward) {
         return;
     }
     charge(core, f.frame.len() as u64).await;
-    take_local(core, &mut f.frame, seq, f.reply, f.received);
+    take_local(core, &mut f.frame, seq, f.reply, f.received).await;
 }
 
 /// Takes one whole frame from a connection's buffer and says what to reply.
@@ -552,7 +615,7 @@ async fn take_frame(core: &Core, frame: &mut [u8], received: Instant) -> Reply {
     let owner = usize::from(owner);
     if owner == core.shard {
         charge(core, frame.len() as u64).await;
-        take_local(core, frame, seq, tx, received);
+        take_local(core, frame, seq, tx, received).await;
     } else {
         let mut copy = AlignedBuf::with_capacity(frame.len());
         copy.extend_from_slice(frame);

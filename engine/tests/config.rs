@@ -87,6 +87,68 @@ fn tables_load_from_csv() {
 }
 
 #[test]
+fn the_customer_table_can_ask_a_lookup_service() {
+    let dir = std::env::temp_dir().join(format!("sluice-config-http-{}", std::process::id()));
+    sluice_loadgen::fixtures::write(sluice_loadgen::Workload::W1, 1, &dir).unwrap();
+    let c = Config::load(&dir.join("sluice-lookup.toml")).unwrap();
+    let spec = c
+        .tables
+        .remote_customer()
+        .expect("customer asks the service");
+    assert_eq!(spec.url, sluice_loadgen::fixtures::LOOKUP_URL);
+    assert_eq!((spec.addr.port(), spec.path.as_str()), (7480, "/lookup"));
+    assert_eq!(c.tables.customer_rows(), 0);
+    assert!(
+        Config::load(&dir.join("sluice.toml"))
+            .unwrap()
+            .tables
+            .remote_customer()
+            .is_none()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let text = |table: &str| {
+        format!(
+            "[keys]\ndemo = true\n[enrich.{table}]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/x\"\n\
+             ttl_ms = 5\nbatch_max = 8\nbudget_us = 100\n"
+        )
+    };
+    let c = Config::parse(&text("customer"), "t.toml", Path::new("")).unwrap();
+    let spec = c.tables.remote_customer().unwrap();
+    assert_eq!((spec.ttl_ms, spec.batch_max, spec.budget_us), (5, 8, 100));
+    assert_eq!(
+        spec.negative_ttl_ms,
+        sluice::enrich::remote::NEGATIVE_TTL_MS
+    );
+    for (text, line, says) in [
+        (text("device"), 4, "kind \"http\" is for the customer table"),
+        (
+            "[keys]\ndemo = true\n[enrich.customer]\nkind = \"http\"\n".to_owned(),
+            4,
+            "needs a `url`",
+        ),
+        (
+            text("customer").replace("http://", "https://"),
+            5,
+            "only http://",
+        ),
+        (
+            text("customer").replace("batch_max = 8", "batch_max = 0"),
+            7,
+            "at least 1",
+        ),
+        (
+            "[keys]\ndemo = true\n[enrich.customer]\nkind = \"w1\"\nttl_ms = 5\n".to_owned(),
+            5,
+            "`ttl_ms` is for kind \"http\"",
+        ),
+    ] {
+        let e = Config::parse(&text, "t.toml", Path::new("")).unwrap_err();
+        assert!(e.line == line && e.reason.contains(says), "{e}");
+    }
+}
+
+#[test]
 fn route_errors_point_at_line_and_column() {
     let route = |to: &str, when: &str| {
         format!(

@@ -18,7 +18,12 @@ enum Sources {
     Builtin,
     /// `keys.txt`, `geo.csv`, `device.csv`, `customer.csv` beside the config.
     Files,
+    /// As `Files`, but customers from `loadgen lookup-service` on its default port.
+    FilesAndService,
 }
+
+/// Where the fixtures' `sluice-lookup.toml` finds the lookup service.
+pub const LOOKUP_URL: &str = "http://127.0.0.1:7480/lookup";
 
 fn config(workload: Workload, seed: u64, sources: Sources, data_dir: &str) -> String {
     let mut o = String::new();
@@ -42,9 +47,17 @@ fn config(workload: Workload, seed: u64, sources: Sources, data_dir: &str) -> St
                 let _ = writeln!(o, "[enrich.{table}]\nkind = \"w1\"\nseed = {seed}\n");
             }
         }
-        Sources::Files => {
+        Sources::Files | Sources::FilesAndService => {
             o.push_str("[keys]\nfile = \"keys.txt\"\n\n");
             for table in ["geo", "device", "customer"] {
+                if table == "customer" && matches!(sources, Sources::FilesAndService) {
+                    let _ = writeln!(
+                        o,
+                        "# Start the service first: loadgen lookup-service --table customer.csv\n\
+                         [enrich.customer]\nkind = \"http\"\nurl = \"{LOOKUP_URL}\"\n"
+                    );
+                    continue;
+                }
                 let _ = writeln!(
                     o,
                     "[enrich.{table}]\nkind = \"file\"\npath = \"{table}.csv\"\n"
@@ -80,12 +93,17 @@ pub fn default_config() -> String {
 }
 
 /// Writes the fixtures of `workload` into `out`: `sluice.toml`, `keys.txt`, `geo.csv`,
-/// `device.csv`, `customer.csv`.
+/// `device.csv`, `customer.csv`, and `sluice-lookup.toml`, the same config with the customer
+/// table asked of `loadgen lookup-service --table customer.csv` ([`LOOKUP_URL`]).
 pub fn write(workload: Workload, seed: u64, out: &Path) -> io::Result<()> {
     std::fs::create_dir_all(out)?;
     std::fs::write(
         out.join("sluice.toml"),
         config(workload, seed, Sources::Files, "./data"),
+    )?;
+    std::fs::write(
+        out.join("sluice-lookup.toml"),
+        config(workload, seed, Sources::FilesAndService, "./data"),
     )?;
     std::fs::write(
         out.join("keys.txt"),

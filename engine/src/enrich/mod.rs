@@ -5,7 +5,9 @@
 //! one of:
 //! - rows in memory: the built-in W1 rows, or a CSV or JSON-lines file;
 //! - a MaxMind database (geo only), behind a per-shard cache keyed by network prefix
-//!   ([`mmdb`]).
+//!   ([`mmdb`]);
+//! - a lookup service (customer only), behind a per-shard cache with expiry and negative
+//!   answers ([`remote`]; the runtime's client, `crate::lookup`, does the I/O).
 //!
 //! Strings are interned per shard, so rows are small `Copy` values and a lookup is one probe.
 //! Symbol 0 is the empty string, which stands for "no value" (a database record without a
@@ -21,8 +23,12 @@ use sluice_protocol::EventView;
 
 pub mod cache;
 pub mod mmdb;
+pub mod remote;
+
+use std::sync::Arc;
 
 use mmdb::{CacheStats, MmdbGeo};
+use remote::{RemoteCustomers, RemoteSpec, RemoteStats};
 
 /// An interned string: an index into [`Tables::strings`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +74,9 @@ pub struct Enriched {
     pub geo: Option<GeoRow>,
     pub device: Option<DeviceRow>,
     pub customer: Option<CustomerRow>,
+    /// The customer table (a lookup service) had no answer in time: `customer` is `None`
+    /// for want of an answer, not because there is no such customer.
+    pub customer_missing: bool,
 }
 
 /// Where the geo rows come from.
@@ -78,6 +87,13 @@ enum Geo {
     Mmdb(Box<MmdbGeo>),
 }
 
+/// Where the customer rows come from.
+#[derive(Debug, Clone)]
+enum Customer {
+    Rows(Rows<CustomerRow>),
+    Remote(Box<RemoteCustomers>),
+}
+
 /// One table's figures for `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TableStats {
@@ -86,6 +102,8 @@ pub struct TableStats {
     /// For a cached table: its capacity and its hits and misses.
     pub capacity: Option<usize>,
     pub cache: CacheStats,
+    /// For a table behind a lookup service.
+    pub remote: Option<RemoteStats>,
 }
 
 /// The enrichment tables of one shard.
@@ -93,7 +111,7 @@ pub struct TableStats {
 pub struct Tables {
     geo: Geo,
     device: Rows<DeviceRow>,
-    customer: Rows<CustomerRow>,
+    customer: Customer,
     strings: Vec<Box<str>>,
     interned: HashMap<Box<str>, Sym>,
 }
@@ -103,7 +121,7 @@ impl Default for Tables {
         Tables {
             geo: Geo::Rows(HashMap::new()),
             device: Rows::default(),
-            customer: Rows::default(),
+            customer: Customer::Rows(Rows::default()),
             strings: vec!["".into()],
             interned: [("".into(), Sym::NONE)].into_iter().collect(),
         }
@@ -167,7 +185,7 @@ impl Tables {
             rows.insert(c.customer_id, row);
         }
         rows.seal();
-        self.customer = rows;
+        self.customer = Customer::Rows(rows);
     }
 
     /// Loads table `name` (`geo`, `device` or `customer`) from a CSV (with a header line
@@ -202,6 +220,56 @@ impl Tables {
     /// Geo rows from a MaxMind database, behind a per-shard cache of `cache_entries`.
     pub fn use_mmdb(&mut self, db: mmdb::Database, cache_entries: usize) {
         self.geo = Geo::Mmdb(Box::new(MmdbGeo::new(db, cache_entries)));
+    }
+
+    /// Customer rows from a lookup service, behind a per-shard cache.
+    pub fn use_remote_customer(&mut self, spec: Arc<RemoteSpec>) {
+        self.customer = Customer::Remote(Box::new(RemoteCustomers::new(spec)));
+    }
+
+    /// The lookup service the customer table asks, if it does.
+    pub fn remote_customer(&self) -> Option<&Arc<RemoteSpec>> {
+        match &self.customer {
+            Customer::Remote(r) => Some(r.spec()),
+            Customer::Rows(_) => None,
+        }
+    }
+
+    /// Starts a batch: a table behind a lookup service reads the clock and forgets the last
+    /// batch's misses.
+    #[inline]
+    pub fn begin_batch(&mut self) {
+        if let Customer::Remote(r) = &mut self.customer {
+            r.begin_batch();
+        }
+    }
+
+    /// First sight of `event` in a two-pass batch (see [`remote`]): notes the keys a table
+    /// behind a lookup service lacks. Nothing for tables in memory.
+    #[inline]
+    pub fn probe(&mut self, event: &EventView<'_>) {
+        if let Customer::Remote(r) = &mut self.customer {
+            r.probe(event.customer_id);
+        }
+    }
+
+    /// The customer keys this batch lacks and those to refresh (empty without a service).
+    pub fn wants(&self) -> (&[u64], &[u64]) {
+        match &self.customer {
+            Customer::Remote(r) => r.wants(),
+            Customer::Rows(_) => (&[], &[]),
+        }
+    }
+
+    /// Puts a lookup service's answer into the customer cache (see
+    /// [`RemoteCustomers::answer`]); ignored (`Ok(0)`) if the customer table no longer asks a
+    /// service (a reload changed it while the request was out).
+    pub fn answer(&mut self, body: &str) -> Result<usize, String> {
+        let Customer::Remote(r) = &mut self.customer else {
+            return Ok(0);
+        };
+        let (strings, interned) = (&mut self.strings, &mut self.interned);
+        r.answer(body, |s| intern(strings, interned, s))
     }
 
     fn load_geo(&mut self, recs: &[Rec]) -> Result<usize, String> {
@@ -249,7 +317,7 @@ impl Tables {
             rows.insert(num(&f[0], *line)?, row);
         }
         rows.seal();
-        self.customer = rows;
+        self.customer = Customer::Rows(rows);
         Ok(recs.len())
     }
 
@@ -269,9 +337,18 @@ impl Tables {
     }
 
     /// The rows `event` joins to. A cached table may fill its cache (and intern the strings
-    /// of the rows it fills in).
+    /// of the rows it fills in). A table behind a lookup service answers from its cache and
+    /// notes what it lacks (see [`Tables::probe`]).
     #[inline]
     pub fn lookup(&mut self, event: &EventView<'_>) -> Enriched {
+        self.probe(event);
+        self.rejoin(event)
+    }
+
+    /// The rows `event` joins to, after [`Tables::probe`] saw it: a table behind a lookup
+    /// service gives what its cache holds now, or marks the event's customer missing.
+    #[inline]
+    pub fn rejoin(&mut self, event: &EventView<'_>) -> Enriched {
         let geo = match &mut self.geo {
             Geo::Rows(rows) => geo_row(rows, event.client_ip),
             Geo::Mmdb(db) => {
@@ -279,10 +356,17 @@ impl Tables {
                 db.lookup(event.client_ip, |s| intern(strings, interned, s))
             }
         };
+        let (customer, customer_missing) = match &mut self.customer {
+            Customer::Rows(rows) => (rows.get(event.customer_id), false),
+            Customer::Remote(r) => r
+                .joined(event.customer_id)
+                .map_or((None, true), |c| (c, false)),
+        };
         Enriched {
             geo,
             device: self.device.get(u64::from(event.device_type_id)),
-            customer: self.customer.get(event.customer_id),
+            customer,
+            customer_missing,
         }
     }
 
@@ -293,10 +377,17 @@ impl Tables {
             Geo::Rows(rows) => geo_row(rows, event.client_ip),
             Geo::Mmdb(db) => db.peek(event.client_ip).flatten(),
         };
+        let (customer, customer_missing) = match &self.customer {
+            Customer::Rows(rows) => (rows.get(event.customer_id), false),
+            Customer::Remote(r) => r
+                .peek(event.customer_id)
+                .map_or((None, true), |c| (c, false)),
+        };
         Enriched {
             geo,
             device: self.device.get(u64::from(event.device_type_id)),
-            customer: self.customer.get(event.customer_id),
+            customer,
+            customer_missing,
         }
     }
 
@@ -324,6 +415,19 @@ impl Tables {
                 entries: m.cache_len(),
                 capacity: Some(m.cache_capacity()),
                 cache: m.stats,
+                remote: None,
+            },
+        };
+        let customer = match &self.customer {
+            Customer::Rows(r) => TableStats {
+                entries: r.len(),
+                ..TableStats::default()
+            },
+            Customer::Remote(r) => TableStats {
+                entries: r.cache_len(),
+                capacity: Some(r.cache_capacity()),
+                cache: r.cache_stats,
+                remote: Some(r.stats),
             },
         };
         let rows = |n: usize| TableStats {
@@ -333,7 +437,7 @@ impl Tables {
         [
             ("geo", geo),
             ("device", rows(self.device.len())),
-            ("customer", rows(self.customer.len())),
+            ("customer", customer),
         ]
     }
 
@@ -348,8 +452,12 @@ impl Tables {
         self.device.len()
     }
 
+    /// Rows in memory (0 for a table behind a lookup service).
     pub fn customer_rows(&self) -> usize {
-        self.customer.len()
+        match &self.customer {
+            Customer::Rows(r) => r.len(),
+            Customer::Remote(_) => 0,
+        }
     }
 }
 

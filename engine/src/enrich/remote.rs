@@ -1,0 +1,357 @@
+//! A customer table served by a lookup service (`kind = "http"`): what one shard knows of it.
+//!
+//! The shard keeps a fixed-capacity cache of answers: a row, or a negative answer (the
+//! service has no such customer), each with an expiry (`ttl_ms`, `negative_ttl_ms`). This
+//! part does no I/O. A batch is looked at twice:
+//! 1. [`RemoteCustomers::probe`] for each event as its envelope is opened: a key with no entry
+//!    is a miss, a key whose entry expired is served stale and wants a refresh; both are
+//!    collected for the shard's client (`crate::lookup`), which batches them into requests.
+//! 2. Once the requests the batch needs are answered or out of time,
+//!    [`RemoteCustomers::joined`] gives each event what the cache holds then: a row, no row,
+//!    or, for a key still unanswered, "missing" (the event goes on marked, and is counted).
+//!
+//! Answers go into the cache by the customer id on each answer line, so an answer can only
+//! ever fill its own key.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::cache::Cache;
+use super::mmdb::CacheStats;
+use super::{CustomerRow, Sym};
+
+/// A lookup service and how a shard uses it (config `[enrich.customer]`, `kind = "http"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSpec {
+    /// As configured: `http://HOST:PORT/PATH`.
+    pub url: String,
+    pub addr: SocketAddr,
+    /// `HOST:PORT`, for the `Host` header.
+    pub host: String,
+    pub path: String,
+    /// Entries of each shard's cache.
+    pub cache_entries: usize,
+    /// How long a row is served before it is asked for again (then served stale until the
+    /// answer comes).
+    pub ttl_ms: u64,
+    /// The same for a negative answer.
+    pub negative_ttl_ms: u64,
+    /// Keys in one request.
+    pub batch_max: usize,
+    /// Requests in flight per shard.
+    pub in_flight_max: usize,
+    /// How long a batch waits for the keys it lacks before it goes on with them missing.
+    pub budget_us: u64,
+    /// How long a request may take before it is given up (its answer would still fill the
+    /// cache for later events until then).
+    pub request_timeout_ms: u64,
+}
+
+/// Defaults of the `http` table's settings.
+pub const CACHE_ENTRIES: usize = 100_000;
+pub const TTL_MS: u64 = 60_000;
+pub const NEGATIVE_TTL_MS: u64 = 10_000;
+pub const BATCH_MAX: usize = 256;
+pub const IN_FLIGHT_MAX: usize = 4;
+pub const BUDGET_US: u64 = 2_000;
+pub const REQUEST_TIMEOUT_MS: u64 = 1_000;
+
+impl RemoteSpec {
+    /// The address, `Host` and path of `url` (`http://HOST:PORT/PATH`; the port defaults to
+    /// 80, the path to `/lookup`), with the other settings at their defaults.
+    pub fn from_url(url: &str) -> Result<RemoteSpec, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("url {url:?}: only http:// is supported"))?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/lookup"),
+        };
+        if host.is_empty() {
+            return Err(format!("url {url:?}: no host"));
+        }
+        let with_port = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host.to_owned()
+        } else {
+            format!("{host}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("url {url:?}: cannot resolve {with_port}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("url {url:?}: {with_port} has no address"))?;
+        Ok(RemoteSpec {
+            url: url.to_owned(),
+            addr,
+            host: with_port,
+            path: path.to_owned(),
+            cache_entries: CACHE_ENTRIES,
+            ttl_ms: TTL_MS,
+            negative_ttl_ms: NEGATIVE_TTL_MS,
+            batch_max: BATCH_MAX,
+            in_flight_max: IN_FLIGHT_MAX,
+            budget_us: BUDGET_US,
+            request_timeout_ms: REQUEST_TIMEOUT_MS,
+        })
+    }
+}
+
+/// What a lookup service's table did, for `/metrics`: the cache's side here, the client's
+/// side filled in by the runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteStats {
+    /// Lookups served from an expired entry while it is asked for again.
+    pub stale: u64,
+    /// Events that went on with the table marked missing (no answer within the budget).
+    pub missing: u64,
+    /// Rows and negative answers put into the cache.
+    pub answered: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Batches that went on before their keys were answered (the time budget ran out).
+    pub timeouts: u64,
+    /// Requests that failed (connection, status, malformed answer, no answer within the
+    /// request timeout).
+    pub failures: u64,
+    /// Requests in flight now.
+    pub in_flight: u64,
+    /// Keys not asked for because every request slot was busy.
+    pub shed: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// `None`: the service has no such customer.
+    row: Option<CustomerRow>,
+    /// Milliseconds since the table's epoch.
+    expires_ms: u64,
+}
+
+/// One shard's view of a customer table behind a lookup service.
+#[derive(Debug, Clone)]
+pub struct RemoteCustomers {
+    spec: Arc<RemoteSpec>,
+    cache: Cache<Entry>,
+    epoch: Instant,
+    /// The clock, read once per batch.
+    now_ms: u64,
+    /// Keys with no entry, and keys whose entry expired, since the batch began.
+    misses: Vec<u64>,
+    refresh: Vec<u64>,
+    pub cache_stats: CacheStats,
+    pub stats: RemoteStats,
+}
+
+impl RemoteCustomers {
+    pub fn new(spec: Arc<RemoteSpec>) -> RemoteCustomers {
+        RemoteCustomers {
+            cache: Cache::new(spec.cache_entries),
+            spec,
+            epoch: Instant::now(),
+            now_ms: 0,
+            misses: Vec::new(),
+            refresh: Vec::new(),
+            cache_stats: CacheStats::default(),
+            stats: RemoteStats::default(),
+        }
+    }
+
+    pub fn spec(&self) -> &Arc<RemoteSpec> {
+        &self.spec
+    }
+
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn cache_capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    fn clock(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Reads the clock and forgets the last batch's misses.
+    pub fn begin_batch(&mut self) {
+        self.now_ms = self.clock();
+        self.misses.clear();
+        self.refresh.clear();
+    }
+
+    /// First sight of `key` in a batch: counts a hit or a miss, and notes a key to ask for
+    /// (no entry) or to refresh (expired entry).
+    #[inline]
+    pub fn probe(&mut self, key: u64) {
+        match self.cache.get(key) {
+            Some(e) => {
+                self.cache_stats.hits += 1;
+                if e.expires_ms <= self.now_ms {
+                    self.stats.stale += 1;
+                    self.refresh.push(key);
+                }
+            }
+            None => {
+                self.cache_stats.misses += 1;
+                self.misses.push(key);
+            }
+        }
+    }
+
+    /// Keys the batch lacks and keys to refresh, since [`RemoteCustomers::begin_batch`].
+    pub fn wants(&self) -> (&[u64], &[u64]) {
+        (&self.misses, &self.refresh)
+    }
+
+    /// What the cache holds for `key` now: `Some(row)` (`row` is `None` for no such
+    /// customer), or `None` for a key with no answer yet (counted as missing). Stale entries
+    /// are served.
+    #[inline]
+    pub fn joined(&mut self, key: u64) -> Option<Option<CustomerRow>> {
+        let row = self.cache.get(key).map(|e| e.row);
+        self.stats.missing += u64::from(row.is_none());
+        row
+    }
+
+    /// What the cache holds for `key`, changing nothing (`None`: no answer).
+    pub fn peek(&self, key: u64) -> Option<Option<CustomerRow>> {
+        self.cache.peek(key).map(|e| e.row)
+    }
+
+    /// Puts a service's answer into the cache: one line per key, `id,plan,signup_country,
+    /// profiles` for a row, the bare `id` for a negative answer. Strings are interned by
+    /// `intern`. Lines before a malformed one are kept; the error names the line.
+    pub fn answer(
+        &mut self,
+        body: &str,
+        mut intern: impl FnMut(&str) -> Sym,
+    ) -> Result<usize, String> {
+        let now = self.clock();
+        let mut n = 0;
+        for (i, line) in body.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = || {
+                format!(
+                    "answer line {}: {line:?} is not `id` or `id,plan,signup_country,profiles`",
+                    i + 1
+                )
+            };
+            let mut f = line.split(',');
+            let id: u64 = f
+                .next()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(bad)?;
+            let entry = match (f.next(), f.next(), f.next(), f.next()) {
+                (None, ..) => Entry {
+                    row: None,
+                    expires_ms: now + self.spec.negative_ttl_ms,
+                },
+                (Some(plan), Some(country), Some(profiles), None) => Entry {
+                    row: Some(CustomerRow {
+                        plan: intern(plan.trim()),
+                        signup_country: intern(country.trim()),
+                        profiles: profiles.trim().parse().map_err(|_| bad())?,
+                    }),
+                    expires_ms: now + self.spec.ttl_ms,
+                },
+                _ => return Err(bad()),
+            };
+            self.cache.insert(id, entry);
+            n += 1;
+        }
+        self.stats.answered += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::{RemoteCustomers, RemoteSpec};
+    use crate::enrich::Sym;
+
+    fn spec(cache: usize, ttl_ms: u64) -> Arc<RemoteSpec> {
+        let mut s = RemoteSpec::from_url("http://127.0.0.1:7480/lookup").expect("url");
+        s.cache_entries = cache;
+        s.ttl_ms = ttl_ms;
+        s.negative_ttl_ms = ttl_ms;
+        Arc::new(s)
+    }
+
+    fn interner() -> impl FnMut(&str) -> Sym {
+        let mut m: HashMap<String, Sym> = HashMap::new();
+        move |s: &str| {
+            let n = m.len() as u32 + 1;
+            *m.entry(s.to_owned()).or_insert(Sym(n))
+        }
+    }
+
+    #[test]
+    fn urls() {
+        let s = RemoteSpec::from_url("http://127.0.0.1:9/x/y").expect("url");
+        assert_eq!((s.host.as_str(), s.path.as_str()), ("127.0.0.1:9", "/x/y"));
+        assert_eq!(s.addr.port(), 9);
+        let s = RemoteSpec::from_url("http://localhost:7480").expect("url");
+        assert_eq!(s.path, "/lookup");
+        assert!(
+            RemoteSpec::from_url("https://a:1/")
+                .unwrap_err()
+                .contains("only http://")
+        );
+        assert!(
+            RemoteSpec::from_url("http:///x")
+                .unwrap_err()
+                .contains("no host")
+        );
+    }
+
+    #[test]
+    fn misses_then_answers_then_expiry() {
+        let mut t = RemoteCustomers::new(spec(64, 0));
+        let mut intern = interner();
+        t.begin_batch();
+        for k in [1, 2, 3, 1] {
+            t.probe(k);
+        }
+        assert_eq!(t.wants(), (&[1, 2, 3, 1][..], &[][..]));
+        assert_eq!(t.joined(1), None);
+        assert_eq!(t.answer("1,premium,US,3\n2\n", &mut intern), Ok(2));
+        let row = t.joined(1).expect("answered").expect("a row");
+        assert_eq!(row.profiles, 3);
+        assert_eq!(t.joined(2), Some(None));
+        assert_eq!(t.joined(3), None);
+        assert_eq!(t.stats.missing, 2);
+        assert_eq!((t.cache_stats.hits, t.cache_stats.misses), (0, 4));
+        // A ttl of 0: the next batch serves both stale and asks for them again.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        t.begin_batch();
+        t.probe(1);
+        t.probe(2);
+        assert_eq!(t.wants(), (&[][..], &[1, 2][..]));
+        assert_eq!(t.joined(1).expect("stale").map(|r| r.profiles), Some(3));
+        assert_eq!(t.stats.stale, 2);
+    }
+
+    #[test]
+    fn malformed_answers_are_refused_at_their_line() {
+        let mut t = RemoteCustomers::new(spec(64, 1000));
+        let mut intern = interner();
+        let e = t
+            .answer("5,basic,DE,1\nx,basic\n", &mut intern)
+            .unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(t.joined(5).is_some(), "the good line before it is kept");
+        assert!(t.answer("6,basic,DE\n", &mut intern).is_err());
+        assert!(t.answer("7,basic,DE,1,extra\n", &mut intern).is_err());
+        assert!(t.answer("8,basic,DE,many\n", &mut intern).is_err());
+    }
+}
