@@ -3,8 +3,10 @@
 //!
 //! After a batch's first pass, the keys it lacks go out in requests of up to `batch_max`
 //! keys (`POST PATH` with `id,id,...`, HTTP/1.1 over keep-alive connections), at most
-//! `in_flight_max` at a time; a key already in a request in flight is not asked for twice,
-//! and keys that find every slot busy are shed (counted; their events go on marked missing).
+//! `in_flight_max` at a time; keys that find every slot busy wait in a queue, where the keys
+//! of the batches that follow join them, and go out as slots free. A key already asked for is
+//! not asked again; past one round's worth of queued keys, keys are shed (counted; their
+//! events go on marked missing).
 //! Each request runs in its own task; the batch waits for the requests that carry its keys
 //! at most its time budget (`budget_us`), so other batches, connections and timers go on
 //! meanwhile, and a slow service costs a batch no more than the budget: past it, the batch
@@ -15,6 +17,8 @@
 //! next batch that lacks them.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,14 +47,27 @@ struct ClientStats {
     shed: u64,
 }
 
-/// One shard's client: its connections, requests in flight and the answers not yet taken.
+/// Keys that go out in one request, at most `batch_max` of them; `done` resolves when the
+/// request has its answer, has failed or has timed out.
+struct Group {
+    id: u64,
+    keys: Vec<u64>,
+    finished: oneshot::Sender<()>,
+    done: Done,
+}
+
+/// One shard's client: its connections, requests queued and in flight, and the answers not
+/// yet taken.
 pub struct LookupClient {
     spec: Arc<RemoteSpec>,
     idle: RefCell<Vec<TcpStream>>,
-    /// The request each key in flight went out in: its number and when it is done.
+    /// The group each key asked for is in (queued or in flight): its number and its end.
     pending: RefCell<HashMap<u64, (u64, Done)>>,
+    /// Groups waiting for a request slot, oldest first, and the keys in them.
+    queued: RefCell<VecDeque<Group>>,
+    queued_keys: Cell<usize>,
     in_flight: Cell<usize>,
-    next_request: Cell<u64>,
+    next_group: Cell<u64>,
     answers: RefCell<Vec<String>>,
     stats: Cell<ClientStats>,
 }
@@ -61,8 +78,10 @@ impl LookupClient {
             spec,
             idle: RefCell::new(Vec::new()),
             pending: RefCell::new(HashMap::new()),
+            queued: RefCell::new(VecDeque::new()),
+            queued_keys: Cell::new(0),
             in_flight: Cell::new(0),
-            next_request: Cell::new(0),
+            next_group: Cell::new(0),
             answers: RefCell::new(Vec::new()),
             stats: Cell::new(ClientStats::default()),
         })
@@ -80,7 +99,10 @@ impl LookupClient {
 
     /// Asks for `misses` (keys a batch lacks) and `refresh` (keys whose entries expired) and
     /// says what the batch should wait for: the requests that carry its misses. Keys already
-    /// in flight are not asked for again, but their requests are waited for too.
+    /// asked for are not asked again, but their requests are waited for too. Keys join the
+    /// newest queued request while it has room, so the keys of batches that arrive while
+    /// every slot is busy go out together; past one round of requests' worth
+    /// (`in_flight_max` x `batch_max`) queued, keys are shed.
     pub fn ask(self: &Rc<Self>, misses: &[u64], refresh: &[u64]) -> Vec<Done> {
         let mut waits: Vec<(u64, Done)> = Vec::new();
         let (mut fresh, mut more) = (Vec::new(), Vec::new());
@@ -102,46 +124,73 @@ impl LookupClient {
         fresh.dedup();
         more.sort_unstable();
         more.dedup();
-        let needed = fresh.len();
+        let queue_max = self.spec.in_flight_max * self.spec.batch_max;
         // Misses first, so the keys a batch waits for go out before refreshes.
-        fresh.extend(more);
-        let per = self.spec.batch_max;
-        for (i, keys) in fresh.chunks(per).enumerate() {
-            if self.in_flight.get() >= self.spec.in_flight_max {
-                let left = (fresh.len() - i * per) as u64;
+        let keys = fresh.iter().map(|k| (*k, true));
+        for (n, (key, needed)) in keys.chain(more.iter().map(|k| (*k, false))).enumerate() {
+            if self.queued_keys.get() >= queue_max {
+                let left = (fresh.len() + more.len() - n) as u64;
                 self.count(|s| s.shed += left);
                 break;
             }
-            let (id, done) = self.send(keys);
-            if i * per < needed {
+            let (id, done) = self.enqueue(key);
+            if needed && !waits.iter().any(|(i, _)| *i == id) {
                 waits.push((id, done));
             }
         }
+        self.pump();
         waits.into_iter().map(|(_, d)| d).collect()
     }
 
-    /// Starts one request for `keys` in its own task.
-    fn send(self: &Rc<Self>, keys: &[u64]) -> (u64, Done) {
-        let id = self.next_request.get() + 1;
-        self.next_request.set(id);
-        let (tx, rx) = oneshot::channel::<()>();
-        let done = rx.shared();
+    /// Puts `key` in the newest queued group (a new one if it is full).
+    fn enqueue(&self, key: u64) -> (u64, Done) {
+        let mut queued = self.queued.borrow_mut();
+        if queued
+            .back()
+            .is_none_or(|g| g.keys.len() >= self.spec.batch_max)
         {
-            let mut pending = self.pending.borrow_mut();
-            for k in keys {
-                pending.insert(*k, (id, done.clone()));
-            }
+            let id = self.next_group.get() + 1;
+            self.next_group.set(id);
+            let (finished, done) = oneshot::channel::<()>();
+            queued.push_back(Group {
+                id,
+                keys: Vec::with_capacity(self.spec.batch_max),
+                finished,
+                done: done.shared(),
+            });
         }
+        let g = queued.back_mut().expect("a group");
+        g.keys.push(key);
+        self.queued_keys.set(self.queued_keys.get() + 1);
+        self.pending
+            .borrow_mut()
+            .insert(key, (g.id, g.done.clone()));
+        (g.id, g.done.clone())
+    }
+
+    /// Sends queued groups while request slots are free.
+    fn pump(self: &Rc<Self>) {
+        while self.in_flight.get() < self.spec.in_flight_max {
+            let Some(g) = self.queued.borrow_mut().pop_front() else {
+                break;
+            };
+            self.queued_keys.set(self.queued_keys.get() - g.keys.len());
+            self.send(g);
+        }
+    }
+
+    /// Starts the request of group `g` in its own task; when it ends, the next queued group
+    /// takes its slot.
+    fn send(self: &Rc<Self>, g: Group) {
         self.in_flight.set(self.in_flight.get() + 1);
         self.count(|s| s.requests += 1);
-        let mut body = String::with_capacity(keys.len() * 8);
-        for (i, k) in keys.iter().enumerate() {
+        let mut body = String::with_capacity(g.keys.len() * 8);
+        for (i, k) in g.keys.iter().enumerate() {
             if i > 0 {
                 body.push(',');
             }
-            body.push_str(&k.to_string());
+            let _ = write!(body, "{k}");
         }
-        let keys = keys.to_vec();
         let client = self.clone();
         spawn_local(async move {
             let limit = Duration::from_millis(client.spec.request_timeout_ms.max(1));
@@ -153,17 +202,17 @@ impl LookupClient {
             }
             {
                 let mut pending = client.pending.borrow_mut();
-                for k in &keys {
-                    if pending.get(k).is_some_and(|(i, _)| *i == id) {
+                for k in &g.keys {
+                    if pending.get(k).is_some_and(|(i, _)| *i == g.id) {
                         pending.remove(k);
                     }
                 }
             }
             client.in_flight.set(client.in_flight.get() - 1);
-            drop(tx);
+            drop(g.finished);
+            client.pump();
         })
         .detach();
-        (id, done)
     }
 
     /// Waits for `waits` (from [`LookupClient::ask`]) at most the time budget; counts a
@@ -241,7 +290,7 @@ impl LookupClient {
 }
 
 enum Failure {
-    /// The connection closed before any byte of an answer.
+    /// The connection was closed before any byte of an answer.
     Closed,
     Other(String),
 }
@@ -255,7 +304,8 @@ struct Answer {
 /// Writes `request` and reads one HTTP/1.1 answer with a `content-length`.
 async fn round_trip(mut conn: TcpStream, request: &[u8]) -> Result<(TcpStream, Answer), Failure> {
     let io = |e: std::io::Error| Failure::Other(e.to_string());
-    conn.write_all(request).await.map_err(io)?;
+    // A kept-alive connection the service closed fails here or reads nothing below.
+    conn.write_all(request).await.map_err(|_| Failure::Closed)?;
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     let head_end = loop {

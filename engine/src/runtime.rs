@@ -45,7 +45,7 @@ use crate::config::{Config, Durability};
 use crate::control::Control;
 use crate::enrich::Tables;
 use crate::enrich::remote::RemoteSpec;
-use crate::lookup::LookupClient;
+use crate::lookup::{Done, LookupClient};
 use crate::metrics::{LATENCY_US_MAX, Registry, ShardSnapshot, new_histogram};
 use crate::pipeline::{BatchOutcome, Pipeline, StepError};
 use crate::sink::segment::Kind;
@@ -110,6 +110,8 @@ struct Core {
     tables_revision: Cell<u64>,
     /// The client of the lookup service the customer table asks, once a batch needed it.
     lookup: RefCell<Option<Rc<LookupClient>>>,
+    /// Batches between their two passes (the commit loop outlasts them at shutdown).
+    two_pass: Cell<usize>,
 }
 
 impl Core {
@@ -135,19 +137,22 @@ impl Core {
         }
     }
 
-    /// Runs a batch through the pipeline: in one step, or, when a table asks a lookup
-    /// service, in two passes with the service's answers (or its time budget) between them.
-    async fn step(&self, frame: &mut [u8]) -> Result<BatchOutcome, StepError> {
-        if !self.pipeline.borrow().asks_service() {
-            return self.pipeline.borrow_mut().step(frame);
-        }
+    /// Runs a batch through the pipeline in two passes (a table asks a lookup service):
+    /// opens it, asks for the keys it lacks, waits for them at most the time budget (the
+    /// shard's other tasks run meanwhile), then, once `before` (the batch before it from the
+    /// same source) is finished, enriches and routes it.
+    async fn step_two_pass(
+        &self,
+        frame: &mut [u8],
+        before: Option<Done>,
+    ) -> Result<BatchOutcome, StepError> {
         self.take_answers();
-        let batch = self.pipeline.borrow_mut().open(frame)?;
+        let opened = self.pipeline.borrow_mut().open(frame);
         let asked = {
             let pipeline = self.pipeline.borrow();
             let (misses, refresh) = pipeline.wants();
-            match pipeline.remote_spec() {
-                Some(spec) if !misses.is_empty() || !refresh.is_empty() => {
+            match (&opened, pipeline.remote_spec()) {
+                (Ok(_), Some(spec)) if !misses.is_empty() || !refresh.is_empty() => {
                     let client = self.lookup_client(spec);
                     let waits = client.ask(misses, refresh);
                     Some((client, waits))
@@ -158,10 +163,13 @@ impl Core {
         if let Some((client, waits)) = asked
             && !waits.is_empty()
         {
-            // At most the time budget; the shard's other tasks run meanwhile.
             client.wait(waits).await;
-            self.take_answers();
         }
+        if let Some(before) = before {
+            let _ = before.await;
+        }
+        let batch = opened?;
+        self.take_answers();
         Ok(self.pipeline.borrow_mut().finish(batch))
     }
 
@@ -410,15 +418,17 @@ async fn shard_main(init: ShardInit) -> Result<(), String> {
         revision: Cell::new(1),
         tables_revision: Cell::new(1),
         lookup: RefCell::new(None),
+        two_pass: Cell::new(0),
         cfg,
     });
     for rx in inbox {
         let core = core.clone();
         spawn_local(async move {
             let rx = rx.connect().await;
+            let order = Order::default();
             while let Some(f) = rx.recv().await {
                 core.stats.borrow_mut().forwarded_in += 1;
-                take_forwarded(&core, f).await;
+                take_forwarded(&core, f, &order).await;
             }
         })
         .detach();
@@ -526,7 +536,7 @@ fn rejected(seq: u64, partition: u32, status: AckStatus, error: u16) -> Ack {
 }
 
 /// Steps a batch this shard owns and queues it for the next commit.
-async fn take_local(
+fn take_local(
     core: &Core,
     frame: &mut [u8],
     seq: u64,
@@ -535,7 +545,53 @@ async fn take_local(
 ) {
     let bytes = frame.len() as u64;
     core.adopt_routes();
-    let result = core.step(frame).await;
+    let result = core.pipeline.borrow_mut().step(frame);
+    queue(core, result, seq, reply, bytes, received);
+}
+
+/// The batches from one source (a connection, or the frames other shards forward) that take
+/// two passes: each is routed after the one before it, so their records keep the source's
+/// order while their lookups overlap.
+#[derive(Default)]
+struct Order(RefCell<Option<Done>>);
+
+/// Takes a batch in two passes ([`Core::step_two_pass`]) in a task of its own, so that the
+/// source goes on with its next batches while this one waits for the lookup service.
+fn take_two_pass(
+    core: &Rc<Core>,
+    mut frame: AlignedBuf,
+    seq: u64,
+    reply: oneshot::Sender<Ack>,
+    received: Instant,
+    order: &Order,
+) {
+    let (done, finished) = oneshot::channel::<()>();
+    let before = order.0.replace(Some(finished.shared()));
+    core.two_pass.set(core.two_pass.get() + 1);
+    let core = core.clone();
+    spawn_local(async move {
+        let bytes = frame.len() as u64;
+        core.adopt_routes();
+        let result = core.step_two_pass(&mut frame, before).await;
+        queue(&core, result, seq, reply, bytes, received);
+        core.two_pass.set(core.two_pass.get() - 1);
+        if core.stopping.get() {
+            core.wake.signal(1);
+        }
+        drop(done);
+    })
+    .detach();
+}
+
+/// Queues a stepped batch for the next commit, or answers a frame refused.
+fn queue(
+    core: &Core,
+    result: Result<BatchOutcome, StepError>,
+    seq: u64,
+    reply: oneshot::Sender<Ack>,
+    bytes: u64,
+    received: Instant,
+) {
     match result {
         Ok(o) => {
             let mut pending = core.pending.borrow_mut();
@@ -567,7 +623,7 @@ async fn take_local(
     }
 }
 
-async fn take_forwarded(core: &Core, mut f: Forward) {
+async fn take_forwarded(core: &Rc<Core>, mut f: Forward, order: &Order) {
     let seq = match decode_frame_header(&f.frame, core.pipeline.borrow().limits()) {
         Ok(h) => h.seq,
         Err(_) => 0,
@@ -577,11 +633,15 @@ async fn take_forwarded(core: &Core, mut f: Forward) {
         return;
     }
     charge(core, f.frame.len() as u64).await;
-    take_local(core, &mut f.frame, seq, f.reply, f.received).await;
+    if core.pipeline.borrow().asks_service() {
+        take_two_pass(core, f.frame, seq, f.reply, f.received, order);
+    } else {
+        take_local(core, &mut f.frame, seq, f.reply, f.received);
+    }
 }
 
 /// Takes one whole frame from a connection's buffer and says what to reply.
-async fn take_frame(core: &Core, frame: &mut [u8], received: Instant) -> Reply {
+async fn take_frame(core: &Rc<Core>, frame: &mut [u8], received: Instant, order: &Order) -> Reply {
     let limits = *core.pipeline.borrow().limits();
     let header = match decode_frame_header(frame, &limits) {
         Ok(h) => h,
@@ -615,7 +675,13 @@ async fn take_frame(core: &Core, frame: &mut [u8], received: Instant) -> Reply {
     let owner = usize::from(owner);
     if owner == core.shard {
         charge(core, frame.len() as u64).await;
-        take_local(core, frame, seq, tx, received).await;
+        if core.pipeline.borrow().asks_service() {
+            let mut copy = AlignedBuf::with_capacity(frame.len());
+            copy.extend_from_slice(frame);
+            take_two_pass(core, copy, seq, tx, received, order);
+        } else {
+            take_local(core, frame, seq, tx, received);
+        }
     } else {
         let mut copy = AlignedBuf::with_capacity(frame.len());
         copy.extend_from_slice(frame);
@@ -651,10 +717,11 @@ async fn serve_connection(core: Rc<Core>, conn: TcpStream) {
 }
 
 async fn read_frames(
-    core: &Core,
+    core: &Rc<Core>,
     rd: &mut futures::io::ReadHalf<TcpStream>,
     tx: &LocalSender<Reply>,
 ) {
+    let order = Order::default();
     let cap = core.cfg.tuning.read_buffer_bytes.next_multiple_of(ALIGN);
     let frame_max = core.cfg.tuning.frame_bytes_max;
     let mut buf = AlignedBuf::with_capacity(cap);
@@ -687,7 +754,7 @@ async fn read_frames(
             if filled - at < len {
                 break;
             }
-            let reply = take_frame(core, &mut buf[at..at + len], received).await;
+            let reply = take_frame(core, &mut buf[at..at + len], received, &order).await;
             if tx.send(reply).await.is_err() {
                 return;
             }
@@ -776,7 +843,7 @@ async fn commit_loop(core: Rc<Core>, mut writers: Vec<SegmentWriter>) -> Result<
     loop {
         let has_output = !core.pending.borrow().is_empty();
         if !has_output && written.is_empty() {
-            if core.stopping.get() {
+            if core.stopping.get() && core.two_pass.get() == 0 {
                 break;
             }
             let _ = core.wake.acquire(1).await;
