@@ -129,6 +129,9 @@ impl LookupClient {
         let keys = fresh.iter().map(|k| (*k, true));
         for (n, (key, needed)) in keys.chain(more.iter().map(|k| (*k, false))).enumerate() {
             if self.queued_keys.get() >= queue_max {
+                self.pump();
+            }
+            if self.queued_keys.get() >= queue_max {
                 let left = (fresh.len() + more.len() - n) as u64;
                 self.count(|s| s.shed += left);
                 break;
