@@ -292,7 +292,7 @@ impl Registry {
             (
                 "sluice_enrich_shed_total",
                 "counter",
-                "Keys not asked of a lookup service because every request slot was busy.",
+                "Keys not asked of a lookup service because its request slots were busy and its queue full.",
                 |t| t.remote.map(|r| r.shed),
             ),
         ];

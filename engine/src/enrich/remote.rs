@@ -119,7 +119,7 @@ pub struct RemoteStats {
     pub failures: u64,
     /// Requests in flight now.
     pub in_flight: u64,
-    /// Keys not asked for because every request slot was busy.
+    /// Keys not asked for because every request slot was busy and the queue full.
     pub shed: u64,
 }
 
