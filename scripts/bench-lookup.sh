@@ -13,6 +13,8 @@
 #   env CONNS   generator connections (default 4)
 #   env SINKS   replaces the `durability = ...` line (default: keep the fixtures' interval_us = 1000)
 #   env EXTRA   lines added under [enrich.customer] in sluice-lookup.toml (e.g. 'budget_us = 5000')
+#   env CORES   the engine's cores, e.g. `0,1` (one shard each; default: one per core)
+#   env ENGINE_PREFIX, LOADGEN_PREFIX, SERVICE_PREFIX   run each under e.g. `taskset -c 4-7`
 #   env JSON    append the figures to this file as one JSON line
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,25 +28,28 @@ config="$run/sluice.toml"
 service=
 if [ "$mode" != local ]; then
     config="$run/sluice-lookup.toml"
-    "$bin/loadgen" lookup-service --table "$run/customer.csv" --latency-us "$mode" > "$run/service.log" 2>&1 &
+    ${SERVICE_PREFIX:-} "$bin/loadgen" lookup-service --table "$run/customer.csv" --latency-us "$mode" \
+        > "$run/service.log" 2>&1 &
     service=$!
 fi
-python3 - "$config" "${SINKS:-}" "${EXTRA:-}" <<'PY'
+python3 - "$config" "${SINKS:-}" "${EXTRA:-}" "${CORES:-}" <<'PY'
 import re, sys
-path, sinks, extra = sys.argv[1:]
+path, sinks, extra, cores = sys.argv[1:]
 s = open(path).read()
+if cores:
+    s = re.sub(r'(?m)^shards = .*$', 'shards = %d\ncores = [%s]' % (len(cores.split(',')), cores), s)
 if sinks:
     s = re.sub(r'(?m)^durability = .*$', sinks, s)
 if extra:
     s = s.replace('kind = "http"\n', 'kind = "http"\n' + extra.replace('\\n', '\n') + '\n')
 open(path, 'w').write(s)
 PY
-"$bin/sluice" run --config "$config" > "$run/engine.log" 2>&1 &
+${ENGINE_PREFIX:-} "$bin/sluice" run --config "$config" > "$run/engine.log" 2>&1 &
 engine=$!
 trap 'kill -INT $engine 2>/dev/null || true; [ -n "$service" ] && kill $service 2>/dev/null || true' EXIT
 for _ in $(seq 600); do grep -q ready "$run/engine.log" && break; sleep 0.1; done
 grep -q ready "$run/engine.log" || { cat "$run/engine.log"; exit 1; }
-"$bin/loadgen" run --connections "${CONNS:-4}" --rate max --workload w1 --duration "${DUR:-10}" \
+${LOADGEN_PREFIX:-} "$bin/loadgen" run --connections "${CONNS:-4}" --rate max --workload w1 --duration "${DUR:-10}" \
     --report "$run/report.json" > "$run/loadgen.log" 2>&1
 sleep 0.5
 python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9180/metrics").read().decode())' \
