@@ -753,3 +753,51 @@ fn a_slow_failing_lookup_service_never_stalls_or_misleads() {
     assert_eq!(hits + misses, EVENTS as u64);
     drop(service);
 }
+
+/// `sluice demo` leaves nothing behind unless told to keep its segments, and reports the
+/// bytes it wrote per stream; `--data DIR` keeps them where the user says.
+#[test]
+fn the_demo_cleans_up_unless_told_to_keep_its_segments() {
+    let dir = temp_dir("demo");
+    let (config, _) = engine_config(&dir, 2, "\"every_batch\"");
+    let demo = |extra: &[&str]| {
+        let out = Command::new(binary("sluice"))
+            .args(["demo", "--duration", "1", "--rate", "20000", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .expect("sluice demo runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let text = demo(&[]);
+    let temp = text
+        .split("segments under ")
+        .nth(1)
+        .and_then(|t| t.split(" (temporary").next())
+        .unwrap_or_else(|| panic!("the demo says where its segments go: {text}"));
+    assert!(!Path::new(temp).exists(), "{temp} is removed: {text}");
+    assert!(
+        text.contains(&format!("segments: {temp} removed")),
+        "{text}"
+    );
+    assert!(
+        !dir.join("data").exists(),
+        "the config's dir is not written"
+    );
+    let all = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("all "))
+        .unwrap_or_else(|| panic!("a total line: {text}"));
+    let bytes: u64 = all.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(bytes > 0, "{all}");
+
+    let kept = dir.join("kept");
+    let text = demo(&["--data", kept.to_str().unwrap()]);
+    assert!(text.contains("(kept)"), "{text}");
+    let records = stream_records(&kept, "playback");
+    assert!(!records.is_empty(), "the kept segments hold records");
+    let _ = std::fs::remove_dir_all(&dir);
+}

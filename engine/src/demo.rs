@@ -28,6 +28,10 @@ pub struct DemoArgs {
     /// Engine config (default: the embedded default).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Keep the segments under DIR (default: a temporary directory, removed when the demo
+    /// ends).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
     /// Write the generator's JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -43,13 +47,24 @@ pub fn run(args: DemoArgs, interrupted: &'static AtomicBool) -> Result<(), Strin
     let rate = sluice_loadgen::client::parse_rate(&args.rate)?;
     let target = config.listen.shared.to_string();
     let keys = config.keyring.clone();
-    let data = config.sinks.dir.clone();
+    // Ten seconds at full rate write gigabytes: unless asked to keep them, the segments go
+    // into a directory of the demo's own that is removed when it ends.
+    let data = match &args.data {
+        Some(dir) => DataDir::Kept(dir.clone()),
+        None => DataDir::temporary()?,
+    };
+    let mut config = config;
+    config.sinks.dir = data.path().to_owned();
     eprintln!(
-        "demo: engine with {} shards, {} routes into {} streams, segments under {}",
+        "demo: engine with {} shards, {} routes into {} streams, segments under {} ({})",
         config.shards,
         config.routes.rules().len(),
         config.streams.len() - 1,
-        data.display()
+        data.path().display(),
+        match data {
+            DataDir::Kept(_) => "kept",
+            DataDir::Temporary(_) => "temporary: removed at the end; --data DIR keeps them",
+        }
     );
     let engine = Engine::start(config, None)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -106,11 +121,20 @@ pub fn run(args: DemoArgs, interrupted: &'static AtomicBool) -> Result<(), Strin
         "  engine: {} events in, {} batches ({} forwarded between shards)",
         counters.events, counters.batches, forwarded
     );
-    println!("  records per stream:");
+    println!("  records and bytes written per stream:");
     let streams = registry.streams.clone();
     for (i, name) in streams.iter().enumerate() {
-        println!("    {name:<12} {:>12}", counters.records[i]);
+        println!(
+            "    {name:<12} {:>12} records {:>16} bytes",
+            counters.records[i], counters.record_bytes[i]
+        );
     }
+    println!(
+        "    {:<12} {:>12} records {:>16} bytes",
+        "all",
+        counters.records.iter().sum::<u64>(),
+        counters.record_bytes.iter().sum::<u64>()
+    );
     let dead: u64 = counters.dead_letters.iter().sum();
     println!("  dead letters: {dead}");
     for (i, n) in counters.dead_letters.iter().enumerate() {
@@ -118,11 +142,17 @@ pub fn run(args: DemoArgs, interrupted: &'static AtomicBool) -> Result<(), Strin
             println!("    {:<16} {n}", Error::NAMES[i]);
         }
     }
-    println!(
-        "  segments: {} (read them with `sluice cat {}`)",
-        data.display(),
-        data.display()
-    );
+    match &data {
+        DataDir::Kept(dir) => println!(
+            "  segments: {} (read them with `sluice cat {}`)",
+            dir.display(),
+            dir.display()
+        ),
+        DataDir::Temporary(dir) => println!(
+            "  segments: {} removed (run with --data DIR to keep them)",
+            dir.display()
+        ),
+    }
     if let Some(p) = &args.report {
         let json = serde_json::to_string_pretty(&report).expect("serializes");
         std::fs::write(p, json + "\n").map_err(|e| format!("{}: {e}", p.display()))?;
@@ -131,4 +161,36 @@ pub fn run(args: DemoArgs, interrupted: &'static AtomicBool) -> Result<(), Strin
         return Err(format!("{} events failed", report.events_failed));
     }
     Ok(())
+}
+
+/// Where the demo's segments go.
+enum DataDir {
+    /// The user's directory: left as it is.
+    Kept(PathBuf),
+    /// The demo's own: removed when the demo ends, however it ends.
+    Temporary(PathBuf),
+}
+
+impl DataDir {
+    fn temporary() -> Result<DataDir, String> {
+        let dir = std::env::temp_dir().join(format!("sluice-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(DataDir::Temporary(dir))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        match self {
+            DataDir::Kept(p) | DataDir::Temporary(p) => p,
+        }
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        if let DataDir::Temporary(dir) = self
+            && let Err(e) = std::fs::remove_dir_all(&*dir)
+        {
+            eprintln!("demo: could not remove {}: {e}", dir.display());
+        }
+    }
 }

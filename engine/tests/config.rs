@@ -80,9 +80,98 @@ fn tables_load_from_csv() {
     .unwrap();
     let e = Config::load(&cfg).unwrap_err();
     assert!(
-        e.reason.contains("enrich.geo") && e.reason.contains("line 2") && e.line == 5,
+        e.reason.contains("enrich.geo")
+            && e.reason.contains("geo.csv:2: column \"prefix\"")
+            && e.line == 5,
         "{e}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Table files are CSV as RFC 4180 has it: quotes are not part of a cell, a comma inside
+/// quotes does not split it, an empty cell is no value in every column, and a bad cell is
+/// refused with its file, line and column.
+#[test]
+fn csv_tables_follow_rfc_4180() {
+    use sluice::route::{Ctx, Field, Value};
+    let dir = std::env::temp_dir().join(format!("sluice-config-rfc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("s.toml");
+    std::fs::write(
+        &cfg,
+        "[keys]\ndemo = true\n[enrich.geo]\nkind = \"file\"\npath = \"geo.csv\"\n\
+         [enrich.customer]\nkind = \"file\"\npath = \"customer.csv\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("geo.csv"),
+        "prefix,country,region,asn,city\n\
+         10.1.2.0/24,US,US-CA,64500,\"San Jose\"\n\
+         10.1.3.0/24,\"US\",US-CA,,\"Washington, D.C.\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("customer.csv"),
+        "customer_id,plan,signup_country,profiles\n1,basic,US,300\n2,\"ads\",,\n",
+    )
+    .unwrap();
+    let c = Config::load(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let t = &c.tables;
+    let mut event = sluice_loadgen::WorkloadGen::new(sluice_loadgen::Workload::W1, 1)
+        .next_upload(0)
+        .events
+        .remove(0);
+    let mut get = |ip: [u8; 4], customer: u64, f: Field| {
+        event.client_ip = sluice_protocol::ClientIp::V4(ip);
+        event.customer_id = customer;
+        let v = event.view_without_attrs();
+        let ctx = Ctx {
+            event: &v,
+            enriched: t.peek(&v),
+            tables: t,
+        };
+        match ctx.get(f) {
+            Value::Str(s) => s.to_owned(),
+            Value::U64(n) => format!("{n}"),
+            Value::Null => "<none>".into(),
+            Value::Ip(ip) => format!("{ip}"),
+        }
+    };
+    assert_eq!(get([10, 1, 2, 9], 1, Field::GeoCity), "San Jose");
+    assert_eq!(get([10, 1, 3, 9], 1, Field::GeoCity), "Washington, D.C.");
+    assert_eq!(get([10, 1, 3, 9], 1, Field::GeoCountry), "US");
+    assert_eq!(get([10, 1, 3, 9], 1, Field::GeoAsn), "<none>");
+    assert_eq!(get([10, 1, 2, 9], 1, Field::GeoAsn), "64500");
+    assert_eq!(get([10, 1, 2, 9], 1, Field::CustomerProfiles), "300");
+    assert_eq!(get([10, 1, 2, 9], 2, Field::CustomerPlan), "ads");
+    assert_eq!(
+        get([10, 1, 2, 9], 2, Field::CustomerSignupCountry),
+        "<none>"
+    );
+    assert_eq!(get([10, 1, 2, 9], 2, Field::CustomerProfiles), "<none>");
+
+    for (body, want) in [
+        (
+            "customer_id,plan,signup_country,profiles\n1,basic,US,2\n2,basic,US,70000\n",
+            "customer.csv:3: column \"profiles\": \"70000\" is not a whole number from 0 to 65535",
+        ),
+        (
+            "customer_id,plan,signup_country,profiles\n,basic,US,2\n",
+            "customer.csv:2: column \"customer_id\": empty, and a row needs its key",
+        ),
+        (
+            "customer_id,plan,signup_country,profiles\n1,basic,US\n",
+            "customer.csv:2: 3 fields, the header has 4",
+        ),
+        (
+            "customer_id,plan,profiles\n1,basic,2\n",
+            "customer.csv:1: the header has no column \"signup_country\"",
+        ),
+    ] {
+        std::fs::write(dir.join("customer.csv"), body).unwrap();
+        let e = Config::load(&cfg).unwrap_err();
+        assert!(e.reason.contains(want), "{e}\nwanted: {want}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

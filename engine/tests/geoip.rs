@@ -73,7 +73,7 @@ fn answers_match_maxminds_reader() {
     writer.join().unwrap().unwrap();
     assert!(
         out.status.success(),
-        "scripts/geolite2_answers.py failed (is Python's maxminddb installed? .ci/run installs it)"
+        "scripts/geolite2_answers.py failed (is Python's maxminddb installed? scripts/test.sh installs it)"
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut found = 0;

@@ -70,13 +70,14 @@ fn field() -> impl Strategy<Value = Field> {
 }
 
 /// A literal for `f`: mostly a value events have, sometimes one near it or none of theirs.
-fn literal(f: Field, ordered: bool) -> impl Strategy<Value = Lit> {
+/// Every `app_version` literal is a version.
+fn literal(f: Field) -> impl Strategy<Value = Lit> {
     (any::<prop::sample::Index>(), 0u8..10, 0u64..4).prop_map(move |(i, how, d)| {
         let pool = &VALUES[Field::ALL.iter().position(|g| *g == f).expect("a field")];
         let seen = pool[i.index(pool.len())].clone();
         match (seen, how) {
             (Lit::U64(n), 7..) => Lit::U64(n.saturating_add(d).saturating_sub(2)),
-            (Lit::Str(s), _) if f == Field::AppVersion && ordered => {
+            (Lit::Str(s), _) if f == Field::AppVersion => {
                 let mut k = version_key(&s).expect("W1 versions parse");
                 if how >= 7 {
                     k = (k & !0xffff) | d;
@@ -99,22 +100,21 @@ fn leaf() -> impl Strategy<Value = Expr> {
         } else {
             vec![Op::Eq, Op::Ne]
         };
-        let lits = prop::collection::vec(literal(f, false), 1..4);
+        let lits = prop::collection::vec(literal(f), 1..4);
         match how {
             0 => Just(Expr::Exists(f)).boxed(),
             1 => lits.prop_map(move |ls| Expr::In(f, ls)).boxed(),
             2 => lits.prop_map(move |ls| Expr::NotIn(f, ls)).boxed(),
-            3 if !f.is_numeric() && f != Field::ClientIp => (literal(f, false), 0usize..4)
+            3 if !f.is_numeric() && f != Field::ClientIp => (literal(f), 0usize..4)
                 .prop_map(move |(l, n)| {
-                    let Lit::Str(s) = l else { unreachable!() };
+                    let (Lit::Str(s) | Lit::Version(_, s)) = l else {
+                        unreachable!()
+                    };
                     Expr::StartsWith(f, s.chars().take(n).collect())
                 })
                 .boxed(),
-            _ => (prop::sample::select(ops), any::<bool>())
-                .prop_flat_map(move |(op, _)| {
-                    let eq = matches!(op, Op::Eq | Op::Ne);
-                    literal(f, !eq).prop_map(move |l| Expr::Cmp(f, op, l))
-                })
+            _ => (prop::sample::select(ops), literal(f))
+                .prop_map(move |(op, l)| Expr::Cmp(f, op, l))
                 .boxed(),
         }
     })
@@ -140,7 +140,7 @@ fn rule() -> impl Strategy<Value = Expr> {
 }
 
 /// An event, perhaps with its device or customer row missing, an address no prefix covers,
-/// or a version that is no version.
+/// a version spelt with a leading zero, or a version that is no version.
 fn event() -> impl Strategy<Value = Event> {
     (any::<prop::sample::Index>(), 0u8..12).prop_map(|(i, how)| {
         let mut e = EVENTS[i.index(EVENTS.len())].clone();
@@ -150,6 +150,9 @@ fn event() -> impl Strategy<Value = Event> {
             2 => e.client_ip = sluice_protocol::ClientIp::V4([255, 255, 255, 1]),
             3 => e.app_version = "6.x".into(),
             4 => e.app_version = "6.1.0".into(),
+            // The same version as 6.1.0, spelt otherwise.
+            5 => e.app_version = "6.01.0".into(),
+            6 => e.app_version = "6.1".into(),
             _ => {}
         }
         e
@@ -232,6 +235,39 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// `!=` and `not in` are the negations of `==` and `in` on every event, missing rows and
+    /// versions that are no version included; and the matcher agrees with both spellings.
+    #[test]
+    fn not_equal_is_the_negation_of_equal(
+        (f, lits) in field()
+            .prop_flat_map(|f| prop::collection::vec(literal(f), 1..3).prop_map(move |l| (f, l))),
+        events in prop::collection::vec(event(), 1..40),
+    ) {
+        let pairs = [
+            (Expr::Cmp(f, Op::Ne, lits[0].clone()), Expr::Cmp(f, Op::Eq, lits[0].clone())),
+            (Expr::NotIn(f, lits.clone()), Expr::In(f, lits.clone())),
+        ];
+        let mut whens = Vec::new();
+        for e in &events {
+            let v = e.view_without_attrs();
+            let ctx = Ctx { event: &v, enriched: TABLES.peek(&v), tables: &TABLES };
+            for (neg, pos) in &pairs {
+                prop_assert_eq!(neg.eval(&ctx), !pos.eval(&ctx), "{} on {:?}", neg, e);
+                let spelt = Expr::Not(Box::new(pos.clone()));
+                prop_assert_eq!(neg.eval(&ctx), spelt.eval(&ctx));
+            }
+        }
+        for (neg, pos) in pairs {
+            whens.push(neg.to_string());
+            whens.push(format!("not ({pos})"));
+        }
+        check(&compile(&whens), &events)?;
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
 
     /// Sets of 520 to 700 rules: more than 8 words, so the AVX-512 and AVX2 loops run and
@@ -290,7 +326,8 @@ fn strings_interned_after_compiling_are_matched_once_synced() {
     for (ip, want) in [
         ([10, 0, 0, 9], vec![0, 1, 3, 4]),
         ([10, 0, 1, 9], vec![2, 3]),
-        ([10, 0, 2, 9], vec![]),
+        // No row: `!=` holds where `==` does not.
+        ([10, 0, 2, 9], vec![2]),
     ] {
         e.client_ip = sluice_protocol::ClientIp::V4(ip);
         let v = e.view_without_attrs();

@@ -4,8 +4,9 @@
 //!
 //! The protocol (HTTP/1.1, keep-alive):
 //! - `POST /lookup` with a body of customer ids separated by commas (`17,42,99`) answers
-//!   `200` with one line per id, in order: `id,plan,signup_country,profiles` for a customer
-//!   the table has, the bare `id` for one it has not (a negative answer, to be cached as such).
+//!   `200` with one CSV record (RFC 4180: a cell with a comma or quote is quoted) per id, in
+//!   order, each on its own line: `id,plan,signup_country,profiles` for a customer the table
+//!   has, the bare `id` for one it has not (a negative answer, to be cached as such).
 //! - Each request waits `latency_us` before its answer; a fraction `fail_rate` of them (drawn
 //!   from a seeded generator) answer `503` instead.
 //! - `GET /healthz` answers `200 ok`.
@@ -33,22 +34,41 @@ pub struct ServiceOpts {
 /// Customer rows by id, as the lines the service answers with.
 pub type Table = HashMap<u64, String>;
 
-/// Reads a customer table in the CSV `loadgen fixtures` writes
-/// (`customer_id,plan,signup_country,profiles` after a header line).
+/// Reads a customer table from a CSV file (RFC 4180) whose header names the columns
+/// `customer_id`, `plan`, `signup_country` and `profiles` (in any order; others are ignored),
+/// as `loadgen fixtures` writes it.
 pub fn load_table(path: &Path) -> Result<Table, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let columns = ["customer_id", "plan", "signup_country", "profiles"];
+    let header = reader
+        .headers()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .clone();
+    let at: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            header
+                .iter()
+                .position(|h| h == *c)
+                .ok_or_else(|| format!("{}:1: the header has no column {c:?}", path.display()))
+        })
+        .collect::<Result<_, _>>()?;
     let mut t = Table::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let id = line
-            .split(',')
-            .next()
-            .and_then(|f| f.trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("{} line {}: no customer id", path.display(), i + 1))?;
-        t.insert(id, line.to_owned());
+    for record in reader.records() {
+        let record = record.map_err(|e| format!("{}: {e}", path.display()))?;
+        let line = record.position().map_or(0, |p| p.line());
+        let cell = |i: usize| record.get(at[i]).unwrap_or("");
+        let id = cell(0).parse::<u64>().map_err(|_| {
+            format!(
+                "{}:{line}: column \"customer_id\": {:?} is not a customer id",
+                path.display(),
+                cell(0)
+            )
+        })?;
+        t.insert(id, answer_line(&[cell(0), cell(1), cell(2), cell(3)]));
     }
     Ok(t)
 }
@@ -58,13 +78,23 @@ pub fn w1_table(seed: u64) -> Table {
     crate::tables::customers(seed)
         .into_iter()
         .map(|c| {
-            let line = format!(
-                "{},{},{},{}",
-                c.customer_id, c.plan, c.signup_country, c.profiles
-            );
+            let id = c.customer_id.to_string();
+            let profiles = c.profiles.to_string();
+            let line = answer_line(&[&id, c.plan, c.signup_country, &profiles]);
             (c.customer_id, line)
         })
         .collect()
+}
+
+/// One answer record: the cells as CSV (quoted where they need it), without its line end.
+fn answer_line(cells: &[&str]) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    w.write_record(cells).expect("writes to memory");
+    let mut line = String::from_utf8(w.into_inner().expect("flushes to memory")).expect("UTF-8");
+    line.pop();
+    line
 }
 
 /// Counts of what the service answered.

@@ -65,7 +65,8 @@ pub struct DeviceRow {
 pub struct CustomerRow {
     pub plan: Sym,
     pub signup_country: Sym,
-    pub profiles: u8,
+    /// `None` where the source has no value.
+    pub profiles: Option<u16>,
 }
 
 /// The rows one event joins to; `None` where its key has no row.
@@ -180,7 +181,7 @@ impl Tables {
             let row = CustomerRow {
                 plan: self.intern(c.plan),
                 signup_country: self.intern(c.signup_country),
-                profiles: c.profiles,
+                profiles: Some(u16::from(c.profiles)),
             };
             rows.insert(c.customer_id, row);
         }
@@ -188,10 +189,12 @@ impl Tables {
         self.customer = Customer::Rows(rows);
     }
 
-    /// Loads table `name` (`geo`, `device` or `customer`) from a CSV (with a header line
-    /// naming the columns) or JSON-lines (one object per line) file, chosen by its extension:
-    /// `.csv`, or `.jsonl`/`.json`/`.ndjson`. Columns are [`GEO_COLUMNS`] (`city` optional),
-    /// [`DEVICE_COLUMNS`] and [`CUSTOMER_COLUMNS`]; others are ignored.
+    /// Loads table `name` (`geo`, `device` or `customer`) from a CSV file (RFC 4180, with a
+    /// header line naming the columns) or a JSON-lines file (one object per line), chosen by
+    /// its extension: `.csv`, or `.jsonl`/`.json`/`.ndjson`. Columns are [`GEO_COLUMNS`]
+    /// (`city` optional), [`DEVICE_COLUMNS`] and [`CUSTOMER_COLUMNS`]; others are ignored. An
+    /// empty cell (a JSON null or a missing name) is no value; a row without its key, or with
+    /// a cell its column cannot hold, is refused with `FILE:LINE:` and the column's name.
     pub fn load_file(&mut self, name: &str, path: &Path) -> Result<usize, String> {
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("csv") => Format::Csv,
@@ -205,14 +208,14 @@ impl Tables {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let at = |e: String| format!("{}: {e}", path.display());
+        let at = |e: String| format!("{}:{e}", path.display());
         match name {
             "geo" => self.load_geo(&records(&text, format, &GEO_COLUMNS, 4).map_err(at)?),
             "device" => self.load_device(&records(&text, format, &DEVICE_COLUMNS, 5).map_err(at)?),
             "customer" => {
                 self.load_customer(&records(&text, format, &CUSTOMER_COLUMNS, 4).map_err(at)?)
             }
-            _ => Err(format!("no table {name:?} (known: geo, device, customer)")),
+            _ => return Err(format!("no table {name:?} (known: geo, device, customer)")),
         }
         .map_err(at)
     }
@@ -275,12 +278,16 @@ impl Tables {
     fn load_geo(&mut self, recs: &[Rec]) -> Result<usize, String> {
         let mut rows = HashMap::new();
         for (line, f) in recs {
-            let prefix = parse_prefix(&f[0])
-                .ok_or_else(|| format!("line {line}: prefix {:?} is not a.b.c.0/24", f[0]))?;
+            let cell = Cells::new(*line, &GEO_COLUMNS, f);
+            let prefix = cell.key(0)?;
+            let prefix = parse_prefix(prefix).ok_or_else(|| {
+                format!("{line}: column \"prefix\": {prefix:?} is not a.b.c.0/24")
+            })?;
             let row = GeoRow {
                 country: self.intern(&f[1]),
                 region: self.intern(&f[2]),
-                asn: num(&f[3], *line)?,
+                // ASN 0 is no AS: no value, as an empty cell.
+                asn: cell.num::<u32>(3)?.unwrap_or(0),
                 city: self.intern(&f[4]),
             };
             rows.insert(prefix_key(prefix), row);
@@ -292,13 +299,15 @@ impl Tables {
     fn load_device(&mut self, recs: &[Rec]) -> Result<usize, String> {
         let mut rows = Rows::default();
         for (line, f) in recs {
+            let cell = Cells::new(*line, &DEVICE_COLUMNS, f);
+            let key = cell.key_num::<u32>(0)?;
             let row = DeviceRow {
                 brand: self.intern(&f[1]),
                 model: self.intern(&f[2]),
                 platform: self.intern(&f[3]),
                 os: self.intern(&f[4]),
             };
-            rows.insert(num(&f[0], *line)?, row);
+            rows.insert(u64::from(key), row);
         }
         rows.seal();
         self.device = rows;
@@ -309,12 +318,14 @@ impl Tables {
         let mut rows = Rows::default();
         rows.reserve(recs.len());
         for (line, f) in recs {
+            let cell = Cells::new(*line, &CUSTOMER_COLUMNS, f);
+            let key = cell.key_num::<u64>(0)?;
             let row = CustomerRow {
                 plan: self.intern(&f[1]),
                 signup_country: self.intern(&f[2]),
-                profiles: num(&f[3], *line)?,
+                profiles: cell.num::<u16>(3)?,
             };
-            rows.insert(num(&f[0], *line)?, row);
+            rows.insert(key, row);
         }
         rows.seal();
         self.customer = Customer::Rows(rows);
@@ -549,9 +560,70 @@ fn parse_prefix(s: &str) -> Option<[u8; 3]> {
     it.next().is_none().then_some(out)
 }
 
-fn num<T: std::str::FromStr>(s: &str, line: usize) -> Result<T, String> {
-    s.parse()
-        .map_err(|_| format!("line {line}: {s:?} is not a number in range"))
+/// The cells of one table row, for reading them by column with errors that name it.
+struct Cells<'a> {
+    line: usize,
+    columns: &'a [&'a str],
+    cells: &'a [String],
+}
+
+impl<'a> Cells<'a> {
+    fn new(line: usize, columns: &'a [&'a str], cells: &'a [String]) -> Cells<'a> {
+        assert_eq!(columns.len(), cells.len(), "a cell per column");
+        Cells {
+            line,
+            columns,
+            cells,
+        }
+    }
+
+    fn error(&self, c: usize, why: String) -> String {
+        format!("{}: column {:?}: {why}", self.line, self.columns[c])
+    }
+
+    /// Column `c`, the row's key: it must have a value.
+    fn key(&self, c: usize) -> Result<&'a str, String> {
+        match self.cells[c].as_str() {
+            "" => Err(self.error(c, "empty, and a row needs its key".into())),
+            s => Ok(s),
+        }
+    }
+
+    fn key_num<T: Number>(&self, c: usize) -> Result<T, String> {
+        self.key(c)?;
+        Ok(self.num(c)?.expect("a key has a value"))
+    }
+
+    /// Column `c` as a number (`None` when empty: no value).
+    fn num<T: Number>(&self, c: usize) -> Result<Option<T>, String> {
+        let s = self.cells[c].as_str();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|_| {
+            self.error(
+                c,
+                format!("{s:?} is not a whole number from 0 to {}", T::MAX_TEXT),
+            )
+        })
+    }
+}
+
+/// The unsigned integers table columns hold.
+trait Number: std::str::FromStr {
+    const MAX_TEXT: &'static str;
+}
+
+impl Number for u16 {
+    const MAX_TEXT: &'static str = "65535";
+}
+
+impl Number for u32 {
+    const MAX_TEXT: &'static str = "4294967295";
+}
+
+impl Number for u64 {
+    const MAX_TEXT: &'static str = "18446744073709551615";
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -564,78 +636,99 @@ enum Format {
 /// optional column is empty).
 type Rec = (usize, Vec<String>);
 
-/// The rows of a table file: `columns` in order, the first `required` of them required.
+/// The rows of a table file: `columns` in order, the first `required` of them named in a
+/// CSV header. Errors start with the line they are about (`LINE: why`).
 fn records(
     text: &str,
     format: Format,
     columns: &[&str],
     required: usize,
 ) -> Result<Vec<Rec>, String> {
-    let mut out = Vec::new();
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
     match format {
-        Format::Csv => {
-            let Some((_, header)) = lines.next() else {
-                return Ok(out);
-            };
-            let names: Vec<&str> = header.split(',').map(str::trim).collect();
-            let at: Vec<Option<usize>> = columns
-                .iter()
-                .map(|c| names.iter().position(|n| n == c))
-                .collect();
-            if let Some(c) = (0..required).find(|&i| at[i].is_none()) {
-                return Err(format!(
-                    "line 1: the header has no column {:?} (it needs {})",
-                    columns[c],
-                    columns[..required].join(", ")
-                ));
-            }
-            for (i, line) in lines {
-                let f: Vec<&str> = line.split(',').map(str::trim).collect();
-                if f.len() != names.len() {
+        Format::Csv => csv_records(text, columns, required),
+        Format::JsonLines => json_records(text, columns),
+    }
+}
+
+fn csv_records(text: &str, columns: &[&str], required: usize) -> Result<Vec<Rec>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let line_of = |p: Option<&csv::Position>| p.map_or(1, |p| p.line() as usize);
+    let csv_error = |e: csv::Error| {
+        let line = line_of(e.position());
+        let why = match e.kind() {
+            csv::ErrorKind::UnequalLengths {
+                expected_len, len, ..
+            } => format!("{len} fields, the header has {expected_len}"),
+            csv::ErrorKind::Utf8 { .. } => "not UTF-8".to_owned(),
+            _ => format!("not CSV: {e}"),
+        };
+        format!("{line}: {why}")
+    };
+    let names: Vec<String> = match reader.headers() {
+        Ok(h) => h.iter().map(str::to_owned).collect(),
+        Err(e) => return Err(csv_error(e)),
+    };
+    if names.iter().all(String::is_empty) {
+        return Ok(Vec::new());
+    }
+    let at: Vec<Option<usize>> = columns
+        .iter()
+        .map(|c| names.iter().position(|n| n == c))
+        .collect();
+    if let Some(c) = (0..required).find(|&i| at[i].is_none()) {
+        return Err(format!(
+            "1: the header has no column {:?} (it needs {})",
+            columns[c],
+            columns[..required].join(", ")
+        ));
+    }
+    let mut out = Vec::new();
+    let mut record = csv::StringRecord::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(csv_error(e)),
+        }
+        let line = line_of(record.position());
+        let cells = at
+            .iter()
+            .map(|a| a.and_then(|a| record.get(a)).unwrap_or("").to_owned())
+            .collect();
+        out.push((line, cells));
+    }
+    Ok(out)
+}
+
+fn json_records(text: &str, columns: &[&str]) -> Result<Vec<Rec>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("{line_no}: not JSON: {e}"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format!("{line_no}: not a JSON object"))?;
+        let mut cells = Vec::with_capacity(columns.len());
+        for name in columns {
+            let cell = match obj.get(*name) {
+                Some(serde_json::Value::String(s)) => s.trim().to_owned(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(other) => {
                     return Err(format!(
-                        "line {}: {} fields, the header has {}",
-                        i + 1,
-                        f.len(),
-                        names.len()
+                        "{line_no}: column {name:?}: {other} is not a string or number"
                     ));
                 }
-                let cells = at
-                    .iter()
-                    .map(|a| a.map_or("", |a| f[a]).to_owned())
-                    .collect();
-                out.push((i + 1, cells));
-            }
+            };
+            cells.push(cell);
         }
-        Format::JsonLines => {
-            for (i, line) in lines {
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| format!("line {}: not JSON: {e}", i + 1))?;
-                let obj = v
-                    .as_object()
-                    .ok_or_else(|| format!("line {}: not a JSON object", i + 1))?;
-                let mut cells = Vec::with_capacity(columns.len());
-                for (c, name) in columns.iter().enumerate() {
-                    let cell = match obj.get(*name) {
-                        Some(serde_json::Value::String(s)) => s.clone(),
-                        Some(serde_json::Value::Number(n)) => n.to_string(),
-                        None | Some(serde_json::Value::Null) if c >= required => String::new(),
-                        None => return Err(format!("line {}: no {name:?}", i + 1)),
-                        Some(other) => {
-                            return Err(format!(
-                                "line {}: {name:?} is {other}, not a string or number",
-                                i + 1
-                            ));
-                        }
-                    };
-                    cells.push(cell);
-                }
-                out.push((i + 1, cells));
-            }
-        }
+        out.push((line_no, cells));
     }
     Ok(out)
 }

@@ -222,52 +222,73 @@ impl RemoteCustomers {
         self.cache.peek(key).map(|e| e.row)
     }
 
-    /// Puts a service's answer into the cache: one line per key, `id,plan,signup_country,
-    /// profiles` for a row, the bare `id` for a negative answer. Strings are interned by
-    /// `intern`. Lines before a malformed one are kept; the error names the line.
+    /// Puts a service's answer into the cache: one CSV record (RFC 4180) per key,
+    /// `id,plan,signup_country,profiles` for a row, the bare `id` for a negative answer. An
+    /// empty cell is no value (`profiles` is a number from 0 to 65535). Strings are interned
+    /// by `intern`. Records before a malformed one are kept; the error names its line.
     pub fn answer(
         &mut self,
         body: &str,
         mut intern: impl FnMut(&str) -> Sym,
     ) -> Result<usize, String> {
         let now = self.clock();
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(body.as_bytes());
+        let mut record = csv::StringRecord::new();
         let mut n = 0;
-        for (i, line) in body.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
+        let result = loop {
+            match reader.read_record(&mut record) {
+                Ok(false) => break Ok(n),
+                Ok(true) => {}
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| p.line());
+                    break Err(format!("answer line {line}: not CSV: {e}"));
+                }
             }
-            let bad = || {
+            let line = record.position().map_or(0, |p| p.line());
+            let bad = |why: &str| {
+                let text: Vec<&str> = record.iter().collect();
                 format!(
-                    "answer line {}: {line:?} is not `id` or `id,plan,signup_country,profiles`",
-                    i + 1
+                    "answer line {line}: {:?} {why} (an answer is `id` or \
+                     `id,plan,signup_country,profiles`)",
+                    text.join(",")
                 )
             };
-            let mut f = line.split(',');
-            let id: u64 = f
-                .next()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(bad)?;
-            let entry = match (f.next(), f.next(), f.next(), f.next()) {
-                (None, ..) => Entry {
+            let Some(id) = record.get(0).and_then(|s| s.parse::<u64>().ok()) else {
+                break Err(bad("does not start with a customer id"));
+            };
+            let entry = match record.len() {
+                1 => Entry {
                     row: None,
                     expires_ms: now + self.spec.negative_ttl_ms,
                 },
-                (Some(plan), Some(country), Some(profiles), None) => Entry {
-                    row: Some(CustomerRow {
-                        plan: intern(plan.trim()),
-                        signup_country: intern(country.trim()),
-                        profiles: profiles.trim().parse().map_err(|_| bad())?,
-                    }),
-                    expires_ms: now + self.spec.ttl_ms,
-                },
-                _ => return Err(bad()),
+                4 => {
+                    let profiles = match &record[3] {
+                        "" => None,
+                        p => match p.parse::<u16>() {
+                            Ok(p) => Some(p),
+                            Err(_) => break Err(bad("has profiles that are not 0 to 65535")),
+                        },
+                    };
+                    Entry {
+                        row: Some(CustomerRow {
+                            plan: intern(&record[1]),
+                            signup_country: intern(&record[2]),
+                            profiles,
+                        }),
+                        expires_ms: now + self.spec.ttl_ms,
+                    }
+                }
+                _ => break Err(bad("has neither 1 nor 4 fields")),
             };
             self.cache.insert(id, entry);
             n += 1;
-        }
+        };
         self.stats.answered += n as u64;
-        Ok(n)
+        result
     }
 }
 
@@ -326,7 +347,7 @@ mod tests {
         assert_eq!(t.joined(1), None);
         assert_eq!(t.answer("1,premium,US,3\n2\n", &mut intern), Ok(2));
         let row = t.joined(1).expect("answered").expect("a row");
-        assert_eq!(row.profiles, 3);
+        assert_eq!(row.profiles, Some(3));
         assert_eq!(t.joined(2), Some(None));
         assert_eq!(t.joined(3), None);
         assert_eq!(t.stats.missing, 2);
@@ -337,7 +358,10 @@ mod tests {
         t.probe(1);
         t.probe(2);
         assert_eq!(t.wants(), (&[][..], &[1, 2][..]));
-        assert_eq!(t.joined(1).expect("stale").map(|r| r.profiles), Some(3));
+        assert_eq!(
+            t.joined(1).expect("stale").map(|r| r.profiles),
+            Some(Some(3))
+        );
         assert_eq!(t.stats.stale, 2);
     }
 
@@ -353,5 +377,32 @@ mod tests {
         assert!(t.answer("6,basic,DE\n", &mut intern).is_err());
         assert!(t.answer("7,basic,DE,1,extra\n", &mut intern).is_err());
         assert!(t.answer("8,basic,DE,many\n", &mut intern).is_err());
+        assert!(t.answer("9,basic,DE,70000\n", &mut intern).is_err());
+    }
+
+    /// Answers are CSV: quoted cells keep their commas and lose their quotes, and an empty
+    /// cell is no value.
+    #[test]
+    fn answers_are_csv_records() {
+        let mut t = RemoteCustomers::new(spec(64, 1000));
+        let mut m: HashMap<String, Sym> = HashMap::new();
+        let mut names = Vec::new();
+        let mut intern = |s: &str| {
+            let n = m.len() as u32;
+            *m.entry(s.to_owned()).or_insert_with(|| {
+                names.push(s.to_owned());
+                Sym(n)
+            })
+        };
+        let body = "1,\"premium, family\",\"US\",3\r\n2,basic,DE,\n3, ads , ,300\n";
+        assert_eq!(t.answer(body, &mut intern), Ok(3));
+        let row = |t: &RemoteCustomers, k| t.peek(k).expect("answered").expect("a row");
+        let (one, two, three) = (row(&t, 1), row(&t, 2), row(&t, 3));
+        assert_eq!(names[one.plan.index()], "premium, family");
+        assert_eq!(names[one.signup_country.index()], "US");
+        assert_eq!(two.profiles, None);
+        assert_eq!(names[three.plan.index()], "ads");
+        assert_eq!(names[three.signup_country.index()], "");
+        assert_eq!(three.profiles, Some(300));
     }
 }

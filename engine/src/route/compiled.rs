@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use hashbrown::HashMap;
 
 use super::strtab::{RowCache, StrTable};
-use super::{Ctx, Expr, Field, Lit, RouteSet, Value};
+use super::{Ctx, Expr, Field, Lit, Op, RouteSet, Value};
 use crate::enrich::{Enriched, Sym, Tables};
 
 /// How an event's row in a slot is found.
@@ -657,7 +657,6 @@ impl Matcher {
             Kind::Str { literals, table } => {
                 let s = match slot.field {
                     Field::EventType => ctx.event.event_type,
-                    Field::AppVersion => ctx.event.app_version,
                     Field::DeviceId => ctx.event.device_id,
                     f => match ctx.get(f) {
                         Value::Str(s) => s,
@@ -766,9 +765,11 @@ fn eval_row(e: &Expr, slot: Option<&Slot>, row: Row) -> bool {
     match e {
         Expr::True => true,
         Expr::Exists(f) => always_there(*f) || !matches!(row, Row::Null),
+        // `!=` and `not in` negate `==` and `in`, so they hold where there is no value.
+        Expr::Cmp(_, Op::Ne, l) => !eq(l),
         Expr::Cmp(_, op, l) => cmp(l).is_some_and(|o| op.holds(o)),
         Expr::In(_, ls) => ls.iter().any(eq),
-        Expr::NotIn(_, ls) => !matches!(row, Row::Null) && !ls.iter().any(eq),
+        Expr::NotIn(_, ls) => !ls.iter().any(eq),
         Expr::Not(x) => !eval_row(x, slot, row),
         Expr::And(xs) => xs.iter().all(|x| eval_row(x, slot, row)),
         Expr::Or(xs) => xs.iter().any(|x| eval_row(x, slot, row)),

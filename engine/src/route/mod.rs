@@ -13,14 +13,24 @@
 //! ```
 //!
 //! Literals are double-quoted strings or unsigned integers, checked against the field's type
-//! when the rule compiles. Numbers compare numerically; `app_version` orders as a
-//! `major.minor.patch` version (`<`, `<=`, `>`, `>=` take only numbers and versions); strings
-//! and `client_ip` take `==`, `!=`, `in`, `not in`, and strings `starts_with`.
+//! when the rule compiles. Numbers compare numerically; strings and `client_ip` take `==`,
+//! `!=`, `in`, `not in`, and strings `starts_with` (`<`, `<=`, `>`, `>=` take only numbers
+//! and versions).
 //!
-//! A field whose enrichment row is missing (or an `app_version` that is no version, when it is
-//! ordered) satisfies no comparison: `!=` and `not in` are false on it too, `not (f == x)` is
-//! true, and `exists f` tells which. This is the plain interpreter: the compiled matcher
-//! ([`compiled`]) is tested against it.
+//! `app_version` is a version: three decimal numbers joined by dots, `MAJOR.MINOR.PATCH`,
+//! each 0 to 65535 in 1 to 5 digits ([`version_key`]). Versions compare part by part as
+//! numbers, so `"6.10.0" > "6.9.9"` and `"6.01.0" == "6.1.0"`. Every literal compared with
+//! `app_version` (by `==`, `!=`, `in`, `not in` and the orderings) must be a version, or
+//! the rule is refused. An event whose `app_version` is no version (`"6.x"`, `"6.1"`) has
+//! no version: it compares as a missing value. `starts_with` reads `app_version` as text.
+//!
+//! A missing value (an enrichment row that is not there, an empty cell, an `app_version`
+//! that is no version) equals no literal: `==`, `in`, `starts_with` and the orderings are
+//! false on it, and `!=` and `not in`, their negations, are true. `not` is plain negation,
+//! so `f != x` and `not (f == x)` are one condition. `exists f` tells whether the value is
+//! there; to leave missing rows out, say so: `exists customer.plan and customer.plan !=
+//! "basic"`. This is the plain interpreter: the compiled matcher ([`compiled`]) is tested
+//! against it.
 //!
 //! Sampling keeps a match when the SplitMix64 finalizer of `event_id ^ FNV-1a(rule name)`,
 //! modulo 1,000,000, is below `sample · 1,000,000`: the decision depends only on the event
@@ -196,9 +206,10 @@ where
             Field::DeviceOs => text(r.device.map(|d| d.os)),
             Field::CustomerPlan => text(r.customer.map(|c| c.plan)),
             Field::CustomerSignupCountry => text(r.customer.map(|c| c.signup_country)),
-            Field::CustomerProfiles => r
-                .customer
-                .map_or(Value::Null, |c| Value::U64(u64::from(c.profiles))),
+            Field::CustomerProfiles => match r.customer.and_then(|c| c.profiles) {
+                Some(p) => Value::U64(u64::from(p)),
+                None => Value::Null,
+            },
         }
     }
 }
@@ -264,7 +275,7 @@ pub enum Expr {
     True,
     Cmp(Field, Op, Lit),
     In(Field, Vec<Lit>),
-    /// The field has a value and it is none of these.
+    /// Not [`Expr::In`]: the field is missing or its value is none of these.
     NotIn(Field, Vec<Lit>),
     StartsWith(Field, String),
     /// The field has a value (its enrichment row is there).
@@ -350,26 +361,26 @@ fn compare(v: Value<'_>, lit: &Lit) -> Option<std::cmp::Ordering> {
     }
 }
 
+/// Whether `v` equals one of `lits` (never, when it is missing).
+fn is_in(v: Value<'_>, lits: &[Lit]) -> bool {
+    lits.iter()
+        .any(|l| compare(v, l) == Some(std::cmp::Ordering::Equal))
+}
+
 impl Expr {
     /// Whether the condition holds for `ctx`.
     pub fn eval(&self, ctx: &Ctx<'_, '_>) -> bool {
         match self {
             Expr::True => true,
+            // `!=` and `not in` are the negations of `==` and `in`: true on a missing value.
+            Expr::Cmp(field, Op::Ne, lit) => {
+                compare(ctx.get(*field), lit) != Some(std::cmp::Ordering::Equal)
+            }
             Expr::Cmp(field, op, lit) => {
                 compare(ctx.get(*field), lit).is_some_and(|ord| op.holds(ord))
             }
-            Expr::In(field, lits) => {
-                let v = ctx.get(*field);
-                lits.iter()
-                    .any(|l| compare(v, l) == Some(std::cmp::Ordering::Equal))
-            }
-            Expr::NotIn(field, lits) => {
-                let v = ctx.get(*field);
-                v != Value::Null
-                    && lits
-                        .iter()
-                        .all(|l| compare(v, l).is_some_and(|o| o != std::cmp::Ordering::Equal))
-            }
+            Expr::In(field, lits) => is_in(ctx.get(*field), lits),
+            Expr::NotIn(field, lits) => !is_in(ctx.get(*field), lits),
             Expr::StartsWith(field, p) => {
                 matches!(ctx.get(*field), Value::Str(v) if v.starts_with(p.as_str()))
             }
@@ -773,7 +784,7 @@ impl Parser {
                         field.kind()
                     )));
                 }
-                let lit = self.literal(field, op)?;
+                let lit = self.literal(field)?;
                 Ok(Expr::Cmp(field, op, lit))
             }
             Some(Tok::Ident(w)) if w == "in" => Ok(Expr::In(field, self.list(field)?)),
@@ -809,7 +820,7 @@ impl Parser {
         }
         let mut lits = Vec::new();
         loop {
-            lits.push(self.literal(field, Op::Eq)?);
+            lits.push(self.literal(field)?);
             match self.next() {
                 Some(Tok::Comma) => {}
                 Some(Tok::RBracket) => return Ok(lits),
@@ -818,17 +829,15 @@ impl Parser {
         }
     }
 
-    fn literal(&mut self, field: Field, op: Op) -> Result<Lit, ParseError> {
+    fn literal(&mut self, field: Field) -> Result<Lit, ParseError> {
         let tok = self.next();
         let bad = |p: &Self, why: String| Err(p.error_at_last(why));
         match (tok, field) {
             (Some(Tok::Num(n)), f) if f.is_numeric() => Ok(Lit::U64(n)),
-            (Some(Tok::Str(s)), Field::AppVersion) if !matches!(op, Op::Eq | Op::Ne) => {
-                match version_key(&s) {
-                    Some(k) => Ok(Lit::Version(k, s)),
-                    None => bad(self, format!("{s:?} is not a major.minor.patch version")),
-                }
-            }
+            (Some(Tok::Str(s)), Field::AppVersion) => match version_key(&s) {
+                Some(k) => Ok(Lit::Version(k, s)),
+                None => bad(self, format!("{s:?} is not a major.minor.patch version")),
+            },
             (Some(Tok::Str(s)), Field::ClientIp) => match s.parse() {
                 Ok(ip) => Ok(Lit::Ip(ip)),
                 Err(_) => bad(self, format!("{s:?} is not an IP address")),
@@ -868,6 +877,12 @@ mod tests {
             ("event_type = \"a\"", 11, "did you mean `==`"),
             ("geo.asn == \"x\"", 11, "does not fit `geo.asn`"),
             ("app_version >= \"6.x\"", 15, "not a major.minor.patch"),
+            ("app_version == \"6.1\"", 15, "not a major.minor.patch"),
+            (
+                "app_version not in [\"6.1.0\", \"7\"]",
+                29,
+                "not a major.minor.patch",
+            ),
             (
                 "event_type in [\"a\"",
                 18,
