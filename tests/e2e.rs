@@ -566,7 +566,7 @@ fn tables_reload_when_their_files_change() {
     std::fs::write(dir.join("device.csv"), devices("web") + "501,Acme,x\n").unwrap();
     let reply = http_post(admin, "/reload");
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
-    assert!(reply.contains("device.csv: line 502"), "{reply}");
+    assert!(reply.contains("device.csv:502: 3 fields"), "{reply}");
     send("2");
     std::fs::write(dir.join("device.csv"), devices("web")).unwrap();
     let reply = http_post(admin, "/reload");
@@ -799,5 +799,175 @@ fn the_demo_cleans_up_unless_told_to_keep_its_segments() {
     assert!(text.contains("(kept)"), "{text}");
     let records = stream_records(&kept, "playback");
     assert!(!records.is_empty(), "the kept segments hold records");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads one frame (header, then the rest of its total_len) from `s`; `None` at the end.
+fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = [0u8; FRAME_HEADER_BYTES];
+    match s.read(&mut head[..1]) {
+        Ok(0) | Err(_) => return None,
+        Ok(_) => {}
+    }
+    s.read_exact(&mut head[1..]).expect("a whole header");
+    let len = u32::from_le_bytes(head[24..28].try_into().unwrap()) as usize;
+    let mut frame = head.to_vec();
+    frame.resize(len, 0);
+    s.read_exact(&mut frame[FRAME_HEADER_BYTES..])
+        .expect("a whole frame");
+    Some(frame)
+}
+
+fn read_ack(s: &mut TcpStream) -> Ack {
+    Ack::decode(&read_frame(s).expect("an ack")).expect("an ack frame")
+}
+
+fn refused(ack: &Ack) -> (u64, u32, &'static str) {
+    assert_eq!(ack.status, AckStatus::Rejected, "{ack:?}");
+    let name = sluice_protocol::Error::name_of_code(ack.error).expect("an error code");
+    (ack.seq, ack.partition, name)
+}
+
+fn reason_total(metrics: &str, family: &str, reason: &str) -> u64 {
+    let label = format!("reason=\"{reason}\"}}");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(&label))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// What PROTOCOL.md §6-§8 promise for frames the engine refuses: every ack echoes the
+/// frame's seq and partition; header errors are answered, then the connection is closed;
+/// errors past the header reject the frame and the connection reads on; a frame cut short by
+/// the client's half-close is answered `truncated`; a partition out of range, or an envelope
+/// whose partition key maps elsewhere, is `bad_partition`; and each is counted by reason.
+#[test]
+fn refused_frames_are_answered_echoed_and_counted_as_documented() {
+    use sluice_protocol::encode_hello;
+    let dir = temp_dir("refused");
+    let (config, port) = engine_config(&dir, 2, "\"every_batch\"");
+    let admin = port + 3;
+    let engine = EngineProc::start(&config, port);
+    let keys = sluice_loadgen::demo_keyring(Backend::Ring);
+    let cipher = keys.get(1).unwrap();
+    let mut generator = WorkloadGen::new(Workload::W1, 5);
+    let up = generator.next_upload(1);
+    let plaintext = sluice_protocol::event::to_rkyv_payload(&up.events);
+    let partition = partition_for(up.partition_key, 64);
+    let good = |seq: u64, partition: u32, key: u64| {
+        let mut b = FrameBuilder::new(seq, partition);
+        let h = EnvelopeHeader::new(PayloadFormat::Rkyv, 1, [seq as u8; 12], key, 1);
+        b.seal(cipher, h, &plaintext);
+        b.finish().to_vec()
+    };
+    let connect = || TcpStream::connect(engine.target()).expect("connect");
+    let closed = |s: &mut TcpStream| read_frame(s).is_none();
+
+    // The hello of §7: a whole header with magic, version, kind 3, total_len 32 and its CRC.
+    let mut s = connect();
+    s.write_all(&encode_hello()).unwrap();
+    let reply = read_frame(&mut s).unwrap();
+    assert_eq!(reply[5], 4, "a hello reply");
+    // A hello whose CRC is wrong is refused and the connection reads on.
+    let mut bad_hello = encode_hello();
+    bad_hello[28] ^= 1;
+    s.write_all(&bad_hello).unwrap();
+    assert_eq!(refused(&read_ack(&mut s)), (0, 0, "bad_crc"));
+    s.write_all(&encode_hello()).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap()[5], 4);
+    // A bare header (kind 3, every other byte 0) has no magic: answered, then closed.
+    let mut bare = [0u8; FRAME_HEADER_BYTES];
+    bare[5] = 3;
+    s.write_all(&bare).unwrap();
+    assert_eq!(refused(&read_ack(&mut s)), (0, 0, "bad_magic"));
+    assert!(closed(&mut s), "bad_magic closes the connection");
+
+    // Header errors echo seq and partition and close; bad_crc echoes and reads on.
+    let mut s = connect();
+    let mut f = good(11, partition, up.partition_key);
+    f[28] ^= 1;
+    s.write_all(&f).unwrap();
+    assert_eq!(refused(&read_ack(&mut s)), (11, partition, "bad_crc"));
+    s.write_all(&good(12, partition, up.partition_key)).unwrap();
+    let ack = read_ack(&mut s);
+    assert_eq!((ack.seq, ack.status, ack.accepted), (12, AckStatus::Ok, 1));
+    // A partition at or above the count: bad_partition, and the connection reads on.
+    s.write_all(&good(13, 64, up.partition_key)).unwrap();
+    assert_eq!(refused(&read_ack(&mut s)), (13, 64, "bad_partition"));
+    // An envelope whose key maps to another partition is dead-lettered; the batch is acked.
+    s.write_all(&good(14, (partition + 1) % 64, up.partition_key))
+        .unwrap();
+    let ack = read_ack(&mut s);
+    assert_eq!(
+        (ack.seq, ack.status, ack.accepted, ack.dead_lettered),
+        (14, AckStatus::Ok, 0, 1)
+    );
+    let mut f = good(15, partition, up.partition_key);
+    f[4] = 2;
+    s.write_all(&f).unwrap();
+    assert_eq!(refused(&read_ack(&mut s)), (15, partition, "bad_version"));
+    assert!(closed(&mut s), "bad_version closes the connection");
+    for (at, byte, want) in [(5, 2u8, "bad_kind"), (24, 40, "bad_length")] {
+        let mut s = connect();
+        let mut f = good(16, partition, up.partition_key);
+        f[at] = byte;
+        s.write_all(&f).unwrap();
+        assert_eq!(refused(&read_ack(&mut s)), (16, partition, want));
+        assert!(closed(&mut s), "{want} closes the connection");
+    }
+
+    // A frame cut short by the client's half-close is answered `truncated`, echoed.
+    let mut s = connect();
+    let f = good(17, partition, up.partition_key);
+    s.write_all(&f[..40]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(refused(&read_ack(&mut s)), (17, partition, "truncated"));
+    assert!(closed(&mut s));
+
+    // Every refused frame and closed connection is counted with its reason (metrics are
+    // published every 250 ms).
+    let want_frames = [
+        ("bad_crc", 2),
+        ("bad_magic", 1),
+        ("bad_partition", 1),
+        ("bad_version", 1),
+        ("bad_kind", 1),
+        ("bad_length", 1),
+        ("truncated", 1),
+    ];
+    let mut metrics = String::new();
+    for _ in 0..40 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        metrics = http_get(admin, "/metrics");
+        if want_frames
+            .iter()
+            .all(|(r, n)| reason_total(&metrics, "sluice_frames_rejected_total", r) == *n)
+        {
+            break;
+        }
+    }
+    for (reason, n) in want_frames {
+        assert_eq!(
+            reason_total(&metrics, "sluice_frames_rejected_total", reason),
+            n,
+            "frames rejected for {reason}"
+        );
+        let closes = if reason == "bad_crc" || reason == "bad_partition" {
+            0
+        } else {
+            n
+        };
+        assert_eq!(
+            reason_total(&metrics, "sluice_connections_closed_total", reason),
+            closes,
+            "connections closed for {reason}"
+        );
+    }
+    assert_eq!(
+        reason_total(&metrics, "sluice_dead_letters_total", "bad_partition"),
+        1
+    );
+    engine.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

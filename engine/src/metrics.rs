@@ -160,13 +160,6 @@ impl Registry {
         );
         per_shard(
             &mut o,
-            "sluice_frames_rejected_total",
-            "counter",
-            "Malformed batch frames refused whole.",
-            &|s| s.counters.frames_rejected,
-        );
-        per_shard(
-            &mut o,
             "sluice_unmatched_events_total",
             "counter",
             "Events no route matched (written to `_unmatched` when the config has it).",
@@ -333,18 +326,36 @@ impl Registry {
                 }
             }
         }
-        let _ = writeln!(
-            o,
-            "# HELP sluice_dead_letters_total Envelopes dead-lettered, per reason."
-        );
-        let _ = writeln!(o, "# TYPE sluice_dead_letters_total counter");
-        for s in &snaps {
-            for (i, reason) in Error::NAMES.iter().enumerate() {
-                let _ = writeln!(
-                    o,
-                    "sluice_dead_letters_total{{shard=\"{}\",reason=\"{reason}\"}} {}",
-                    s.shard, s.counters.dead_letters[i]
-                );
+        type ByReason = fn(&Counters) -> &[u64; Error::NAMES.len()];
+        let by_reason: [(&str, &str, ByReason); 3] = [
+            (
+                "sluice_dead_letters_total",
+                "Envelopes dead-lettered, per reason.",
+                |c| &c.dead_letters,
+            ),
+            (
+                "sluice_frames_rejected_total",
+                "Frames refused whole (acked with status 1), per reason.",
+                |c| &c.frames_rejected,
+            ),
+            (
+                "sluice_connections_closed_total",
+                "Connections the engine closed after a frame it could not read past, per reason.",
+                |c| &c.connections_closed,
+            ),
+        ];
+        for (name, help, counts) in by_reason {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} counter");
+            for s in &snaps {
+                for (i, reason) in Error::NAMES.iter().enumerate() {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{shard=\"{}\",reason=\"{reason}\"}} {}",
+                        s.shard,
+                        counts(&s.counters)[i]
+                    );
+                }
             }
         }
         type Pick = fn(&ShardSnapshot) -> &Histogram<u64>;
@@ -390,7 +401,6 @@ pub fn add_counters(into: &mut Counters, c: &Counters) {
     into.envelopes += c.envelopes;
     into.events += c.events;
     into.bytes_in += c.bytes_in;
-    into.frames_rejected += c.frames_rejected;
     into.unmatched += c.unmatched;
     for (a, b) in into.records.iter_mut().zip(&c.records) {
         *a += b;
@@ -398,7 +408,13 @@ pub fn add_counters(into: &mut Counters, c: &Counters) {
     for (a, b) in into.record_bytes.iter_mut().zip(&c.record_bytes) {
         *a += b;
     }
-    for (a, b) in into.dead_letters.iter_mut().zip(&c.dead_letters) {
-        *a += b;
+    for (into, c) in [
+        (&mut into.dead_letters, &c.dead_letters),
+        (&mut into.frames_rejected, &c.frames_rejected),
+        (&mut into.connections_closed, &c.connections_closed),
+    ] {
+        for (a, b) in into.iter_mut().zip(c) {
+            *a += b;
+        }
     }
 }

@@ -9,12 +9,13 @@
 //! written under the durability policy. Nothing here allocates per event once the output
 //! buffers have grown to their working size (see `tests/alloc.rs`).
 
-use sluice_protocol::{AlignedBuf, BatchFrame, Error, Opener, Payload, Rejected};
+use sluice_protocol::limits::ATTRS_PER_EVENT_MAX;
+use sluice_protocol::{AlignedBuf, Attrs, BatchFrame, Error, Opener, Payload, Rejected};
 
 use crate::config::Config;
 use crate::enrich::Tables;
 use crate::route::compiled::{Matcher, Matches};
-use crate::route::{Ctx, Field, RouteSet, Value};
+use crate::route::{ATTR_PREFIX, Ctx, Field, RouteSet, Value};
 use crate::sink::record::{self, Format};
 use crate::sink::segment::append_record;
 
@@ -34,23 +35,20 @@ pub const MISSING_MARK: &str = "enrich_missing";
 
 /// Encodes one projected record of the event into `s`.
 #[inline]
-fn emit(
+fn emit<'v>(
     s: &mut StreamOut,
     format: Format,
     partition: u32,
     scratch: &mut AlignedBuf,
-    ctx: &Ctx<'_, '_>,
-    fields: &[Field],
+    ctx: &Ctx<'v, '_>,
+    fields: impl Iterator<Item = (&'v str, Value<'v>)>,
 ) {
     // An event whose customer row the lookup service did not answer in time says so.
     let missing = ctx
         .enriched
         .customer_missing
         .then_some((MISSING_MARK, Value::Str("customer")));
-    let fields = fields
-        .iter()
-        .map(|f| (f.name(), ctx.get(*f)))
-        .chain(missing);
+    let fields = fields.chain(missing);
     let n = match format {
         Format::Json => append_record(&mut s.buf, partition, |b| record::json_record(b, fields)),
         Format::Rkyv => append_record(&mut s.buf, partition, |b| {
@@ -59,6 +57,27 @@ fn emit(
     };
     s.records += 1;
     s.bytes += n as u64;
+}
+
+/// An event's attributes as record fields named `attrs.KEY`, in the event's order; their
+/// names are written into `names` (a buffer kept for reuse).
+fn attr_fields<'v>(
+    names: &'v mut String,
+    attrs: Attrs<'v>,
+) -> impl Iterator<Item = (&'v str, Value<'v>)> {
+    let n = attrs.len().min(ATTRS_PER_EVENT_MAX);
+    let mut ends = [0usize; ATTRS_PER_EVENT_MAX + 1];
+    names.clear();
+    for (i, (key, _)) in attrs.iter().take(n).enumerate() {
+        names.push_str(ATTR_PREFIX);
+        names.push_str(key);
+        ends[i + 1] = names.len();
+    }
+    let names: &'v str = names;
+    (0..n).map(move |i| {
+        let (_, value) = attrs.get(i).expect("within the attributes");
+        (&names[ends[i]..ends[i + 1]], Value::Str(value))
+    })
 }
 
 /// What one batch did.
@@ -88,13 +107,29 @@ pub struct Counters {
     pub envelopes: u64,
     pub events: u64,
     pub bytes_in: u64,
-    pub frames_rejected: u64,
+    /// Frames refused whole, by [`Error::code`] of the reason.
+    pub frames_rejected: [u64; Error::NAMES.len()],
+    /// Connections closed after a frame whose error leaves the stream unreadable, by
+    /// [`Error::code`] of the reason.
+    pub connections_closed: [u64; Error::NAMES.len()],
     /// Events no rule matched.
     pub unmatched: u64,
     pub records: Vec<u64>,
     pub record_bytes: Vec<u64>,
     /// By [`Error::code`].
     pub dead_letters: [u64; Error::NAMES.len()],
+}
+
+impl Counters {
+    /// Counts a frame refused whole for `e`.
+    pub fn reject_frame(&mut self, e: &Error) {
+        self.frames_rejected[usize::from(e.code()) - 1] += 1;
+    }
+
+    /// Counts a connection closed for `e`.
+    pub fn close_connection(&mut self, e: &Error) {
+        self.connections_closed[usize::from(e.code()) - 1] += 1;
+    }
 }
 
 /// A shard's pipeline state: keys, tables, routes and output buffers.
@@ -110,6 +145,8 @@ pub struct Pipeline {
     dead_letter: usize,
     /// Serialization scratch for rkyv records.
     scratch: AlignedBuf,
+    /// The `attrs.KEY` names of an `_unmatched` record's attributes (kept for reuse).
+    attr_names: String,
     pub out: Vec<StreamOut>,
     pub counters: Counters,
 }
@@ -122,7 +159,8 @@ impl Pipeline {
         let matcher = Matcher::new(&config.routes, &tables);
         let matches = matcher.matches();
         Pipeline {
-            opener: Opener::new(config.keyring.clone(), config.limits),
+            opener: Opener::new(config.keyring.clone(), config.limits)
+                .with_partitions(config.partitions),
             matcher,
             matches,
             tables,
@@ -135,6 +173,7 @@ impl Pipeline {
                 .collect(),
             dead_letter: config.dead_letter_stream(),
             scratch: AlignedBuf::with_capacity(4096),
+            attr_names: String::with_capacity(1024),
             out: (0..streams).map(|_| StreamOut::default()).collect(),
             counters: Counters {
                 records: vec![0; streams],
@@ -264,7 +303,7 @@ impl Pipeline {
         let batch = match BatchFrame::parse(frame, self.opener.limits()) {
             Ok(b) => b,
             Err(e) => {
-                self.counters.frames_rejected += 1;
+                self.counters.reject_frame(&e);
                 return Err(StepError::Frame(e));
             }
         };
@@ -290,6 +329,7 @@ impl Pipeline {
                 matches: &mut self.matches,
                 formats: &self.formats,
                 scratch: &mut self.scratch,
+                attr_names: &mut self.attr_names,
                 out: &mut self.out,
                 counters: &mut self.counters,
                 dead_letter: self.dead_letter,
@@ -314,6 +354,7 @@ struct Parts<'p> {
     matches: &'p mut Matches,
     formats: &'p [Format],
     scratch: &'p mut AlignedBuf,
+    attr_names: &'p mut String,
     out: &'p mut [StreamOut],
     counters: &'p mut Counters,
     dead_letter: usize,
@@ -333,6 +374,7 @@ impl Parts<'_> {
             matches,
             formats,
             scratch,
+            attr_names,
             out,
             counters,
             ..
@@ -365,7 +407,7 @@ impl Parts<'_> {
                         partition,
                         scratch,
                         &ctx,
-                        &rule.fields,
+                        rule.fields.iter().map(|f| (f.name(), ctx.get(*f))),
                     );
                 }
             });
@@ -379,7 +421,10 @@ impl Parts<'_> {
                         partition,
                         scratch,
                         &ctx,
-                        &Field::ALL,
+                        Field::ALL
+                            .iter()
+                            .map(|f| (f.name(), ctx.get(*f)))
+                            .chain(attr_fields(attr_names, event.attrs)),
                     );
                 }
             }

@@ -36,9 +36,10 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement, spawn_local};
 use hdrhistogram::Histogram;
-use sluice_protocol::frame::FRAME_HEADER_BYTES;
+use sluice_protocol::frame::{FRAME_HEADER_BYTES, FrameHeader, decode_hello};
 use sluice_protocol::{
-    ALIGN, Ack, AckStatus, AlignedBuf, Error, FrameKind, HelloReply, ShardAddr, decode_frame_header,
+    ALIGN, Ack, AckStatus, AlignedBuf, Error, FrameKind, HelloReply, Limits, ShardAddr,
+    decode_frame_header,
 };
 
 use crate::config::{Config, Durability};
@@ -539,14 +540,14 @@ fn rejected(seq: u64, partition: u32, status: AckStatus, error: u16) -> Ack {
 fn take_local(
     core: &Core,
     frame: &mut [u8],
-    seq: u64,
+    (seq, partition): (u64, u32),
     reply: oneshot::Sender<Ack>,
     received: Instant,
 ) {
     let bytes = frame.len() as u64;
     core.adopt_routes();
     let result = core.pipeline.borrow_mut().step(frame);
-    queue(core, result, seq, reply, bytes, received);
+    queue(core, result, (seq, partition), reply, bytes, received);
 }
 
 /// The batches from one source (a connection, or the frames other shards forward) that take
@@ -560,7 +561,7 @@ struct Order(RefCell<Option<Done>>);
 fn take_two_pass(
     core: &Rc<Core>,
     mut frame: AlignedBuf,
-    seq: u64,
+    (seq, partition): (u64, u32),
     reply: oneshot::Sender<Ack>,
     received: Instant,
     order: &Order,
@@ -573,7 +574,7 @@ fn take_two_pass(
         let bytes = frame.len() as u64;
         core.adopt_routes();
         let result = core.step_two_pass(&mut frame, before).await;
-        queue(&core, result, seq, reply, bytes, received);
+        queue(&core, result, (seq, partition), reply, bytes, received);
         core.two_pass.set(core.two_pass.get() - 1);
         if core.stopping.get() {
             core.wake.signal(1);
@@ -587,7 +588,7 @@ fn take_two_pass(
 fn queue(
     core: &Core,
     result: Result<BatchOutcome, StepError>,
-    seq: u64,
+    (seq, partition): (u64, u32),
     reply: oneshot::Sender<Ack>,
     bytes: u64,
     received: Instant,
@@ -614,9 +615,18 @@ fn queue(
         }
         Err(e) => {
             refund(core, bytes);
-            let (partition, code) = match e {
-                StepError::Frame(e) => (0, e.code()),
-                StepError::NotOwned(p) => (p, Error::BadLength("").code()),
+            let code = match e {
+                // Counted by the pipeline.
+                StepError::Frame(e) => e.code(),
+                StepError::NotOwned(p) => {
+                    debug_assert!(false, "frames reach their owner: partition {p}");
+                    let e = Error::NoSuchPartition {
+                        partition: p,
+                        partitions: core.cfg.partitions,
+                    };
+                    core.pipeline.borrow_mut().counters.reject_frame(&e);
+                    e.code()
+                }
             };
             let _ = reply.send(rejected(seq, partition, AckStatus::Rejected, code));
         }
@@ -624,52 +634,76 @@ fn queue(
 }
 
 async fn take_forwarded(core: &Rc<Core>, mut f: Forward, order: &Order) {
-    let seq = match decode_frame_header(&f.frame, core.pipeline.borrow().limits()) {
-        Ok(h) => h.seq,
-        Err(_) => 0,
-    };
+    let id = echoed(&f.frame);
     if core.stopping.get() {
-        let _ = f.reply.send(rejected(seq, 0, AckStatus::ShuttingDown, 0));
+        let _ = f
+            .reply
+            .send(rejected(id.0, id.1, AckStatus::ShuttingDown, 0));
         return;
     }
     charge(core, f.frame.len() as u64).await;
     if core.pipeline.borrow().asks_service() {
-        take_two_pass(core, f.frame, seq, f.reply, f.received, order);
+        take_two_pass(core, f.frame, id, f.reply, f.received, order);
     } else {
-        take_local(core, &mut f.frame, seq, f.reply, f.received);
+        take_local(core, &mut f.frame, id, f.reply, f.received);
     }
 }
 
-/// Takes one whole frame from a connection's buffer and says what to reply.
-async fn take_frame(core: &Rc<Core>, frame: &mut [u8], received: Instant, order: &Order) -> Reply {
-    let limits = *core.pipeline.borrow().limits();
-    let header = match decode_frame_header(frame, &limits) {
-        Ok(h) => h,
-        Err(e) => return Reply::Now(rejected(0, 0, AckStatus::Rejected, e.code())),
-    };
-    match header.kind {
-        FrameKind::Hello => return Reply::Bytes(core.hello.clone()),
-        FrameKind::Batch => {}
-        _ => {
-            return Reply::Now(rejected(
-                header.seq,
-                header.partition,
-                AckStatus::Rejected,
-                Error::BadKind(header.kind as u8).code(),
-            ));
-        }
+/// The `seq` and `partition` fields of a frame's header as received (0 where not received),
+/// which every ack echoes.
+fn echoed(head: &[u8]) -> (u64, u32) {
+    if head.len() < FRAME_HEADER_BYTES {
+        return (0, 0);
     }
-    let (seq, partition) = (header.seq, header.partition);
-    if core.stopping.get() {
-        return Reply::Now(rejected(seq, partition, AckStatus::ShuttingDown, 0));
+    let seq = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+    let partition = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
+    (seq, partition)
+}
+
+/// Refuses a frame whole for `e` (counted), echoing its `seq` and `partition`.
+fn refuse(core: &Core, e: &Error, (seq, partition): (u64, u32)) -> Reply {
+    core.pipeline.borrow_mut().counters.reject_frame(e);
+    Reply::Now(rejected(seq, partition, AckStatus::Rejected, e.code()))
+}
+
+/// Checks the header that starts a connection's next frame. An error here leaves the stream
+/// unreadable (the frame's length cannot be trusted, or the frame is of no kind a client
+/// sends): the connection is answered and closed.
+fn stream_header(head: &[u8], limits: &Limits) -> Result<FrameHeader, Error> {
+    let h = decode_frame_header(head, limits)?;
+    match h.kind {
+        FrameKind::Batch => Ok(h),
+        FrameKind::Hello if h.len() == FRAME_HEADER_BYTES => Ok(h),
+        FrameKind::Hello => Err(Error::BadLength("a hello frame has no body")),
+        other => Err(Error::BadKind(other as u8)),
     }
-    let Some(&owner) = core.cfg.owners.get(partition as usize) else {
-        let e = Error::Oversized {
-            what: "partition",
-            len: partition as usize,
-            max: core.cfg.partitions as usize - 1,
+}
+
+/// Takes one whole frame from a connection's buffer (its header checked by
+/// [`stream_header`]) and says what to reply.
+async fn take_frame(
+    core: &Rc<Core>,
+    header: FrameHeader,
+    frame: &mut [u8],
+    received: Instant,
+    order: &Order,
+) -> Reply {
+    let id = (header.seq, header.partition);
+    if header.kind == FrameKind::Hello {
+        return match decode_hello(frame) {
+            Ok(()) => Reply::Bytes(core.hello.clone()),
+            Err(e) => refuse(core, &e, id),
         };
-        return Reply::Now(rejected(seq, partition, AckStatus::Rejected, e.code()));
+    }
+    if core.stopping.get() {
+        return Reply::Now(rejected(id.0, id.1, AckStatus::ShuttingDown, 0));
+    }
+    let Some(&owner) = core.cfg.owners.get(header.partition as usize) else {
+        let e = Error::NoSuchPartition {
+            partition: header.partition,
+            partitions: core.cfg.partitions,
+        };
+        return refuse(core, &e, id);
     };
     let (tx, done) = oneshot::channel();
     let owner = usize::from(owner);
@@ -678,9 +712,9 @@ async fn take_frame(core: &Rc<Core>, frame: &mut [u8], received: Instant, order:
         if core.pipeline.borrow().asks_service() {
             let mut copy = AlignedBuf::with_capacity(frame.len());
             copy.extend_from_slice(frame);
-            take_two_pass(core, copy, seq, tx, received, order);
+            take_two_pass(core, copy, id, tx, received, order);
         } else {
-            take_local(core, frame, seq, tx, received);
+            take_local(core, frame, id, tx, received);
         }
     } else {
         let mut copy = AlignedBuf::with_capacity(frame.len());
@@ -699,8 +733,8 @@ async fn take_frame(core: &Rc<Core>, frame: &mut [u8], received: Instant, order:
     }
     Reply::Wait {
         done,
-        seq,
-        partition,
+        seq: id.0,
+        partition: id.1,
     }
 }
 
@@ -723,13 +757,30 @@ async fn read_frames(
 ) {
     let order = Order::default();
     let cap = core.cfg.tuning.read_buffer_bytes.next_multiple_of(ALIGN);
-    let frame_max = core.cfg.tuning.frame_bytes_max;
+    let limits = *core.pipeline.borrow().limits();
     let mut buf = AlignedBuf::with_capacity(cap);
     buf.resize(cap, 0);
     let mut filled = 0;
+    // Answers `e` and hangs up: the stream cannot be read past it.
+    let close = async |e: Error, head: &[u8]| {
+        core.pipeline.borrow_mut().counters.close_connection(&e);
+        let _ = tx.send(refuse(core, &e, echoed(head))).await;
+    };
     loop {
-        let n = rd.read(&mut buf[filled..]).await;
-        let n = match n {
+        let n = match rd.read(&mut buf[filled..]).await {
+            Ok(0) if filled > 0 => {
+                // The client half-closed in the middle of a frame.
+                let needed = match decode_frame_header(&buf[..filled], &limits) {
+                    Ok(h) => h.len(),
+                    Err(_) => FRAME_HEADER_BYTES,
+                };
+                let e = Error::Truncated {
+                    needed,
+                    available: filled,
+                };
+                close(e, &buf[..filled]).await;
+                return;
+            }
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -737,24 +788,19 @@ async fn read_frames(
         let received = Instant::now();
         let mut at = 0;
         while filled - at >= FRAME_HEADER_BYTES {
-            let len =
-                u32::from_le_bytes(buf[at + 24..at + 28].try_into().expect("4 bytes")) as usize;
-            if len < FRAME_HEADER_BYTES || len > frame_max || !len.is_multiple_of(ALIGN) {
-                // The stream cannot be resynchronized: say why and hang up.
-                let code =
-                    match decode_frame_header(&buf[at..filled], core.pipeline.borrow().limits()) {
-                        Err(e) => e.code(),
-                        Ok(_) => Error::BadLength("").code(),
-                    };
-                let _ = tx
-                    .send(Reply::Now(rejected(0, 0, AckStatus::Rejected, code)))
-                    .await;
-                return;
-            }
+            let head = &buf[at..at + FRAME_HEADER_BYTES];
+            let header = match stream_header(head, &limits) {
+                Ok(h) => h,
+                Err(e) => {
+                    close(e, head).await;
+                    return;
+                }
+            };
+            let len = header.len();
             if filled - at < len {
                 break;
             }
-            let reply = take_frame(core, &mut buf[at..at + len], received, &order).await;
+            let reply = take_frame(core, header, &mut buf[at..at + len], received, &order).await;
             if tx.send(reply).await.is_err() {
                 return;
             }

@@ -344,3 +344,51 @@ fn strings_interned_after_compiling_are_matched_once_synced() {
         assert_eq!(interpreted, want, "{ip:?}");
     }
 }
+
+/// `attrs.NAME` in conditions: the compiled matcher agrees with the interpreter on events
+/// with their attributes (W1's `net`, `locale` and an empty `pad`), and a name no event has
+/// is missing: `==` false, `!=` and `not exists` true.
+#[test]
+fn attribute_conditions_agree_with_the_interpreter() {
+    use sluice_protocol::EventView;
+    use sluice_protocol::event::{access_events, to_rkyv_payload};
+    let whens = [
+        r#"attrs.net == "wifi""#,
+        r#"attrs.net in ["wifi", "cellular"] and attrs.locale != "en-US""#,
+        r#"exists attrs.nothere"#,
+        r#"attrs.nothere != "x" and not exists attrs.nothere"#,
+        r#"attrs.locale starts_with "en""#,
+        r#"attrs.net not in ["wifi"] or geo.country == "US""#,
+        r#"exists attrs.pad and attrs.pad != "x""#,
+        r#"attrs.nothere == "x""#,
+    ];
+    let set = compile(&whens.map(String::from));
+    let archive = to_rkyv_payload(&EVENTS);
+    let events = access_events(&archive).expect("valid");
+    let mut hits = vec![0usize; whens.len()];
+    for simd in Simd::available() {
+        let m = Matcher::with_simd(&set, &TABLES, simd);
+        let mut found = m.matches();
+        for e in events {
+            let v = EventView::from_archived(e);
+            let ctx = Ctx {
+                event: &v,
+                enriched: TABLES.peek(&v),
+                tables: &TABLES,
+            };
+            m.matching(&ctx, &mut found);
+            for (r, rule) in set.rules().iter().enumerate() {
+                let want = rule.expr.eval(&ctx);
+                assert_eq!(found.contains(r), want, "{simd:?}: {}", whens[r]);
+                hits[r] += usize::from(want);
+            }
+        }
+    }
+    let n = Simd::available().len() * events.len();
+    assert!(hits[0] > 0 && hits[0] < n, "net is wifi for some: {hits:?}");
+    assert_eq!(
+        (hits[2], hits[3], hits[6], hits[7]),
+        (0, n, n, 0),
+        "{hits:?}"
+    );
+}

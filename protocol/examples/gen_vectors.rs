@@ -170,6 +170,18 @@ fn invalid() -> Vec<Value> {
             ),
         ),
         (
+            "envelope whose partition key maps to partition 7 of 64, in a frame for partition 8",
+            "bad_partition",
+            {
+                let cipher = Backend::Ring.cipher(&vector_key(1));
+                let header = hdr(PayloadFormat::Rkyv, 1, 1);
+                let of_key = sluice_protocol::partition_for(header.partition_key, 64);
+                let mut b = FrameBuilder::new(7, (of_key + 1) % 64);
+                b.seal(&*cipher, header, &rk);
+                b.finish().to_vec()
+            },
+        ),
+        (
             "JSON event with a string event_id",
             "invalid_json",
             sealed_frame(

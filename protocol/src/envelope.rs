@@ -140,9 +140,10 @@ impl EnvelopeHeader {
         }
         if events > limits.events_per_envelope_max {
             return Err(Error::Oversized {
-                what: "events in envelope",
+                what: "envelope",
                 len: events,
                 max: limits.events_per_envelope_max,
+                unit: "events",
             });
         }
         Ok(format)
@@ -184,15 +185,21 @@ pub fn seal_envelope(
 #[derive(Debug)]
 pub struct EnvelopeMut<'a> {
     header: EnvelopeHeader,
+    /// The partition of the frame it came in.
+    frame_partition: u32,
     /// The whole envelope: header, ciphertext, tag, padding.
     bytes: &'a mut [u8],
 }
 
 impl<'a> EnvelopeMut<'a> {
     /// Wraps an envelope whose length the frame decoder has checked.
-    pub(crate) fn new(header: EnvelopeHeader, bytes: &'a mut [u8]) -> Self {
+    pub(crate) fn new(header: EnvelopeHeader, frame_partition: u32, bytes: &'a mut [u8]) -> Self {
         debug_assert_eq!(bytes.len(), header.envelope_len());
-        EnvelopeMut { header, bytes }
+        EnvelopeMut {
+            header,
+            frame_partition,
+            bytes,
+        }
     }
 
     pub fn header(&self) -> &EnvelopeHeader {
@@ -231,6 +238,9 @@ pub struct Rejected<'s> {
 pub struct Opener {
     keyring: Keyring,
     limits: Limits,
+    /// The partition count an envelope's partition key is mapped with, to check that it
+    /// belongs to its frame's partition (`None`: not checked).
+    partitions: Option<u32>,
     /// Holds the envelope being opened, as received; capacity `envelope_bytes_max`.
     scratch: Vec<u8>,
 }
@@ -241,8 +251,17 @@ impl Opener {
         Opener {
             keyring,
             limits,
+            partitions: None,
             scratch,
         }
+    }
+
+    /// This opener, refusing (`bad_partition`) every envelope whose partition key does not
+    /// map to its frame's partition among `partitions` ([`crate::partition_for`]).
+    pub fn with_partitions(mut self, partitions: u32) -> Self {
+        assert!(partitions > 0, "at least one partition");
+        self.partitions = Some(partitions);
+        self
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -272,13 +291,27 @@ impl Opener {
         scratch.clear();
         let reject = |error, raw: &'s Vec<u8>| Err(Rejected { error, header, raw });
 
-        let cipher = match header.check(&self.limits).and_then(|format| {
-            let cipher = self
-                .keyring
-                .get(header.key_id)
-                .ok_or(Error::UnknownKey(header.key_id))?;
-            Ok((format, cipher))
-        }) {
+        let partitions = self.partitions;
+        let frame_partition = env.frame_partition;
+        let belongs = |format| match partitions {
+            Some(n) if crate::partition_for(header.partition_key, n) != frame_partition => {
+                Err(Error::WrongPartition {
+                    of_key: crate::partition_for(header.partition_key, n),
+                    of_frame: frame_partition,
+                })
+            }
+            _ => Ok(format),
+        };
+        let cipher = match header
+            .check(&self.limits)
+            .and_then(belongs)
+            .and_then(|format| {
+                let cipher = self
+                    .keyring
+                    .get(header.key_id)
+                    .ok_or(Error::UnknownKey(header.key_id))?;
+                Ok((format, cipher))
+            }) {
             Ok(found) => found,
             Err(error) => {
                 scratch.extend_from_slice(bytes);

@@ -9,11 +9,14 @@
 pub enum Error {
     #[error("truncated: needed {needed} bytes, have {available}")]
     Truncated { needed: usize, available: usize },
-    #[error("{what} is {len} bytes, over the limit of {max}")]
+    #[error("{what}: {len} {unit}, over the limit of {max}")]
     Oversized {
+        /// What holds too many: `frame`, `envelope`, `event`, `string field`, `hello reply`.
         what: &'static str,
         len: usize,
         max: usize,
+        /// What `len` and `max` count: `bytes`, `envelopes`, `events`, `attributes`, ...
+        unit: &'static str,
     },
     #[error("bad magic {0:02x?}")]
     BadMagic([u8; 4]),
@@ -47,11 +50,17 @@ pub enum Error {
     InvalidUtf8,
     #[error("invalid JSON event: {0}")]
     InvalidJson(String),
+    /// A batch frame for a partition the engine does not have.
+    #[error("partition {partition} is not below the partition count {partitions}")]
+    NoSuchPartition { partition: u32, partitions: u32 },
+    /// An envelope whose partition key belongs to another partition than its frame's.
+    #[error("the partition key's partition is {of_key}, the frame's is {of_frame}")]
+    WrongPartition { of_key: u32, of_frame: u32 },
 }
 
 impl Error {
     /// Every error name, in code order.
-    pub const NAMES: [&'static str; 16] = [
+    pub const NAMES: [&'static str; 17] = [
         "truncated",
         "oversized",
         "bad_magic",
@@ -68,6 +77,7 @@ impl Error {
         "invalid_archive",
         "invalid_utf8",
         "invalid_json",
+        "bad_partition",
     ];
 
     /// The stable name of this kind of error.
@@ -94,6 +104,7 @@ impl Error {
             Error::InvalidArchive => 14,
             Error::InvalidUtf8 => 15,
             Error::InvalidJson(_) => 16,
+            Error::NoSuchPartition { .. } | Error::WrongPartition { .. } => 17,
         }
     }
 

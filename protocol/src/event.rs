@@ -386,9 +386,10 @@ impl<'a> Payload<'a> {
         }
         if self.len() > limits.events_per_envelope_max {
             return Err(Error::Oversized {
-                what: "events in envelope",
+                what: "envelope",
                 len: self.len(),
                 max: limits.events_per_envelope_max,
+                unit: "events",
             });
         }
         // An archived string or attribute list lies inside the plaintext, so a plaintext too
@@ -412,9 +413,10 @@ impl<'a> Payload<'a> {
 fn check_event(e: &EventView<'_>, limits: &Limits) -> Result<(), Error> {
     if e.attrs.len() > limits.attrs_per_event_max {
         return Err(Error::Oversized {
-            what: "attributes in event",
+            what: "event",
             len: e.attrs.len(),
             max: limits.attrs_per_event_max,
+            unit: "attributes",
         });
     }
     let field = |len: usize| -> Result<(), Error> {
@@ -423,6 +425,7 @@ fn check_event(e: &EventView<'_>, limits: &Limits) -> Result<(), Error> {
                 what: "string field",
                 len,
                 max: limits.field_bytes_max,
+                unit: "bytes",
             })
         } else {
             Ok(())

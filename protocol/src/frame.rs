@@ -145,6 +145,7 @@ pub fn decode_frame_header(buf: &[u8], limits: &Limits) -> Result<FrameHeader, E
             what: "frame",
             len,
             max: limits.frame_bytes_max,
+            unit: "bytes",
         });
     }
     Ok(FrameHeader {
@@ -233,9 +234,10 @@ impl<'a> BatchFrame<'a> {
         let count = header.count as usize;
         if count > limits.envelopes_per_frame_max {
             return Err(Error::Oversized {
-                what: "envelopes in frame",
+                what: "frame",
                 len: count,
                 max: limits.envelopes_per_frame_max,
+                unit: "envelopes",
             });
         }
         let mut at = FRAME_HEADER_BYTES;
@@ -253,6 +255,7 @@ impl<'a> BatchFrame<'a> {
                     what: "envelope",
                     len,
                     max: limits.envelope_bytes_max,
+                    unit: "bytes",
                 });
             }
             if at + len > frame.len() {
@@ -280,7 +283,10 @@ impl<'a> BatchFrame<'a> {
 
     /// The frame's envelopes, each ready to open in place.
     pub fn into_envelopes(self) -> Envelopes<'a> {
-        Envelopes { rest: self.body }
+        Envelopes {
+            rest: self.body,
+            partition: self.header.partition,
+        }
     }
 }
 
@@ -302,6 +308,8 @@ fn envelopes_in(frame: &[u8], limits: &Limits) -> usize {
 #[derive(Debug)]
 pub struct Envelopes<'a> {
     rest: &'a mut [u8],
+    /// The frame's partition, which each envelope's partition key must map to.
+    partition: u32,
 }
 
 impl<'a> Iterator for Envelopes<'a> {
@@ -315,7 +323,7 @@ impl<'a> Iterator for Envelopes<'a> {
         // BatchFrame::parse checked that every envelope fits.
         let (env, rest) = rest.split_at_mut(header.envelope_len());
         self.rest = rest;
-        Some(EnvelopeMut::new(header, env))
+        Some(EnvelopeMut::new(header, self.partition, env))
     }
 }
 
@@ -522,16 +530,18 @@ impl HelloReply {
         let (shards, partitions) = (h.count as usize, h.partition as usize);
         if shards > SHARDS_MAX {
             return Err(Error::Oversized {
-                what: "shards",
+                what: "hello reply",
                 len: shards,
                 max: SHARDS_MAX,
+                unit: "shards",
             });
         }
         if partitions > PARTITIONS_MAX as usize {
             return Err(Error::Oversized {
-                what: "partitions",
+                what: "hello reply",
                 len: partitions,
                 max: PARTITIONS_MAX as usize,
+                unit: "partitions",
             });
         }
         let body = shards * SHARD_ENTRY_BYTES + partitions * 2;

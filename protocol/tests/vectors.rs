@@ -65,7 +65,7 @@ fn valid_vectors_decode_and_reseal_exactly() {
             .any(|v| v["events"].as_array().unwrap().len() > 1)
     );
     for backend in Backend::available() {
-        let mut opener = Opener::new(keyring(backend), Limits::default());
+        let mut opener = Opener::new(keyring(backend), Limits::default()).with_partitions(64);
         for v in &valid {
             let name = v["name"].as_str().unwrap();
             let (key_id, key) = (v["key_id"].as_u64().unwrap() as u32, hex_of(v, "key_hex"));
@@ -152,7 +152,7 @@ fn invalid_vectors_fail_with_their_error() {
         .collect();
     let mut seen = Vec::new();
     for backend in Backend::available() {
-        let mut opener = Opener::new(keyring(backend), Limits::default());
+        let mut opener = Opener::new(keyring(backend), Limits::default()).with_partitions(64);
         for v in &invalid {
             let frame = hex_of(v, "frame_hex");
             let want = v["error"].as_str().unwrap();
@@ -180,4 +180,32 @@ fn invalid_vectors_fail_with_their_error() {
             .name(),
         "bad_magic"
     );
+}
+
+/// PROTOCOL.md §5.1: an `attrs` key given twice is kept twice, in order; any other field given
+/// twice refuses the envelope.
+#[test]
+fn json_duplicates_are_defined() {
+    let doc = br#"{"event_id":1,"ts_ms":2,"event_type":"a","app_version":"1.0.0","device_type_id":3,"device_id":"d","customer_id":4,"client_ip":"10.0.0.1","session_id":5,"attrs":{"k":"1","x":"2","k":"3"}}"#;
+    let e = one_json_event(doc);
+    let attrs: Vec<(&str, &str)> = e
+        .attrs
+        .iter()
+        .map(|a| (a.key.as_str(), a.value.as_str()))
+        .collect();
+    assert_eq!(attrs, [("k", "1"), ("x", "2"), ("k", "3")]);
+
+    let mut k = Keyring::new(Backend::Ring);
+    k.insert(1, [9; 32]).unwrap();
+    let cipher = Backend::Ring.cipher(&[9; 32]);
+    let twice = br#"{"event_id":1,"event_id":2,"ts_ms":2,"event_type":"a","app_version":"1.0.0","device_type_id":3,"device_id":"d","customer_id":4,"client_ip":"10.0.0.1","session_id":5}"#;
+    let mut b = FrameBuilder::new(0, 0);
+    b.seal(
+        &*cipher,
+        EnvelopeHeader::new(sluice_protocol::PayloadFormat::Json, 1, [0; 12], 0, 1),
+        twice,
+    );
+    let frame = b.finish().to_vec();
+    let err = decode_batch(&frame, &mut Opener::new(k, Limits::default())).unwrap_err();
+    assert_eq!(err.name(), "invalid_json", "{err}");
 }

@@ -69,6 +69,9 @@ pub enum Field {
     CustomerPlan,
     CustomerSignupCountry,
     CustomerProfiles,
+    /// A client attribute, `attrs.NAME` (the whole name is kept: see [`Field::attr`]): the
+    /// value of the event's first attribute with key `NAME`, missing when it has none.
+    Attr(&'static str),
 }
 
 impl Field {
@@ -117,11 +120,33 @@ impl Field {
             Field::CustomerPlan => "customer.plan",
             Field::CustomerSignupCountry => "customer.signup_country",
             Field::CustomerProfiles => "customer.profiles",
+            Field::Attr(name) => name,
         }
     }
 
     pub fn from_name(name: &str) -> Option<Field> {
-        Field::ALL.into_iter().find(|f| f.name() == name)
+        match name.strip_prefix(ATTR_PREFIX) {
+            Some(key) if !key.is_empty() => Some(Field::attr(name)),
+            Some(_) => None,
+            None => Field::ALL.into_iter().find(|f| f.name() == name),
+        }
+    }
+
+    /// The field `attrs.NAME` for `name` (prefix included). Each distinct name is stored once
+    /// for the life of the process, so that fields stay `Copy` and compare cheaply; configs
+    /// name a handful, and a reload that names them again stores nothing new.
+    fn attr(name: &str) -> Field {
+        static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+        let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+        let stored = match names.iter().find(|n| **n == name) {
+            Some(n) => *n,
+            None => {
+                let n: &'static str = Box::leak(name.into());
+                names.push(n);
+                n
+            }
+        };
+        Field::Attr(stored)
     }
 
     /// What kind of value the field holds, in words.
@@ -150,6 +175,12 @@ impl Field {
         )
     }
 }
+
+/// Most fields one rule projects.
+pub const FIELDS_PER_RULE_MAX: usize = 64;
+
+/// How a client attribute's field name starts.
+pub const ATTR_PREFIX: &str = "attrs.";
 
 /// A field's value in one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +241,10 @@ where
                 Some(p) => Value::U64(u64::from(p)),
                 None => Value::Null,
             },
+            Field::Attr(name) => e
+                .attrs
+                .value_of(&name[ATTR_PREFIX.len()..])
+                .map_or(Value::Null, Value::Str),
         }
     }
 }
@@ -483,6 +518,12 @@ impl RouteSet {
                     "a rule projects at least one field".into(),
                 ));
             }
+            if s.fields.len() > FIELDS_PER_RULE_MAX {
+                return Err(err(
+                    RulePart::Fields,
+                    format!("a rule projects at most {FIELDS_PER_RULE_MAX} fields"),
+                ));
+            }
             let fields = s
                 .fields
                 .iter()
@@ -734,7 +775,7 @@ impl Parser {
         match self.next() {
             Some(Tok::Ident(name)) => Field::from_name(&name).ok_or_else(|| {
                 self.error_at_last(format!(
-                    "unknown field `{name}` (known: {})",
+                    "unknown field `{name}` (known: {}, attrs.NAME)",
                     Field::ALL.map(Field::name).join(", ")
                 ))
             }),

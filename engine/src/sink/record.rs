@@ -146,8 +146,11 @@ pub struct DeadLetter {
     pub raw: Vec<u8>,
 }
 
-/// Most fields one rule projects (each field at most once).
-pub const FIELDS_PER_RECORD_MAX: usize = 19;
+/// Most fields one record holds: an `_unmatched` record's, every event field, each of the
+/// event's attributes, and the missing mark ([`crate::pipeline::MISSING_MARK`]). A rule
+/// projects fewer ([`crate::route::FIELDS_PER_RULE_MAX`]).
+pub const FIELDS_PER_RECORD_MAX: usize =
+    crate::route::Field::ALL.len() + sluice_protocol::limits::ATTRS_PER_EVENT_MAX + 1;
 
 /// Appends `s` to `out` as a JSON string.
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
@@ -246,55 +249,42 @@ pub fn rkyv_record<'v>(
 ) {
     let mut ip_text = [0u8; 48];
     let mut ip_len = 0;
-    let mut refs = [FieldRef {
-        name: "",
-        kind: KIND_NULL,
-        num: 0,
-        text: "",
-    }; FIELDS_PER_RECORD_MAX];
+    // Room for the largest record, left uninitialized: a rule's record fills a few entries,
+    // and clearing all of them for every record would cost more than writing it.
+    let mut refs =
+        [const { std::mem::MaybeUninit::<FieldRef<'_>>::uninit() }; FIELDS_PER_RECORD_MAX];
     let mut n = 0;
     let mut ip_at = None;
     for (name, v) in fields.take(FIELDS_PER_RECORD_MAX) {
-        refs[n] = match v {
-            Value::U64(num) => FieldRef {
-                name,
-                kind: KIND_U64,
-                num,
-                text: "",
-            },
-            Value::Str(text) => FieldRef {
-                name,
-                kind: KIND_STR,
-                num: 0,
-                text,
-            },
+        let (kind, num, text) = match v {
+            Value::U64(num) => (KIND_U64, num, ""),
+            Value::Str(text) => (KIND_STR, 0, text),
             Value::Ip(ip) => {
                 let mut w = &mut ip_text[..];
                 let _ = write!(w, "{ip}");
                 ip_len = 48 - w.len();
                 ip_at = Some(n);
-                FieldRef {
-                    name,
-                    kind: KIND_IP,
-                    num: 0,
-                    text: "",
-                }
+                (KIND_IP, 0, "")
             }
-            Value::Null => FieldRef {
-                name,
-                kind: KIND_NULL,
-                num: 0,
-                text: "",
-            },
+            Value::Null => (KIND_NULL, 0, ""),
         };
+        refs[n].write(FieldRef {
+            name,
+            kind,
+            num,
+            text,
+        });
         n += 1;
     }
+    // SAFETY: entries 0..n were written in the loop above.
+    let refs: &mut [FieldRef<'_>] =
+        unsafe { std::slice::from_raw_parts_mut(refs.as_mut_ptr().cast::<FieldRef<'_>>(), n) };
     if let Some(i) = ip_at {
         refs[i].text = std::str::from_utf8(&ip_text[..ip_len]).expect("an IP prints as ASCII");
     }
     scratch.clear();
     let buf = std::mem::take(scratch);
-    *scratch = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&RecordRef(&refs[..n]), buf)
+    *scratch = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&RecordRef(refs), buf)
         .expect("serializing into a growable buffer cannot fail");
     out.extend_from_slice(scratch);
 }
@@ -383,4 +373,27 @@ pub fn rkyv_dead_letter_to_json(bytes: &[u8]) -> Result<String, String> {
         "raw": base64::engine::general_purpose::STANDARD.encode(d.raw.as_slice()),
     });
     Ok(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `_unmatched` record carries every field and the missing mark: none is cut off.
+    #[test]
+    fn an_rkyv_record_holds_every_field_and_the_mark() {
+        let names: Vec<String> = (0..FIELDS_PER_RECORD_MAX)
+            .map(|i| format!("f{i}"))
+            .collect();
+        let fields = names.iter().map(|n| (n.as_str(), Value::U64(7)));
+        let mut out = Vec::new();
+        let mut scratch = rkyv::util::AlignedVec::<16>::new();
+        rkyv_record(&mut out, &mut scratch, fields);
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(&out);
+        let json: serde_json::Value =
+            serde_json::from_str(&rkyv_record_to_json(&aligned).unwrap()).unwrap();
+        assert_eq!(json.as_object().unwrap().len(), FIELDS_PER_RECORD_MAX);
+        assert_eq!(json[format!("f{}", FIELDS_PER_RECORD_MAX - 1)], 7);
+    }
 }
