@@ -134,7 +134,109 @@ fn route(c: &mut Criterion) {
             })
         });
     }
+    attr_rules(&mut group, &tables);
     group.finish();
+}
+
+/// `route/compiled/w1-archived`: the W1 set over events read from one rkyv archive as the
+/// pipeline reads them; `route/compiled/w1+attrs`: the W1 set plus 10 rules on client attributes (`attrs.net`,
+/// `attrs.locale`, alone and with event and enrichment fields), over the same kind of events
+/// read from one rkyv archive as the pipeline reads them (their padding attribute dropped, so
+/// the archive is as dense as the packed strings above).
+fn attr_rules(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    tables: &Tables,
+) {
+    let mut g = WorkloadGen::new(Workload::W1, 42);
+    let events: Vec<Event> = (0..EVENTS)
+        .map(|_| {
+            let mut e = g.next_upload(0).events.remove(0);
+            e.attrs.retain(|a| a.key != "pad");
+            e
+        })
+        .collect();
+    let archive = sluice_protocol::event::to_rkyv_payload(&events);
+    let archived = sluice_protocol::event::access_events(&archive).expect("valid");
+    let views: Vec<EventView<'_>> = archived.iter().map(EventView::from_archived).collect();
+    let enriched: Vec<Enriched> = views.iter().map(|v| tables.peek(v)).collect();
+    let w1 = route_set(100);
+    let mut sources: Vec<RuleSource> = w1
+        .rules()
+        .iter()
+        .map(|r| RuleSource {
+            name: r.name.clone(),
+            streams: vec![0],
+            when: r.expr.to_string(),
+            fields: r.fields.iter().map(|f| f.name().to_owned()).collect(),
+            sample: r.sample,
+        })
+        .collect();
+    let attr_whens = [
+        r#"attrs.net == "cellular""#,
+        r#"attrs.net in ["wifi", "ethernet"] and geo.country == "US""#,
+        r#"attrs.locale == "ja-JP""#,
+        r#"attrs.locale in ["en-US", "es-MX"] and event_type == "playback.start""#,
+        r#"attrs.net != "wifi" and device.platform == "tv""#,
+        r#"attrs.locale not in ["en-US"] and customer.plan == "premium""#,
+        r#"exists attrs.experiment"#,
+        r#"attrs.net == "cellular" and attrs.locale == "pt-BR""#,
+        r#"attrs.locale starts_with "fr""#,
+        r#"attrs.net == "ethernet" or attrs.locale == "de-DE""#,
+    ];
+    for (i, when) in attr_whens.iter().enumerate() {
+        sources.push(RuleSource {
+            name: format!("attrs{i}"),
+            streams: vec![0],
+            when: (*when).to_owned(),
+            fields: vec!["event_id".into(), "attrs.net".into(), "attrs.locale".into()],
+            sample: None,
+        });
+    }
+    let set = RouteSet::compile(&sources, None).expect("the attribute rules compile");
+    let matcher = Matcher::new(&set, tables);
+    let mut found = matcher.matches();
+    let ctx = |i: usize| Ctx {
+        event: &views[i],
+        enriched: enriched[i],
+        tables,
+    };
+    let mut attr_matches = 0usize;
+    for i in 0..EVENTS {
+        matcher.matching(&ctx(i), &mut found);
+        attr_matches += found.iter().filter(|&r| r >= w1.rules().len()).count();
+    }
+    eprintln!(
+        "route/w1+attrs: {} rules, {:.2} attribute-rule matches per event",
+        set.rules().len(),
+        attr_matches as f64 / EVENTS as f64
+    );
+    assert!(
+        attr_matches > EVENTS / 4,
+        "the attribute rules match: {attr_matches}"
+    );
+    // The W1 set alone over the same views: what reading events from the archive costs.
+    let w1_matcher = Matcher::new(&w1, tables);
+    let mut w1_found = w1_matcher.matches();
+    group.bench_function(BenchmarkId::new("compiled", "w1-archived"), |b| {
+        b.iter(|| {
+            let mut matches = 0u32;
+            for i in 0..EVENTS {
+                w1_matcher.matching(&ctx(i), &mut w1_found);
+                w1_found.for_each(|r| matches += r as u32);
+            }
+            black_box(matches)
+        })
+    });
+    group.bench_function(BenchmarkId::new("compiled", "w1+attrs"), |b| {
+        b.iter(|| {
+            let mut matches = 0u32;
+            for i in 0..EVENTS {
+                matcher.matching(&ctx(i), &mut found);
+                found.for_each(|r| matches += r as u32);
+            }
+            black_box(matches)
+        })
+    });
 }
 
 criterion_group! {

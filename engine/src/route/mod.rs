@@ -12,6 +12,11 @@
 //! op    := "==" | "!=" | ">=" | ">" | "<=" | "<"
 //! ```
 //!
+//! A field is an event field (`event_id`, `event_type`, ...), an enrichment field (`geo.*`,
+//! `device.*`, `customer.*`) or a client attribute, `attrs.NAME`: a string, the value of the
+//! event's first attribute whose key is NAME, missing when it has none. The compiled matcher
+//! reads attributes as it reads the other event strings (a probe of the slot's literals).
+//!
 //! Literals are double-quoted strings or unsigned integers, checked against the field's type
 //! when the rule compiles. Numbers compare numerically; strings and `client_ip` take `==`,
 //! `!=`, `in`, `not in`, and strings `starts_with` (`<`, `<=`, `>`, `>=` take only numbers
