@@ -111,16 +111,7 @@ fn route(c: &mut Criterion) {
             kept as f64 / EVENTS as f64,
             matcher.simd()
         );
-        group.bench_function(BenchmarkId::new("compiled", n), |b| {
-            b.iter(|| {
-                let mut matches = 0u32;
-                for i in 0..EVENTS {
-                    matcher.matching(&ctx(i), &mut found);
-                    found.for_each(|r| matches += r as u32);
-                }
-                black_box(matches)
-            })
-        });
+        bench_compiled(&mut group, BenchmarkId::new("compiled", n), &matcher, &ctx);
         group.bench_function(BenchmarkId::new("naive", n), |b| {
             b.iter(|| {
                 let mut matches = 0u32;
@@ -143,10 +134,7 @@ fn route(c: &mut Criterion) {
 /// `attrs.locale`, alone and with event and enrichment fields), over the same kind of events
 /// read from one rkyv archive as the pipeline reads them (their padding attribute dropped, so
 /// the archive is as dense as the packed strings above).
-fn attr_rules(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    tables: &Tables,
-) {
+fn attr_rules(group: &mut Group<'_>, tables: &Tables) {
     let mut g = WorkloadGen::new(Workload::W1, 42);
     let events: Vec<Event> = (0..EVENTS)
         .map(|_| {
@@ -216,18 +204,22 @@ fn attr_rules(
     );
     // The W1 set alone over the same views: what reading events from the archive costs.
     let w1_matcher = Matcher::new(&w1, tables);
-    let mut w1_found = w1_matcher.matches();
-    group.bench_function(BenchmarkId::new("compiled", "w1-archived"), |b| {
-        b.iter(|| {
-            let mut matches = 0u32;
-            for i in 0..EVENTS {
-                w1_matcher.matching(&ctx(i), &mut w1_found);
-                w1_found.for_each(|r| matches += r as u32);
-            }
-            black_box(matches)
-        })
-    });
-    group.bench_function(BenchmarkId::new("compiled", "w1+attrs"), |b| {
+    let id = |name: &str| BenchmarkId::new("compiled", name);
+    bench_compiled(group, id("w1-archived"), &w1_matcher, &ctx);
+    bench_compiled(group, id("w1+attrs"), &matcher, &ctx);
+}
+
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// Times `matcher` over the events `ctx` gives, walking each event's matches.
+fn bench_compiled<'e, 't: 'e>(
+    group: &mut Group<'_>,
+    id: BenchmarkId,
+    matcher: &Matcher,
+    ctx: &impl Fn(usize) -> Ctx<'e, 't>,
+) {
+    let mut found = matcher.matches();
+    group.bench_function(id, |b| {
         b.iter(|| {
             let mut matches = 0u32;
             for i in 0..EVENTS {

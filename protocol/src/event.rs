@@ -154,6 +154,7 @@ pub enum Attrs<'a> {
 }
 
 impl<'a> Attrs<'a> {
+    #[inline]
     pub fn len(&self) -> usize {
         match self {
             Attrs::Archived(a) => a.len(),
@@ -166,6 +167,7 @@ impl<'a> Attrs<'a> {
     }
 
     /// The attribute at `i`, as (key, value).
+    #[inline]
     pub fn get(&self, i: usize) -> Option<(&'a str, &'a str)> {
         match *self {
             Attrs::Archived(a) => a.get(i).map(|a| (a.key.as_str(), a.value.as_str())),
@@ -174,10 +176,18 @@ impl<'a> Attrs<'a> {
     }
 
     /// The value of the first attribute named `key`.
+    #[inline]
     pub fn value_of(&self, key: &str) -> Option<&'a str> {
-        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+        match *self {
+            Attrs::Archived(a) => a
+                .iter()
+                .find(|x| x.key.as_str() == key)
+                .map(|x| x.value.as_str()),
+            Attrs::Json(a) => a.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref()),
+        }
     }
 
+    #[inline]
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
         (0..self.len()).filter_map(move |i| self.get(i))
     }

@@ -658,6 +658,12 @@ impl Matcher {
                 let s = match slot.field {
                     Field::EventType => ctx.event.event_type,
                     Field::DeviceId => ctx.event.device_id,
+                    Field::Attr(name) => {
+                        match ctx.event.attrs.value_of(&name[super::ATTR_PREFIX.len()..]) {
+                            Some(s) => s,
+                            None => return literals.len() + 1,
+                        }
+                    }
                     f => match ctx.get(f) {
                         Value::Str(s) => s,
                         _ => return literals.len() + 1,
