@@ -129,7 +129,8 @@ fn valid_vectors_decode_and_reseal_exactly() {
     }
 }
 
-fn one_json_event(doc: &[u8]) -> Event {
+/// The events of a JSON document sealed alone in a frame, or the frame's error.
+fn json_events(doc: &[u8]) -> Result<Vec<Event>, sluice_protocol::Error> {
     let mut k = Keyring::new(Backend::Ring);
     k.insert(1, [9; 32]).unwrap();
     let cipher = Backend::Ring.cipher(&[9; 32]);
@@ -140,8 +141,12 @@ fn one_json_event(doc: &[u8]) -> Event {
         doc,
     );
     let frame = b.finish().to_vec();
-    let (_, mut envs) = decode_batch(&frame, &mut Opener::new(k, Limits::default())).unwrap();
-    envs.pop().unwrap().1.pop().unwrap()
+    let (_, mut envs) = decode_batch(&frame, &mut Opener::new(k, Limits::default()))?;
+    Ok(envs.pop().unwrap().1)
+}
+
+fn one_json_event(doc: &[u8]) -> Event {
+    json_events(doc).unwrap().pop().unwrap()
 }
 
 #[test]
@@ -195,17 +200,7 @@ fn json_duplicates_are_defined() {
         .collect();
     assert_eq!(attrs, [("k", "1"), ("x", "2"), ("k", "3")]);
 
-    let mut k = Keyring::new(Backend::Ring);
-    k.insert(1, [9; 32]).unwrap();
-    let cipher = Backend::Ring.cipher(&[9; 32]);
     let twice = br#"{"event_id":1,"event_id":2,"ts_ms":2,"event_type":"a","app_version":"1.0.0","device_type_id":3,"device_id":"d","customer_id":4,"client_ip":"10.0.0.1","session_id":5}"#;
-    let mut b = FrameBuilder::new(0, 0);
-    b.seal(
-        &*cipher,
-        EnvelopeHeader::new(sluice_protocol::PayloadFormat::Json, 1, [0; 12], 0, 1),
-        twice,
-    );
-    let frame = b.finish().to_vec();
-    let err = decode_batch(&frame, &mut Opener::new(k, Limits::default())).unwrap_err();
+    let err = json_events(twice).unwrap_err();
     assert_eq!(err.name(), "invalid_json", "{err}");
 }
