@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
+use crate::consts::{ADMIN_ACCEPT_POLL, ADMIN_READ_TIMEOUT};
 use crate::control::Control;
 use crate::metrics::Registry;
 
@@ -31,9 +31,9 @@ pub fn serve(
                         let _ = handle(conn, &registry, &control, &ready);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
+                        std::thread::sleep(ADMIN_ACCEPT_POLL);
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(_) => std::thread::sleep(ADMIN_ACCEPT_POLL),
                 }
             }
         })
@@ -46,7 +46,7 @@ fn handle(
     ready: &AtomicBool,
 ) -> std::io::Result<()> {
     conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.set_read_timeout(Some(ADMIN_READ_TIMEOUT))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut request = String::new();
     reader.read_line(&mut request)?;

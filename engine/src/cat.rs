@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::sink::record::{Format, rkyv_dead_letter_to_json, rkyv_record_to_json};
-use crate::sink::segment::{Kind, find_segments, read_segment};
+use crate::sink::record::{RecordFormat, rkyv_dead_letter_to_json, rkyv_record_to_json};
+use crate::sink::segment::{SegmentKind, find_segments, read_segment};
 
 /// What `cat` found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -28,13 +28,13 @@ pub fn cat(paths: &[impl AsRef<Path>], out: &mut impl Write) -> Result<CatSummar
             summary.segments += 1;
             for r in &seg.records {
                 let line = match seg.header.format {
-                    Format::Json => String::from_utf8_lossy(r.payload).into_owned(),
-                    Format::Rkyv => {
+                    RecordFormat::Json => String::from_utf8_lossy(r.payload).into_owned(),
+                    RecordFormat::Rkyv => {
                         aligned.clear();
                         aligned.extend_from_slice(r.payload);
                         let decoded = match seg.header.kind {
-                            Kind::Records => rkyv_record_to_json(&aligned),
-                            Kind::DeadLetters => rkyv_dead_letter_to_json(&aligned),
+                            SegmentKind::Records => rkyv_record_to_json(&aligned),
+                            SegmentKind::DeadLetters => rkyv_dead_letter_to_json(&aligned),
                         };
                         decoded.map_err(|e| {
                             format!("{}: record at {}: {e}", file.display(), r.offset)

@@ -22,7 +22,7 @@ use toml::Spanned;
 use crate::enrich::Tables;
 use crate::enrich::remote::RemoteSpec;
 use crate::route::{RouteSet, RulePart, RuleSource};
-use crate::sink::record::Format;
+use crate::sink::record::RecordFormat;
 
 /// The embedded default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -281,7 +281,7 @@ impl fmt::Display for Durability {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSpec {
     pub name: String,
-    pub format: Format,
+    pub format: RecordFormat,
 }
 
 /// Where the engine listens.
@@ -704,10 +704,10 @@ impl Config {
         let mut streams = Vec::new();
         let mut dead_letter = StreamSpec {
             name: DEAD_LETTER_STREAM.into(),
-            format: Format::Json,
+            format: RecordFormat::Json,
         };
         for (name, s) in &raw.streams {
-            let format = Format::from_str(&s.get_ref().format)
+            let format = RecordFormat::from_str(&s.get_ref().format)
                 .map_err(|why| lines.err(s.span(), format!("streams.{name}: {why}")))?;
             if !valid_name(name) {
                 return Err(lines.err(

@@ -16,9 +16,10 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::config::{Config, StreamSpec};
+use crate::consts::{RELOAD_POLL, RELOAD_TAKE_TIMEOUT};
 use crate::enrich::Tables;
 use crate::route::RouteSet;
 use crate::route::compiled::Matcher;
@@ -142,7 +143,7 @@ impl Control {
         };
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(update));
         self.published.store(revision, Ordering::Release);
-        let deadline = started + Duration::from_secs(10);
+        let deadline = started + RELOAD_TAKE_TIMEOUT;
         while self
             .running
             .iter()
@@ -150,10 +151,11 @@ impl Control {
         {
             if Instant::now() > deadline {
                 return Err(format!(
-                    "revision {revision} is published but not every shard took it within 10 s"
+                    "revision {revision} is published but not every shard took it within {} s",
+                    RELOAD_TAKE_TIMEOUT.as_secs()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(RELOAD_POLL);
         }
         Ok(format!(
             "revision {revision}: {rules} routes{loaded}, running on every shard after {} ms",

@@ -75,7 +75,7 @@ pub fn run(args: DemoArgs, interrupted: &'static AtomicBool) -> Result<(), Strin
                 if interrupted.load(Ordering::Relaxed) {
                     stop.store(true, Ordering::Relaxed);
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(crate::consts::SIGNAL_POLL);
             }
         })
     };

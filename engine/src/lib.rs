@@ -12,11 +12,12 @@
 
 pub mod admin;
 pub mod cat;
+pub mod commit;
 pub mod config;
+pub mod consts;
 pub mod control;
 pub mod demo;
 pub mod enrich;
-pub mod lookup;
 pub mod metrics;
 pub mod pipeline;
 pub mod route;

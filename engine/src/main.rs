@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sluice::config::Config;
@@ -119,7 +118,7 @@ fn run(source: Option<PathBuf>) -> Result<(), String> {
     let engine = Engine::start(config, source)?;
     eprintln!("sluice: ready");
     while !SIGNALLED.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(sluice::consts::SIGNAL_POLL);
         if HANGUP.swap(false, Ordering::Relaxed) {
             match engine.reload() {
                 Ok(done) => eprintln!("sluice: SIGHUP: reloaded: {done}"),

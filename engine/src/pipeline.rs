@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::enrich::Tables;
 use crate::route::compiled::{Matcher, Matches};
 use crate::route::{ATTR_PREFIX, Ctx, Field, RouteSet, Value};
-use crate::sink::record::{self, Format};
+use crate::sink::record::{self, RecordFormat};
 use crate::sink::segment::append_record;
 
 /// One stream's records since the last drain.
@@ -37,7 +37,7 @@ pub const MISSING_MARK: &str = "enrich_missing";
 #[inline]
 fn emit<'v>(
     s: &mut StreamOut,
-    format: Format,
+    format: RecordFormat,
     partition: u32,
     scratch: &mut AlignedBuf,
     ctx: &Ctx<'v, '_>,
@@ -50,8 +50,10 @@ fn emit<'v>(
         .then_some((MISSING_MARK, Value::Str("customer")));
     let fields = fields.chain(missing);
     let n = match format {
-        Format::Json => append_record(&mut s.buf, partition, |b| record::json_record(b, fields)),
-        Format::Rkyv => append_record(&mut s.buf, partition, |b| {
+        RecordFormat::Json => {
+            append_record(&mut s.buf, partition, |b| record::json_record(b, fields))
+        }
+        RecordFormat::Rkyv => append_record(&mut s.buf, partition, |b| {
             record::rkyv_record(b, scratch, fields)
         }),
     };
@@ -140,7 +142,7 @@ pub struct Pipeline {
     matcher: Matcher,
     /// The rules an event matches.
     matches: Matches,
-    formats: Vec<Format>,
+    formats: Vec<RecordFormat>,
     owned: Vec<bool>,
     dead_letter: usize,
     /// Serialization scratch for rkyv records.
@@ -199,8 +201,16 @@ impl Pipeline {
     }
 
     /// Each enrichment table's rows or cache, for `/metrics`.
-    pub fn table_stats(&self) -> [(&'static str, crate::enrich::TableStats); 3] {
-        self.tables.stats()
+    /// Figures per table; `fill_remote` adds the lookup client's figures to a remote table's.
+    pub fn table_stats(
+        &self,
+        fill_remote: impl FnOnce(&mut crate::enrich::remote::RemoteStats),
+    ) -> [(&'static str, crate::enrich::TableStats); 3] {
+        let mut tables = self.tables.stats();
+        if let Some(r) = tables.iter_mut().find_map(|(_, t)| t.remote.as_mut()) {
+            fill_remote(r);
+        }
+        tables
     }
 
     /// Whether this shard owns `partition`.
@@ -352,7 +362,7 @@ struct Parts<'p> {
     routes: &'p RouteSet,
     matcher: &'p mut Matcher,
     matches: &'p mut Matches,
-    formats: &'p [Format],
+    formats: &'p [RecordFormat],
     scratch: &'p mut AlignedBuf,
     attr_names: &'p mut String,
     out: &'p mut [StreamOut],

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use glommio::LocalExecutorBuilder;
 use sluice::enrich::remote::{RemoteSpec, RemoteStats};
-use sluice::lookup::LookupClient;
+use sluice::runtime::lookup::LookupClient;
 use sluice_loadgen::lookup::{ServiceOpts, Table, start, w1_table};
 
 fn spec(port: u16, batch_max: usize, in_flight_max: usize) -> Arc<RemoteSpec> {

@@ -3,8 +3,8 @@
 //! and closed segments end at their last record.
 
 use glommio::LocalExecutorBuilder;
-use sluice::sink::record::Format;
-use sluice::sink::segment::{Kind, append_record, find_segments, read_segment};
+use sluice::sink::record::RecordFormat;
+use sluice::sink::segment::{SegmentKind, append_record, find_segments, read_segment};
 use sluice::sink::writer::{Durable, SegmentWriter, WriterSpec, sync_round};
 
 fn spec(dir: &std::path::Path, stream: &str, prefill_bytes: u64) -> WriterSpec {
@@ -12,8 +12,8 @@ fn spec(dir: &std::path::Path, stream: &str, prefill_bytes: u64) -> WriterSpec {
         dir: dir.to_path_buf(),
         stream: stream.to_owned(),
         shard: 0,
-        kind: Kind::Records,
-        format: Format::Json,
+        kind: SegmentKind::Records,
+        format: RecordFormat::Json,
         segment_bytes_max: 1 << 20,
         prefill_bytes,
     }

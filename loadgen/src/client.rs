@@ -27,8 +27,9 @@ use serde::Serialize;
 use sluice_protocol::envelope::ENVELOPE_HEADER_BYTES;
 use sluice_protocol::frame::{ACK_FRAME_BYTES, FRAME_HEADER_BYTES};
 use sluice_protocol::{
-    Ack, AckStatus, AlignedBuf, EnvelopeHeader, FrameBuilder, HelloReply, Keyring, NONCE_BYTES,
-    PayloadFormat, TAG_BYTES, encode_hello, partition_for, reseal_frame,
+    Ack, AckStatus, AlignedBuf, EnvelopeHeader, FrameBuilder, FrameKind, FrameSplitter, HelloReply,
+    Keyring, Limits, NONCE_BYTES, PayloadFormat, Split, TAG_BYTES, encode_hello, partition_for,
+    reseal_frame,
 };
 
 use crate::workload::{Workload, WorkloadGen};
@@ -139,17 +140,54 @@ pub fn hello(target: &str) -> Result<HelloReply, String> {
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     s.write_all(&encode_hello()).map_err(|e| e.to_string())?;
-    let mut head = [0u8; FRAME_HEADER_BYTES];
-    s.read_exact(&mut head).map_err(|e| format!("hello: {e}"))?;
-    let len = u32::from_le_bytes(head[24..28].try_into().expect("4 bytes")) as usize;
-    if !(FRAME_HEADER_BYTES..=1 << 20).contains(&len) {
-        return Err(format!("hello reply of {len} bytes"));
+    let limits = Limits {
+        frame_bytes_max: HELLO_REPLY_BYTES_MAX,
+        ..Limits::default()
+    };
+    let mut split = FrameSplitter::new(limits, &[FrameKind::HelloReply]);
+    let mut buf = Vec::new();
+    loop {
+        match split.next(&buf).map_err(|e| format!("hello reply: {e}"))? {
+            Split::Frame { range, .. } => {
+                return HelloReply::decode(&buf[range]).map_err(|e| format!("hello reply: {e}"));
+            }
+            Split::Need(n) => {
+                let at = buf.len();
+                buf.resize(at + n, 0);
+                s.read_exact(&mut buf[at..])
+                    .map_err(|e| format!("hello: {e}"))?;
+                split.push(n);
+            }
+        }
     }
-    let mut frame = head.to_vec();
-    frame.resize(len, 0);
-    s.read_exact(&mut frame[FRAME_HEADER_BYTES..])
-        .map_err(|e| format!("hello: {e}"))?;
-    HelloReply::decode(&frame).map_err(|e| format!("hello reply: {e}"))
+}
+
+/// The largest hello reply a client takes (a 4,096-shard table and 65,536 owners fit).
+const HELLO_REPLY_BYTES_MAX: usize = 1 << 20;
+
+/// Reads the next ack frame from `reader` (through `buf`, which holds one) and decodes it.
+/// The outer error is the stream's: it cannot be read (or past this point) any more.
+fn read_ack(
+    reader: &mut impl Read,
+    split: &mut FrameSplitter,
+    buf: &mut [u8; ACK_FRAME_BYTES],
+) -> Result<Result<Ack, sluice_protocol::Error>, String> {
+    loop {
+        match split.next(buf).map_err(|e| e.to_string())? {
+            Split::Frame { range, .. } => {
+                let ack = Ack::decode(&buf[range]);
+                split.compact(buf);
+                return Ok(ack);
+            }
+            Split::Need(n) => {
+                let at = split.pending().end;
+                reader
+                    .read_exact(&mut buf[at..at + n])
+                    .map_err(|e| e.to_string())?;
+                split.push(n);
+            }
+        }
+    }
 }
 
 fn resolve(target: &str) -> Result<SocketAddr, String> {
@@ -574,8 +612,11 @@ fn receive_acks(
     let mut hist = histogram();
     let mut last = Instant::now();
     let mut buf = [0u8; ACK_FRAME_BYTES];
+    let mut split = FrameSplitter::new(Limits::default(), &[FrameKind::Ack]);
     while let Ok((intended, events)) = rx.recv() {
-        if reader.read_exact(&mut buf).is_err() {
+        let Ok(ack) = read_ack(&mut reader, &mut split, &mut buf) else {
+            // The connection is gone, or its stream cannot be read past: no ack comes for
+            // this batch or those behind it.
             totals
                 .failed
                 .fetch_add(u64::from(events), Ordering::Relaxed);
@@ -585,7 +626,7 @@ fn receive_acks(
                 totals.batches_failed.fetch_add(1, Ordering::Relaxed);
             }
             break;
-        }
+        };
         last = Instant::now();
         let us = last.saturating_duration_since(intended).as_micros() as u64;
         hist.saturating_record(us.max(1));
@@ -593,7 +634,7 @@ fn receive_acks(
             .lock()
             .expect("histogram")
             .saturating_record(us.max(1));
-        match Ack::decode(&buf) {
+        match ack {
             Ok(a) if a.status == AckStatus::Ok => {
                 totals.acked.fetch_add(u64::from(events), Ordering::Relaxed);
                 totals

@@ -26,7 +26,7 @@
 
 use crate::aead::{Aead, NONCE_BYTES, TAG_BYTES};
 use crate::error::Error;
-use crate::event::Payload;
+use crate::event::{Payload, PayloadFormat};
 use crate::keyring::Keyring;
 use crate::limits::Limits;
 use crate::{AlignedBuf, align_up};
@@ -35,31 +35,6 @@ use crate::{AlignedBuf, align_up};
 pub const ENVELOPE_HEADER_BYTES: usize = 32;
 /// The envelope version this crate writes and reads.
 pub const ENVELOPE_VERSION: u8 = 1;
-
-/// How an envelope's plaintext encodes its events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum PayloadFormat {
-    Rkyv = 1,
-    Json = 2,
-}
-
-impl PayloadFormat {
-    pub fn from_u8(b: u8) -> Result<Self, Error> {
-        match b {
-            1 => Ok(PayloadFormat::Rkyv),
-            2 => Ok(PayloadFormat::Json),
-            other => Err(Error::BadFormat(other)),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            PayloadFormat::Rkyv => "rkyv",
-            PayloadFormat::Json => "json",
-        }
-    }
-}
 
 /// An envelope's clear header, as on the wire. Fields are raw: [`EnvelopeHeader::check`] says
 /// whether they are acceptable.

@@ -22,9 +22,33 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::archived_str::FastStr;
-use crate::envelope::PayloadFormat;
 use crate::error::Error;
 use crate::limits::Limits;
+
+/// How an envelope's plaintext encodes its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PayloadFormat {
+    Rkyv = 1,
+    Json = 2,
+}
+
+impl PayloadFormat {
+    pub fn from_u8(b: u8) -> Result<Self, Error> {
+        match b {
+            1 => Ok(PayloadFormat::Rkyv),
+            2 => Ok(PayloadFormat::Json),
+            other => Err(Error::BadFormat(other)),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PayloadFormat::Rkyv => "rkyv",
+            PayloadFormat::Json => "json",
+        }
+    }
+}
 
 /// One client log event (WORKLOAD.md's fields).
 #[derive(

@@ -3,7 +3,8 @@
 
 use std::sync::OnceLock;
 
-use crate::frame::{HelloReply, decode_frame_header, decode_hello, frame_crc};
+use crate::frame::{FrameKind, HelloReply, decode_frame_header, decode_hello, frame_crc};
+use crate::split::{FrameSplitter, Split};
 use crate::{Ack, Backend, Keyring, Limits, Opener, decode_batch};
 
 /// The test-vector keys (`testdata/vectors.json`): key 1 is bytes 0x00..0x1f, key 2 bytes
@@ -47,4 +48,44 @@ fn run_decoders(data: &[u8]) {
     let _ = Ack::decode(data);
     let _ = decode_hello(data);
     let _ = HelloReply::decode(data);
+    check_splitter(data);
+}
+
+/// Splits `data` as a stream twice, pushed whole and pushed in uneven pieces into a buffer
+/// that is compacted between reads, and requires the same frames and the same end from both.
+fn check_splitter(data: &[u8]) {
+    const KINDS: &[FrameKind] = &[FrameKind::Batch, FrameKind::Hello, FrameKind::Ack];
+    let whole = split_all(data, data.len().max(1));
+    let pieces = split_all(data, 7);
+    assert_eq!(
+        whole, pieces,
+        "the same stream splits the same however it arrives"
+    );
+
+    /// The frames (their bytes) and the final error, reading `data` `step` bytes at a time.
+    fn split_all(data: &[u8], step: usize) -> (Vec<Vec<u8>>, Option<crate::Error>) {
+        let mut s = FrameSplitter::new(Limits::default(), KINDS);
+        let mut buf = vec![0u8; data.len()];
+        let mut frames = Vec::new();
+        for chunk in data.chunks(step) {
+            let at = s.pending().end;
+            buf[at..at + chunk.len()].copy_from_slice(chunk);
+            s.push(chunk.len());
+            loop {
+                match s.next(&buf) {
+                    Ok(Split::Frame { header, range }) => {
+                        assert_eq!(header.len(), range.len());
+                        frames.push(buf[range].to_vec());
+                    }
+                    Ok(Split::Need(n)) => {
+                        assert!(n > 0);
+                        break;
+                    }
+                    Err(e) => return (frames, Some(e)),
+                }
+            }
+            s.compact(&mut buf);
+        }
+        (frames, s.finish(&buf).err())
+    }
 }

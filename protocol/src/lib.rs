@@ -34,15 +34,14 @@ pub mod fuzzing;
 pub mod keyring;
 pub mod limits;
 pub mod sample;
+pub mod split;
 
 pub use aead::{
     Aead, Backend, BadTag, KEY_BYTES, NONCE_BYTES, RingAead, RustCryptoAead, TAG_BYTES,
 };
-pub use envelope::{
-    EnvelopeHeader, EnvelopeMut, Opened, Opener, PayloadFormat, Rejected, seal_envelope,
-};
+pub use envelope::{EnvelopeHeader, EnvelopeMut, Opened, Opener, Rejected, seal_envelope};
 pub use error::Error;
-pub use event::{Attr, Attrs, ClientIp, Event, EventView, Payload};
+pub use event::{Attr, Attrs, ClientIp, Event, EventView, Payload, PayloadFormat};
 pub use frame::{
     Ack, AckStatus, BatchFrame, FrameBuilder, FrameHeader, FrameKind, HelloReply, ShardAddr,
     decode_frame_header, encode_hello, fnv1a64, mix64, partition_for, partition_key_for_device,
@@ -50,6 +49,7 @@ pub use frame::{
 };
 pub use keyring::{KeyFileError, Keyring};
 pub use limits::Limits;
+pub use split::{FrameSplitter, Split};
 
 /// A 16-byte aligned, growable byte buffer. Frames are decoded from buffers of this alignment so
 /// that every plaintext archive is aligned where it lies.

@@ -197,8 +197,8 @@ impl Tables {
     /// a cell its column cannot hold, is refused with `FILE:LINE:` and the column's name.
     pub fn load_file(&mut self, name: &str, path: &Path) -> Result<usize, String> {
         let format = match path.extension().and_then(|e| e.to_str()) {
-            Some("csv") => Format::Csv,
-            Some("jsonl" | "json" | "ndjson") => Format::JsonLines,
+            Some("csv") => TableFormat::Csv,
+            Some("jsonl" | "json" | "ndjson") => TableFormat::JsonLines,
             _ => {
                 return Err(format!(
                     "{}: a table file is .csv or .jsonl (JSON lines)",
@@ -627,7 +627,7 @@ impl Number for u64 {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Format {
+enum TableFormat {
     Csv,
     JsonLines,
 }
@@ -640,13 +640,13 @@ type Rec = (usize, Vec<String>);
 /// CSV header. Errors start with the line they are about (`LINE: why`).
 fn records(
     text: &str,
-    format: Format,
+    format: TableFormat,
     columns: &[&str],
     required: usize,
 ) -> Result<Vec<Rec>, String> {
     match format {
-        Format::Csv => csv_records(text, columns, required),
-        Format::JsonLines => json_records(text, columns),
+        TableFormat::Csv => csv_records(text, columns, required),
+        TableFormat::JsonLines => json_records(text, columns),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Output records: how one projected event, or one dead letter, is encoded.
 //!
 //! A record is a list of named fields, encoded per stream as JSON (one object whose keys are
-//! the projected field names, in rule order) or as rkyv (an archived `Vec<Field>`, 8-byte
+//! the projected field names, in rule order) or as rkyv (an archived `Vec<RecordField>`, 8-byte
 //! aligned where it lies in a segment). Both encoders write into caller-owned buffers; the
 //! projection path allocates nothing.
 
@@ -20,37 +20,37 @@ use crate::route::Value;
 /// How a stream's records are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum Format {
+pub enum RecordFormat {
     Rkyv = 1,
     Json = 2,
 }
 
-impl Format {
-    pub fn from_u8(b: u8) -> Option<Format> {
+impl RecordFormat {
+    pub fn from_u8(b: u8) -> Option<RecordFormat> {
         match b {
-            1 => Some(Format::Rkyv),
-            2 => Some(Format::Json),
+            1 => Some(RecordFormat::Rkyv),
+            2 => Some(RecordFormat::Json),
             _ => None,
         }
     }
 }
 
-impl FromStr for Format {
+impl FromStr for RecordFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "json" => Ok(Format::Json),
-            "rkyv" => Ok(Format::Rkyv),
+            "json" => Ok(RecordFormat::Json),
+            "rkyv" => Ok(RecordFormat::Rkyv),
             other => Err(format!("format {other:?} is not \"json\" or \"rkyv\"")),
         }
     }
 }
 
-impl fmt::Display for Format {
+impl fmt::Display for RecordFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Format::Json => "json",
-            Format::Rkyv => "rkyv",
+            RecordFormat::Json => "json",
+            RecordFormat::Rkyv => "rkyv",
         })
     }
 }
@@ -63,14 +63,14 @@ pub const KIND_IP: u8 = 3;
 
 /// One field of an rkyv record: `kind` says whether `num` or `text` holds the value.
 #[derive(Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Field {
+pub struct RecordField {
     pub name: String,
     pub kind: u8,
     pub num: u64,
     pub text: String,
 }
 
-/// The borrowed form of [`Field`], archived exactly as it is.
+/// The borrowed form of [`RecordField`], archived exactly as it is.
 #[derive(Debug, Clone, Copy)]
 pub struct FieldRef<'a> {
     pub name: &'a str,
@@ -85,11 +85,11 @@ pub struct FieldRefResolver {
 }
 
 impl Archive for FieldRef<'_> {
-    type Archived = ArchivedField;
+    type Archived = ArchivedRecordField;
     type Resolver = FieldRefResolver;
 
     fn resolve(&self, r: Self::Resolver, out: Place<Self::Archived>) {
-        rkyv::munge::munge!(let ArchivedField { name, kind, num, text } = out);
+        rkyv::munge::munge!(let ArchivedRecordField { name, kind, num, text } = out);
         ArchivedString::resolve_from_str(self.name, r.name, name);
         self.kind.resolve((), kind);
         self.num.resolve((), num);
@@ -109,11 +109,11 @@ where
     }
 }
 
-/// A borrowed record, archived exactly as `Vec<Field>`.
+/// A borrowed record, archived exactly as `Vec<RecordField>`.
 pub struct RecordRef<'a, 'b>(pub &'b [FieldRef<'a>]);
 
 impl Archive for RecordRef<'_, '_> {
-    type Archived = ArchivedVec<ArchivedField>;
+    type Archived = ArchivedVec<ArchivedRecordField>;
     type Resolver = VecResolver;
 
     fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
@@ -291,7 +291,7 @@ pub fn rkyv_record<'v>(
 
 /// An rkyv record (its bytes 16-byte aligned) as a JSON object.
 pub fn rkyv_record_to_json(bytes: &[u8]) -> Result<String, String> {
-    let fields = rkyv::access::<ArchivedVec<ArchivedField>, rkyv::rancor::Error>(bytes)
+    let fields = rkyv::access::<ArchivedVec<ArchivedRecordField>, rkyv::rancor::Error>(bytes)
         .map_err(|e| format!("invalid rkyv record: {e}"))?;
     let mut out = Vec::new();
     out.push(b'{');
@@ -316,13 +316,13 @@ pub fn rkyv_record_to_json(bytes: &[u8]) -> Result<String, String> {
 /// Appends a dead letter in `format`.
 pub fn dead_letter_record(
     out: &mut Vec<u8>,
-    format: Format,
+    format: RecordFormat,
     error: &sluice_protocol::Error,
     header: &sluice_protocol::EnvelopeHeader,
     raw: &[u8],
 ) {
     match format {
-        Format::Json => {
+        RecordFormat::Json => {
             use base64::Engine as _;
             let _ = write!(
                 out,
@@ -344,7 +344,7 @@ pub fn dead_letter_record(
                 .expect("sized above");
             out.extend_from_slice(b"\"}");
         }
-        Format::Rkyv => {
+        RecordFormat::Rkyv => {
             let d = DeadLetter {
                 reason: error.name().to_owned(),
                 code: error.code(),

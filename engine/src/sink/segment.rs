@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::record::Format;
+use super::record::RecordFormat;
 
 pub const SEGMENT_MAGIC: [u8; 4] = *b"SLSG";
 pub const SEGMENT_VERSION: u8 = 1;
@@ -30,7 +30,7 @@ pub const RECORD_BYTES_MAX: usize = 16 << 20;
 /// What a segment holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Kind {
+pub enum SegmentKind {
     Records = 1,
     DeadLetters = 2,
 }
@@ -38,8 +38,8 @@ pub enum Kind {
 /// A segment's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
-    pub kind: Kind,
-    pub format: Format,
+    pub kind: SegmentKind,
+    pub format: RecordFormat,
     pub shard: u16,
     pub seq: u32,
     pub created_ms: u64,
@@ -106,11 +106,12 @@ impl SegmentHeader {
             return Err("segment header CRC mismatch".into());
         }
         let kind = match b[5] {
-            1 => Kind::Records,
-            2 => Kind::DeadLetters,
+            1 => SegmentKind::Records,
+            2 => SegmentKind::DeadLetters,
             k => return Err(format!("unknown segment kind {k}")),
         };
-        let format = Format::from_u8(b[6]).ok_or_else(|| format!("unknown format {}", b[6]))?;
+        let format =
+            RecordFormat::from_u8(b[6]).ok_or_else(|| format!("unknown format {}", b[6]))?;
         Ok(SegmentHeader {
             kind,
             format,
@@ -258,8 +259,8 @@ mod tests {
 
     fn segment(records: &[&[u8]]) -> Vec<u8> {
         let h = SegmentHeader {
-            kind: Kind::Records,
-            format: Format::Json,
+            kind: SegmentKind::Records,
+            format: RecordFormat::Json,
             shard: 1,
             seq: 7,
             created_ms: 123,

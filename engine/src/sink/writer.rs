@@ -34,8 +34,8 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 use glommio::sync::Semaphore;
 use glommio::{Task, spawn_local};
 
-use super::record::Format;
-use super::segment::{Kind, SEGMENT_HEADER_BYTES, SegmentHeader, next_seq, segment_path};
+use super::record::RecordFormat;
+use super::segment::{SEGMENT_HEADER_BYTES, SegmentHeader, SegmentKind, next_seq, segment_path};
 
 /// The block every O_DIRECT write is aligned to.
 const BLOCK: u64 = 4096;
@@ -62,8 +62,8 @@ pub struct WriterSpec {
     pub dir: PathBuf,
     pub stream: String,
     pub shard: usize,
-    pub kind: Kind,
-    pub format: Format,
+    pub kind: SegmentKind,
+    pub format: RecordFormat,
     pub segment_bytes_max: u64,
     /// Zero-fill this far ahead of the writer; 0 syncs every file every round.
     pub prefill_bytes: u64,

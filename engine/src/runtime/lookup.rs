@@ -30,13 +30,11 @@ use glommio::net::TcpStream;
 use glommio::spawn_local;
 use hashbrown::HashMap;
 
+use crate::consts::{ANSWER_BYTES_MAX, ANSWER_HEAD_BYTES_MAX};
 use crate::enrich::remote::{RemoteSpec, RemoteStats};
 
 /// Resolves when a request is answered, has failed or is out of time.
 pub type Done = Shared<oneshot::Receiver<()>>;
-
-/// The largest answer accepted.
-const ANSWER_BYTES_MAX: usize = 16 << 20;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct ClientStats {
@@ -324,8 +322,11 @@ async fn round_trip(mut conn: TcpStream, request: &[u8]) -> Result<(TcpStream, A
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        if buf.len() > 64 << 10 {
-            return Err(Failure::Other("an answer head over 64 KiB".into()));
+        if buf.len() > ANSWER_HEAD_BYTES_MAX {
+            return Err(Failure::Other(format!(
+                "an answer head over {} KiB",
+                ANSWER_HEAD_BYTES_MAX >> 10
+            )));
         }
     };
     let head = std::str::from_utf8(&buf[..head_end])

@@ -1,0 +1,36 @@
+//! The engine's fixed ticks, timeouts and buffer sizes: the ones no config key names. Each
+//! says its unit; relations between them are checked at compile time below.
+
+use std::time::Duration;
+
+/// How long `Engine::start` waits for a shard to open its segments and listen.
+pub const SHARD_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// A shard's housekeeping tick: an idle shard takes a reload and publishes metrics at most
+/// this late.
+pub const SHARD_TICK: Duration = Duration::from_millis(10);
+/// The shortest metrics publishing interval (`metrics_interval_ms` below it is raised).
+pub const METRICS_INTERVAL_MIN: Duration = SHARD_TICK;
+/// How long a reload waits for every shard to take the new revision.
+pub const RELOAD_TAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a reload looks whether every shard took it.
+pub const RELOAD_POLL: Duration = Duration::from_millis(1);
+/// How often the main thread (signals) and the demo's watcher look for a stop.
+pub const SIGNAL_POLL: Duration = Duration::from_millis(50);
+/// How long the admin thread sleeps when no client is waiting (its listener is non-blocking,
+/// so that it sees the engine stop).
+pub const ADMIN_ACCEPT_POLL: Duration = Duration::from_millis(20);
+/// How long the admin port waits for a request's bytes.
+pub const ADMIN_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection's ack writer starts with this much room for replies (bytes); it grows when a
+/// burst of replies needs more.
+pub const REPLY_BUFFER_BYTES: usize = 64 << 10;
+/// The longest answer head a lookup service may send (bytes).
+pub const ANSWER_HEAD_BYTES_MAX: usize = 64 << 10;
+/// The largest answer a lookup service may send (bytes).
+pub const ANSWER_BYTES_MAX: usize = 16 << 20;
+
+const _: () = assert!(SHARD_TICK.as_nanos() <= METRICS_INTERVAL_MIN.as_nanos());
+const _: () = assert!(RELOAD_POLL.as_nanos() < RELOAD_TAKE_TIMEOUT.as_nanos());
+// A reload is taken on the next tick of an idle shard, far within the time it is given.
+const _: () = assert!(100 * SHARD_TICK.as_nanos() <= RELOAD_TAKE_TIMEOUT.as_nanos());
+const _: () = assert!(ANSWER_HEAD_BYTES_MAX < ANSWER_BYTES_MAX);
