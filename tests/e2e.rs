@@ -11,14 +11,14 @@ use serde_json::{Value, json};
 use sluice_e2e::{
     EngineProc, ServiceProc, binary, cat, engine_config, loadgen, stream_records, temp_dir,
 };
-use sluice_loadgen::routes::{Facts, STREAMS, w1_routes};
-use sluice_loadgen::{Workload, WorkloadGen, tables};
 use sluice_protocol::envelope::ENVELOPE_HEADER_BYTES;
 use sluice_protocol::frame::{ACK_FRAME_BYTES, FRAME_HEADER_BYTES};
 use sluice_protocol::{
     Ack, AckStatus, AlignedBuf, Backend, ClientIp, EnvelopeHeader, FrameBuilder, PayloadFormat,
     TAG_BYTES, partition_for, reseal_frame,
 };
+use sluice_workload::routes::{Facts, STREAMS, w1_routes};
+use sluice_workload::{Workload, WorkloadGen, tables};
 
 /// The records the W1 route set (seed 1) implies for the first `n` events of a W1 generator
 /// seeded `seed`, by stream, computed from the generator, the tables and the route specs
@@ -210,7 +210,7 @@ fn corrupted_envelopes_are_dead_lettered_with_their_reasons() {
     let dir = temp_dir("dead");
     let (config, port) = engine_config(&dir, 2, "\"every_batch\"");
     let engine = EngineProc::start(&config, port);
-    let keys = sluice_loadgen::demo_keyring(Backend::Ring);
+    let keys = sluice_workload::demo_keyring(Backend::Ring);
     let mut generator = WorkloadGen::new(Workload::W1, 77);
     let up = generator.next_upload(1);
     let plaintext = sluice_protocol::event::to_rkyv_payload(&up.events);
@@ -309,7 +309,7 @@ fn a_restart_keeps_the_data_and_cat_reports_a_torn_tail() {
 #[test]
 fn bad_configs_are_refused_with_file_line_and_reason() {
     let dir = temp_dir("config");
-    let base = sluice_loadgen::fixtures::default_config();
+    let base = sluice_workload::fixtures::default_config();
     let cases: Vec<(String, &str, &str)> = vec![
         (
             base.replace("partitions = 64", "partitions = \"many\""),
@@ -849,7 +849,7 @@ fn refused_frames_are_answered_echoed_and_counted_as_documented() {
     let (config, port) = engine_config(&dir, 2, "\"every_batch\"");
     let admin = port + 3;
     let engine = EngineProc::start(&config, port);
-    let keys = sluice_loadgen::demo_keyring(Backend::Ring);
+    let keys = sluice_workload::demo_keyring(Backend::Ring);
     let cipher = keys.get(1).unwrap();
     let mut generator = WorkloadGen::new(Workload::W1, 5);
     let up = generator.next_upload(1);

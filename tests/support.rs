@@ -66,7 +66,7 @@ pub fn free_ports(n: u16) -> u16 {
 pub fn engine_config(dir: &Path, shards: usize, durability: &str) -> (PathBuf, u16) {
     let base = free_ports(shards as u16 + 2);
     let data = dir.join("data");
-    let text = sluice_loadgen::fixtures::default_config()
+    let text = sluice_workload::fixtures::default_config()
         .replace("shards = 0 # one per core", &format!("shards = {shards}"))
         .replace(
             "shared = \"127.0.0.1:7400\"",

@@ -18,8 +18,8 @@ use std::process::Command;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice::enrich::Tables;
 use sluice::enrich::mmdb::Database;
-use sluice_loadgen::{Workload, WorkloadGen};
 use sluice_protocol::{Event, EventView};
+use sluice_workload::{Workload, WorkloadGen};
 
 const EVENTS: usize = 4096;
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice::config::Config;
 use sluice::pipeline::Pipeline;
-use sluice_loadgen::Workload;
 use sluice_loadgen::client::build_pool;
+use sluice_workload::Workload;
 
 const FRAME_ENVELOPES: usize = 128;
 

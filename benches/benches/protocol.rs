@@ -9,13 +9,13 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice_loadgen::workload::W1_EVENT_BYTES;
-use sluice_loadgen::{Workload, WorkloadGen};
 use sluice_protocol::event::{access_events, to_rkyv_payload};
 use sluice_protocol::{
     AlignedBuf, Backend, BatchFrame, EnvelopeHeader, FrameBuilder, Keyring, Limits, Opener,
     PayloadFormat,
 };
+use sluice_workload::events::W1_EVENT_BYTES;
+use sluice_workload::{Workload, WorkloadGen};
 
 const KEY: [u8; 32] = [7; 32];
 const NONCE: [u8; 12] = [1; 12];

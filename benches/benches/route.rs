@@ -17,9 +17,9 @@ use sluice::config::Config;
 use sluice::enrich::{Enriched, Tables};
 use sluice::route::compiled::Matcher;
 use sluice::route::{Ctx, RouteSet, RuleSource};
-use sluice_loadgen::routes::generated_routes;
-use sluice_loadgen::{Workload, WorkloadGen};
 use sluice_protocol::{Event, EventView};
+use sluice_workload::routes::generated_routes;
+use sluice_workload::{Workload, WorkloadGen};
 
 const EVENTS: usize = 4096;
 

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::config::{Config, StreamSpec};
+use crate::config::{Config, StreamSpec, TableSpecs};
 use crate::consts::{RELOAD_POLL, RELOAD_TAKE_TIMEOUT};
 use crate::enrich::Tables;
 use crate::route::RouteSet;
@@ -44,7 +44,7 @@ pub struct Control {
     streams: Vec<StreamSpec>,
     /// The tables the shards' copies start from, to compile matchers for, their revision, and
     /// what they were loaded from.
-    tables: Mutex<(Arc<Tables>, u64, String)>,
+    tables: Mutex<(Arc<Tables>, u64, TableSpecs)>,
     /// The newest revision published.
     published: AtomicU64,
     /// The newest update (none before the first reload: the shards start from the config).
@@ -64,7 +64,7 @@ impl Control {
             tables: Mutex::new((
                 Arc::new(config.tables.clone()),
                 1,
-                config.tables_fingerprint.clone(),
+                config.tables_spec.clone(),
             )),
             published: AtomicU64::new(1),
             latest: Mutex::new(None),
@@ -118,13 +118,9 @@ impl Control {
         let started = Instant::now();
         let revision = self.published() + 1;
         let mut current = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        let new_tables = current.2 != config.tables_fingerprint;
+        let new_tables = current.2 != config.tables_spec;
         if new_tables {
-            *current = (
-                Arc::new(config.tables),
-                current.1 + 1,
-                config.tables_fingerprint,
-            );
+            *current = (Arc::new(config.tables), current.1 + 1, config.tables_spec);
         }
         let (tables, tables_revision) = (current.0.clone(), current.1);
         drop(current);

@@ -16,7 +16,6 @@ pub mod commit;
 pub mod config;
 pub mod consts;
 pub mod control;
-pub mod demo;
 pub mod enrich;
 pub mod metrics;
 pub mod pipeline;

@@ -8,8 +8,8 @@ use sluice::config::{Config, DEFAULT_CONFIG, Durability};
 fn the_embedded_default_is_what_fixtures_generate() {
     assert_eq!(
         DEFAULT_CONFIG,
-        sluice_loadgen::fixtures::default_config(),
-        "regenerate with `cargo run -p sluice-loadgen --example default_config > engine/src/default.toml`"
+        sluice_workload::fixtures::default_config(),
+        "regenerate with `cargo run -p sluice-workload --example default_config > engine/src/default.toml`"
     );
     let c = Config::embedded_default().unwrap();
     assert_eq!(c.partitions, 64);
@@ -117,7 +117,7 @@ fn csv_tables_follow_rfc_4180() {
     .unwrap();
     let c = Config::load(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let t = &c.tables;
-    let mut event = sluice_loadgen::WorkloadGen::new(sluice_loadgen::Workload::W1, 1)
+    let mut event = sluice_workload::WorkloadGen::new(sluice_workload::Workload::W1, 1)
         .next_upload(0)
         .events
         .remove(0);
@@ -178,13 +178,13 @@ fn csv_tables_follow_rfc_4180() {
 #[test]
 fn the_customer_table_can_ask_a_lookup_service() {
     let dir = std::env::temp_dir().join(format!("sluice-config-http-{}", std::process::id()));
-    sluice_loadgen::fixtures::write(sluice_loadgen::Workload::W1, 1, &dir).unwrap();
+    sluice_workload::fixtures::write(sluice_workload::Workload::W1, 1, &dir).unwrap();
     let c = Config::load(&dir.join("sluice-lookup.toml")).unwrap();
     let spec = c
         .tables
         .remote_customer()
         .expect("customer asks the service");
-    assert_eq!(spec.url, sluice_loadgen::fixtures::LOOKUP_URL);
+    assert_eq!(spec.url, sluice_workload::fixtures::LOOKUP_URL);
     assert_eq!((spec.addr.port(), spec.path.as_str()), (7480, "/lookup"));
     assert_eq!(c.tables.customer_rows(), 0);
     assert!(
@@ -269,4 +269,52 @@ fn route_errors_point_at_line_and_column() {
     .unwrap_err();
     assert_eq!((e.line, e.column), (7, 31), "{e}");
     assert!(e.reason.contains("expected a string, found 7"), "{e}");
+}
+
+/// A reload loads the tables again exactly when what they are loaded from changed: every
+/// setting of every kind, and a file's contents.
+#[test]
+fn table_specs_change_with_every_setting_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("device.csv");
+    std::fs::write(
+        &devices,
+        "device_type_id,brand,model,platform,os\n1,b,m1,tv,o\n",
+    )
+    .unwrap();
+    let spec = |tables: &str| {
+        let text = format!("[keys]\ndemo = true\n{tables}");
+        Config::parse(&text, "t.toml", dir.path())
+            .unwrap()
+            .tables_spec
+    };
+    let http = "[enrich.customer]\nkind = \"http\"\nurl = \"http://127.0.0.1:7480/lookup\"\n";
+    assert_eq!(spec(http), spec(http));
+    for key in [
+        "cache_entries",
+        "ttl_ms",
+        "negative_ttl_ms",
+        "batch_max",
+        "in_flight_max",
+        "budget_us",
+        "request_timeout_ms",
+    ] {
+        assert_ne!(spec(http), spec(&format!("{http}{key} = 7\n")), "{key}");
+    }
+    let w1 = "[enrich.geo]\nkind = \"w1\"\n";
+    assert_eq!(
+        spec(w1),
+        spec(&format!("{w1}seed = 1\n")),
+        "the default seed"
+    );
+    assert_ne!(spec(w1), spec(&format!("{w1}seed = 2\n")));
+    let file = "[enrich.device]\nkind = \"file\"\npath = \"device.csv\"\n";
+    let before = spec(file);
+    assert_eq!(before, spec(file));
+    std::fs::write(
+        &devices,
+        "device_type_id,brand,model,platform,os\n1,b,m1,tv,o\n2,b,m2,web,o\n",
+    )
+    .unwrap();
+    assert_ne!(before, spec(file), "the file changed");
 }

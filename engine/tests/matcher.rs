@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use sluice::enrich::Tables;
 use sluice::route::compiled::{Matcher, Simd};
 use sluice::route::{Ctx, Expr, Field, Lit, Op, RouteSet, RuleSource, Value, parse, version_key};
-use sluice_loadgen::{Workload, WorkloadGen};
 use sluice_protocol::Event;
+use sluice_workload::{Workload, WorkloadGen};
 
 /// The W1 tables, with geo rows that have a city for some prefixes, and for others no city,
 /// no region or no ASN (empty cells, 0): "no value" as a source gives it.
@@ -18,7 +18,7 @@ static TABLES: LazyLock<Tables> = LazyLock::new(|| {
     use std::fmt::Write as _;
     let mut t = Tables::w1(1);
     let mut csv = String::from("prefix,country,region,asn,city\n");
-    for (i, g) in sluice_loadgen::tables::geo(1).iter().enumerate() {
+    for (i, g) in sluice_workload::tables::geo(1).iter().enumerate() {
         let [a, b, c] = g.prefix;
         let city = ["", "Springfield", "Shelbyville", "Ogdenville"][i % 4];
         let region = if i % 7 == 0 { "" } else { &g.region };
@@ -284,7 +284,7 @@ proptest! {
 
 #[test]
 fn a_generated_set_of_1000_agrees_on_w1_events() {
-    let specs = sluice_loadgen::routes::generated_routes(3, 1000, 10);
+    let specs = sluice_workload::routes::generated_routes(3, 1000, 10);
     let whens: Vec<String> = specs.iter().map(|r| r.when()).collect();
     let hits = check(&compile(&whens), &EVENTS).unwrap();
     assert!(hits > 300, "the rules match something: {hits}");

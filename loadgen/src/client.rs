@@ -32,7 +32,7 @@ use sluice_protocol::{
     reseal_frame,
 };
 
-use crate::workload::{Workload, WorkloadGen};
+use sluice_workload::events::{Workload, WorkloadGen};
 
 /// How a run is driven.
 pub struct RunOpts {

@@ -75,7 +75,7 @@ pub fn load_table(path: &Path) -> Result<Table, String> {
 
 /// The W1 customer table generated from `seed`.
 pub fn w1_table(seed: u64) -> Table {
-    crate::tables::customers(seed)
+    sluice_workload::tables::customers(seed)
         .into_iter()
         .map(|c| {
             let id = c.customer_id.to_string();

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sluice_loadgen::Workload;
 use sluice_loadgen::client::{RunOpts, run};
 use sluice_protocol::{Backend, Keyring};
+use sluice_workload::Workload;
 
 #[derive(Parser)]
 #[command(name = "loadgen", version, about = "sluice's load generator")]
@@ -133,7 +133,7 @@ fn go(cli: Cli) -> Result<(), String> {
             out,
             seed,
         } => {
-            sluice_loadgen::fixtures::write(workload, seed, &out)
+            sluice_workload::fixtures::write(workload, seed, &out)
                 .map_err(|e| format!("{}: {e}", out.display()))?;
             eprintln!("loadgen: wrote {workload} fixtures to {}", out.display());
             Ok(())
@@ -156,7 +156,7 @@ fn go(cli: Cli) -> Result<(), String> {
             let keys = match keys {
                 Some(p) => Keyring::load(&p, Backend::default())
                     .map_err(|e| format!("{}: {e}", p.display()))?,
-                None => sluice_loadgen::demo_keyring(Backend::default()),
+                None => sluice_workload::demo_keyring(Backend::default()),
             };
             let rate = sluice_loadgen::client::parse_rate(&rate)?;
             if batch == 0 || batch > 4096 {

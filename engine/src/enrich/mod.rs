@@ -146,7 +146,7 @@ impl Tables {
 
     pub fn load_w1_geo(&mut self, seed: u64) {
         let mut rows = HashMap::new();
-        for g in sluice_loadgen::tables::geo(seed) {
+        for g in sluice_workload::tables::geo(seed) {
             let row = GeoRow {
                 country: self.intern(g.country),
                 region: self.intern(&g.region),
@@ -160,7 +160,7 @@ impl Tables {
 
     pub fn load_w1_device(&mut self, seed: u64) {
         let mut rows = Rows::default();
-        for d in sluice_loadgen::tables::devices(seed) {
+        for d in sluice_workload::tables::devices(seed) {
             let row = DeviceRow {
                 brand: self.intern(d.brand),
                 model: self.intern(&d.model),
@@ -174,7 +174,7 @@ impl Tables {
     }
 
     pub fn load_w1_customer(&mut self, seed: u64) {
-        let customers = sluice_loadgen::tables::customers(seed);
+        let customers = sluice_workload::tables::customers(seed);
         let mut rows = Rows::default();
         rows.reserve(customers.len());
         for c in customers {

@@ -2,9 +2,9 @@
 
 use std::collections::HashSet;
 
-use sluice_loadgen::tables::{self, COUNTRIES, PLANS, PLATFORMS};
-use sluice_loadgen::{Workload, WorkloadGen};
 use sluice_protocol::ClientIp;
+use sluice_workload::tables::{self, COUNTRIES, PLANS, PLATFORMS};
+use sluice_workload::{Workload, WorkloadGen};
 
 #[test]
 fn tables_have_one_row_per_key_and_are_deterministic() {
@@ -91,7 +91,7 @@ fn tables_write_as_csv() {
 
 #[test]
 fn w1_route_set_averages_three_matches() {
-    use sluice_loadgen::routes::{FactTable, w1_routes};
+    use sluice_workload::routes::{FactTable, w1_routes};
     let routes = w1_routes(1);
     assert_eq!(routes.len(), 100);
     assert_eq!(routes.iter().filter(|r| r.sample.is_some()).count(), 10);
@@ -110,7 +110,7 @@ fn w1_route_set_averages_three_matches() {
 
 #[test]
 fn w3_route_set_averages_three_matches_over_100_streams() {
-    use sluice_loadgen::routes::{FactTable, w3_routes};
+    use sluice_workload::routes::{FactTable, w3_routes};
     let routes = w3_routes(1);
     assert_eq!(routes.len(), 10_000);
     let streams: std::collections::HashSet<&str> =

@@ -1,7 +1,7 @@
 //! The W1 enrichment tables (WORKLOAD.md), generated from a seed so that the engine's embedded
 //! default, `loadgen fixtures` and the tests all hold the same rows.
 //!
-//! - geo: one row per client /24 prefix the workload draws ([`crate::workload::ip_prefix`] of
+//! - geo: one row per client /24 prefix the workload draws ([`crate::events::ip_prefix`] of
 //!   0..100,000): country (ISO 3166 alpha-2, Zipf s=1.0 over [`COUNTRIES`], busiest first),
 //!   region (`CC-NN`), asn.
 //! - device: one row per device type 1..=500: brand, model, platform (tv, mobile, web,
@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Zipf};
 
-use crate::workload::{DEVICE_TYPES, DEVICES, IP_PREFIXES, ip_prefix};
+use crate::events::{DEVICE_TYPES, DEVICES, IP_PREFIXES, ip_prefix};
 
 /// Countries, busiest first.
 pub const COUNTRIES: [&str; 40] = [

@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 
-use sluice_loadgen::workload::{EVENT_TYPES, W1_EVENT_BYTES, W2_EVENT_BYTES_MAX, app_versions};
-use sluice_loadgen::{Upload, Workload, WorkloadGen};
 use sluice_protocol::event::to_rkyv_payload;
 use sluice_protocol::{
     Backend, EnvelopeHeader, FrameBuilder, Keyring, Limits, Opener, PayloadFormat, decode_batch,
     partition_key_for_device,
 };
+use sluice_workload::events::{EVENT_TYPES, W1_EVENT_BYTES, W2_EVENT_BYTES_MAX, app_versions};
+use sluice_workload::{Upload, Workload, WorkloadGen};
 
 const TS: u64 = 1_795_000_000_000;
 
@@ -130,24 +130,5 @@ fn uploads_seal_and_open_through_the_protocol() {
         );
         let (_, envs) = decode_batch(b.finish(), &mut opener).unwrap();
         assert_eq!(envs[0].1, u.events);
-    }
-}
-
-#[test]
-fn pool_event_ids_describe_the_pool_frames() {
-    use sluice_loadgen::client::{build_pool, pool_event_ids};
-    let keys = sluice_loadgen::demo_keyring(sluice_protocol::Backend::Ring);
-    for workload in [Workload::W1, Workload::W2] {
-        let pool = build_pool(workload, 9, 3_000, 16, 8, &keys, 1);
-        let ids = pool_event_ids(workload, 9, 3_000, 16, 8);
-        let shape: Vec<(u32, usize)> = pool
-            .iter()
-            .map(|f| (f.partition, f.events as usize))
-            .collect();
-        let want: Vec<(u32, usize)> = ids.iter().map(|(p, ids)| (*p, ids.len())).collect();
-        assert_eq!(shape, want, "{workload}");
-        let all: std::collections::HashSet<u64> =
-            ids.iter().flat_map(|f| f.1.iter().copied()).collect();
-        assert_eq!(all.len(), 3_000);
     }
 }

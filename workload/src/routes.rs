@@ -21,8 +21,8 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::events::{EVENT_TYPES, Workload, WorkloadGen, app_versions};
 use crate::tables::{COUNTRIES, PLANS, PLATFORMS};
-use crate::workload::{EVENT_TYPES, Workload, WorkloadGen, app_versions};
 
 /// The W1 output streams.
 pub const STREAMS: [&str; 10] = [

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use sluice::config::Config;
 use sluice::pipeline::Pipeline;
-use sluice_loadgen::Workload;
 use sluice_loadgen::client::build_pool;
+use sluice_workload::Workload;
 
 struct Counting;
 

@@ -1,4 +1,8 @@
-//! The `sluice` command: run, check, cat, demo.
+//! The `sluice` command: run, check, cat, demo. The engine is the `sluice` library; this
+//! package adds the command line and the demo, which drives the engine with the load
+//! generator (so the library itself does not link the generator).
+
+mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,7 +37,7 @@ enum Command {
         paths: Vec<PathBuf>,
     },
     /// Run the engine on its embedded default and drive it with the load generator.
-    Demo(sluice::demo::DemoArgs),
+    Demo(demo::DemoArgs),
 }
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
@@ -90,7 +94,7 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => {
             install_signal_handlers();
-            sluice::demo::run(args, &SIGNALLED)
+            demo::run(args, &SIGNALLED)
         }
     };
     match result {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sluice_loadgen::Workload;
 use sluice_loadgen::client::{RunOpts, run as run_loadgen};
 use sluice_protocol::Error;
+use sluice_workload::Workload;
 
-use crate::config::Config;
-use crate::runtime::Engine;
+use sluice::config::Config;
+use sluice::runtime::Engine;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -75,7 +75,7 @@ pub fn run(args: DemoArgs, interrupted: &'static AtomicBool) -> Result<(), Strin
                 if interrupted.load(Ordering::Relaxed) {
                     stop.store(true, Ordering::Relaxed);
                 }
-                std::thread::sleep(crate::consts::SIGNAL_POLL);
+                std::thread::sleep(sluice::consts::SIGNAL_POLL);
             }
         })
     };

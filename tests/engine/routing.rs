@@ -7,7 +7,7 @@ use sluice::config::Config;
 use sluice::pipeline::Pipeline;
 use sluice::route::{Ctx, parse};
 use sluice_loadgen::client::build_pool;
-use sluice_loadgen::{Workload, WorkloadGen};
+use sluice_workload::{Workload, WorkloadGen};
 
 const CONFIG: &str = r#"
 [keys]

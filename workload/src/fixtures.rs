@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
+use crate::events::Workload;
 use crate::routes::{STREAMS, W3_STREAMS, generated_streams, routes_toml, w1_routes, w3_routes};
-use crate::workload::Workload;
 
 /// The seed of the embedded default's tables and route set.
 pub const DEFAULT_SEED: u64 = 1;

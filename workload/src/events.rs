@@ -3,7 +3,7 @@
 //! Every random choice comes from one ChaCha8 stream seeded by the caller, whose output is fixed
 //! across platforms and versions, and from distributions (`rand_distr`'s Zipf and log-normal)
 //! pinned by the lock file; those use the platform's `ln`/`exp`/`powf`, so bytes are pinned per
-//! platform (`tests/workload.rs` pins them for x86_64 Linux). The wall clock enters only through
+//! platform (`tests/events.rs` pins them for x86_64 Linux). The wall clock enters only through
 //! the `ts_ms` the caller passes, so a test that passes a fixed clock gets the same bytes every
 //! time.
 //!

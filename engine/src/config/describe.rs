@@ -1,0 +1,79 @@
+//! What a config compiled to, in words: `sluice check` prints it.
+
+use std::fmt::Write as _;
+
+use super::Config;
+
+impl Config {
+    /// What the config compiled to, for `sluice check`.
+    pub fn describe(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "config: {}", self.source);
+        let _ = writeln!(o, "shards: {} on cores {:?}", self.shards, self.cores);
+        let _ = writeln!(o, "partitions: {}", self.partitions);
+        for s in 0..self.shards {
+            let owned: Vec<usize> = (0..self.owners.len())
+                .filter(|p| usize::from(self.owners[*p]) == s)
+                .collect();
+            let _ = writeln!(
+                o,
+                "  shard {s}: {} partitions, port {}",
+                owned.len(),
+                self.shard_addr(s)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "listen: shared {}, admin http://{}",
+            self.listen.shared, self.listen.admin
+        );
+        let _ = writeln!(
+            o,
+            "keys: {} (ids {:?}), aead {}",
+            self.keyring.len(),
+            self.keyring.ids(),
+            self.keyring.backend()
+        );
+        let _ = writeln!(o, "enrich: {}", self.tables_source,);
+        let _ = writeln!(
+            o,
+            "sinks: {} segments up to {} bytes, zero-filled {} bytes ahead, durability {}",
+            self.sinks.dir.display(),
+            self.sinks.segment_bytes_max,
+            self.sinks.prefill_bytes,
+            self.sinks.durability
+        );
+        let _ = writeln!(o, "streams: {}", self.streams.len());
+        for (i, s) in self.streams.iter().enumerate() {
+            let rules = self
+                .routes
+                .rules()
+                .iter()
+                .filter(|r| r.streams.contains(&i))
+                .count();
+            let what = if self.routes.unmatched() == Some(i) {
+                "events no route matches".to_owned()
+            } else {
+                format!("{rules} routes")
+            };
+            let _ = writeln!(o, "  {} ({}): {what}", s.name, s.format);
+        }
+        let _ = writeln!(o, "routes: {}", self.routes.rules().len());
+        for r in self.routes.rules() {
+            let _ = writeln!(
+                o,
+                "  {} -> {}: {}; fields {}{}",
+                r.name,
+                r.streams
+                    .iter()
+                    .map(|&i| self.streams[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.expr,
+                r.fields.len(),
+                r.sample.map_or(String::new(), |s| format!("; sample {s}"))
+            );
+        }
+        o
+    }
+}

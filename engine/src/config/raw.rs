@@ -1,0 +1,218 @@
+//! The TOML file as serde reads it, and every default in one place. Nothing here is checked:
+//! the section functions beside it check and compile.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use sluice_protocol::limits::FRAME_BYTES_MAX;
+use toml::Spanned;
+
+/// Partitions, unless `engine.partitions` says.
+pub const PARTITIONS: u32 = 64;
+/// The AEAD backend, unless `engine.aead` says.
+pub const AEAD: &str = "auto";
+pub const LISTEN_SHARED: &str = "127.0.0.1:7400";
+pub const SHARD_PORT_BASE: u16 = 7401;
+pub const LISTEN_ADMIN: &str = "127.0.0.1:9180";
+/// The seed of a `w1` table, unless set.
+pub const TABLE_SEED: u64 = 1;
+/// Entries of a shard's geo cache in front of a MaxMind database, unless set.
+pub const MMDB_CACHE_ENTRIES: usize = 65_536;
+pub const SINKS_DIR: &str = "./sluice-data";
+pub const SEGMENT_BYTES_MAX: u64 = 256 << 20;
+/// `durability = "interval"` without a figure.
+pub const INTERVAL_US: u64 = 1000;
+pub const PREFILL_BYTES: u64 = 8 << 20;
+/// A stream's record format, unless set.
+pub const STREAM_FORMAT: &str = "json";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub engine: RawEngine,
+    #[serde(default)]
+    pub shard: ShardTuning,
+    #[serde(default)]
+    pub listen: RawListen,
+    #[serde(default)]
+    pub keys: RawKeys,
+    /// `[enrich.geo]`, `[enrich.device]`, `[enrich.customer]`.
+    #[serde(default)]
+    pub enrich: BTreeMap<String, Spanned<RawTable>>,
+    #[serde(default)]
+    pub sinks: RawSinks,
+    #[serde(default)]
+    pub streams: BTreeMap<String, Spanned<RawStream>>,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEngine {
+    /// 0: one per core.
+    pub shards: usize,
+    /// Core of each shard; empty: shard i on the i-th core.
+    pub cores: Vec<usize>,
+    pub partitions: u32,
+    /// Owner shard of each partition; empty: round robin.
+    pub owners: Spanned<Vec<u16>>,
+    /// `auto`, `vaes`, `ring` or `aes-gcm`.
+    pub aead: Spanned<String>,
+}
+
+impl Default for RawEngine {
+    fn default() -> Self {
+        RawEngine {
+            shards: 0,
+            cores: Vec::new(),
+            partitions: PARTITIONS,
+            owners: Spanned::new(0..0, Vec::new()),
+            aead: Spanned::new(0..0, AEAD.into()),
+        }
+    }
+}
+
+/// Per-shard tuning: every buffer, queue and budget a shard holds (`[shard]`, read as is).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardTuning {
+    /// Bytes of batch frames a shard holds between reading them and acking them. When full,
+    /// the shard stops reading its sockets.
+    pub inflight_bytes_max: usize,
+    /// Largest batch frame taken; larger frames are refused and the connection closed.
+    pub frame_bytes_max: usize,
+    /// Receive buffer per connection (at least `frame_bytes_max`).
+    pub read_buffer_bytes: usize,
+    /// Batches one connection may have unacked before the shard stops reading it.
+    pub connection_batches_max: usize,
+    /// Frames queued from one shard to another.
+    pub forward_frames_max: usize,
+    /// Output bytes buffered per shard before a commit starts at once.
+    pub commit_bytes_max: usize,
+    /// glommio's io_uring registered memory per shard.
+    pub io_memory_bytes: usize,
+    /// How often a shard publishes its metrics for the admin endpoint.
+    pub metrics_interval_ms: u64,
+}
+
+impl Default for ShardTuning {
+    fn default() -> Self {
+        ShardTuning {
+            inflight_bytes_max: 64 << 20,
+            frame_bytes_max: FRAME_BYTES_MAX,
+            read_buffer_bytes: FRAME_BYTES_MAX + (256 << 10),
+            connection_batches_max: 1024,
+            forward_frames_max: 64,
+            commit_bytes_max: 8 << 20,
+            io_memory_bytes: 10 << 20,
+            metrics_interval_ms: 250,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListen {
+    pub shared: Spanned<String>,
+    pub shard_port_base: u16,
+    pub admin: Spanned<String>,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            shared: Spanned::new(0..0, LISTEN_SHARED.into()),
+            shard_port_base: SHARD_PORT_BASE,
+            admin: Spanned::new(0..0, LISTEN_ADMIN.into()),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKeys {
+    /// Use the public demo keys (ids 1..=8).
+    pub demo: bool,
+    /// A key file: one `ID KEY` per line, KEY in hex or base64.
+    pub file: Option<Spanned<PathBuf>>,
+}
+
+/// One enrichment table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTable {
+    /// `w1` (generated from `seed`), `file` (CSV or JSON lines at `path`), `mmdb` (geo
+    /// only: a MaxMind database at `path`) or `http` (customer only: a lookup service at
+    /// `url`).
+    pub kind: Spanned<String>,
+    pub path: Option<Spanned<PathBuf>>,
+    #[serde(default = "table_seed")]
+    pub seed: u64,
+    /// `mmdb`, `http`: entries of each shard's cache.
+    pub cache_entries: Option<Spanned<usize>>,
+    /// `http`: the service, and how a shard uses it (see `enrich::remote::RemoteSpec`).
+    pub url: Option<Spanned<String>>,
+    pub ttl_ms: Option<Spanned<u64>>,
+    pub negative_ttl_ms: Option<Spanned<u64>>,
+    pub batch_max: Option<Spanned<usize>>,
+    pub in_flight_max: Option<Spanned<usize>>,
+    pub budget_us: Option<Spanned<u64>>,
+    pub request_timeout_ms: Option<Spanned<u64>>,
+}
+
+fn table_seed() -> u64 {
+    TABLE_SEED
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSinks {
+    pub dir: PathBuf,
+    pub segment_bytes_max: u64,
+    pub durability: Spanned<RawDurability>,
+    /// How far ahead of the writer each segment is zero-filled.
+    pub prefill_bytes: u64,
+}
+
+impl Default for RawSinks {
+    fn default() -> Self {
+        RawSinks {
+            dir: PathBuf::from(SINKS_DIR),
+            segment_bytes_max: SEGMENT_BYTES_MAX,
+            durability: Spanned::new(0..0, RawDurability::Named("interval".into())),
+            prefill_bytes: PREFILL_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawDurability {
+    Named(String),
+    Interval { interval_us: u64 },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    #[serde(default = "stream_format")]
+    pub format: String,
+}
+
+fn stream_format() -> String {
+    STREAM_FORMAT.into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Spanned<String>,
+    pub to: Spanned<Vec<String>>,
+    pub when: Spanned<String>,
+    pub fields: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub sample: Option<Spanned<f64>>,
+}
