@@ -1,0 +1,211 @@
+//! The fields a rule reads, their values, and an event's context (the event and its
+//! enrichment rows) that yields them.
+
+use std::net::IpAddr;
+
+use sluice_protocol::EventView;
+
+use crate::enrich::{Enriched, Sym, Tables};
+
+/// A field of an enriched event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    EventId,
+    TsMs,
+    EventType,
+    AppVersion,
+    DeviceTypeId,
+    DeviceId,
+    CustomerId,
+    ClientIp,
+    SessionId,
+    GeoCountry,
+    GeoRegion,
+    GeoCity,
+    GeoAsn,
+    DeviceBrand,
+    DeviceModel,
+    DevicePlatform,
+    DeviceOs,
+    CustomerPlan,
+    CustomerSignupCountry,
+    CustomerProfiles,
+    /// A client attribute, `attrs.NAME` (the whole name is kept: see [`Field::attr`]): the
+    /// value of the event's first attribute with key `NAME`, missing when it has none.
+    Attr(&'static str),
+}
+
+impl Field {
+    pub const ALL: [Field; 20] = [
+        Field::EventId,
+        Field::TsMs,
+        Field::EventType,
+        Field::AppVersion,
+        Field::DeviceTypeId,
+        Field::DeviceId,
+        Field::CustomerId,
+        Field::ClientIp,
+        Field::SessionId,
+        Field::GeoCountry,
+        Field::GeoRegion,
+        Field::GeoCity,
+        Field::GeoAsn,
+        Field::DeviceBrand,
+        Field::DeviceModel,
+        Field::DevicePlatform,
+        Field::DeviceOs,
+        Field::CustomerPlan,
+        Field::CustomerSignupCountry,
+        Field::CustomerProfiles,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::EventId => "event_id",
+            Field::TsMs => "ts_ms",
+            Field::EventType => "event_type",
+            Field::AppVersion => "app_version",
+            Field::DeviceTypeId => "device_type_id",
+            Field::DeviceId => "device_id",
+            Field::CustomerId => "customer_id",
+            Field::ClientIp => "client_ip",
+            Field::SessionId => "session_id",
+            Field::GeoCountry => "geo.country",
+            Field::GeoRegion => "geo.region",
+            Field::GeoCity => "geo.city",
+            Field::GeoAsn => "geo.asn",
+            Field::DeviceBrand => "device.brand",
+            Field::DeviceModel => "device.model",
+            Field::DevicePlatform => "device.platform",
+            Field::DeviceOs => "device.os",
+            Field::CustomerPlan => "customer.plan",
+            Field::CustomerSignupCountry => "customer.signup_country",
+            Field::CustomerProfiles => "customer.profiles",
+            Field::Attr(name) => name,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Field> {
+        match name.strip_prefix(ATTR_PREFIX) {
+            Some(key) if !key.is_empty() => Some(Field::attr(name)),
+            Some(_) => None,
+            None => Field::ALL.into_iter().find(|f| f.name() == name),
+        }
+    }
+
+    /// The field `attrs.NAME` for `name` (prefix included). Each distinct name is stored once
+    /// for the life of the process, so that fields stay `Copy` and compare cheaply; configs
+    /// name a handful, and a reload that names them again stores nothing new.
+    pub(super) fn attr(name: &str) -> Field {
+        static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+        let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+        let stored = match names.iter().find(|n| **n == name) {
+            Some(n) => *n,
+            None => {
+                let n: &'static str = Box::leak(name.into());
+                names.push(n);
+                n
+            }
+        };
+        Field::Attr(stored)
+    }
+
+    /// What kind of value the field holds, in words.
+    pub fn kind(self) -> &'static str {
+        if self.is_numeric() {
+            "number"
+        } else if self == Field::ClientIp {
+            "IP address"
+        } else if self == Field::AppVersion {
+            "version string"
+        } else {
+            "string"
+        }
+    }
+
+    pub fn is_numeric(self) -> bool {
+        matches!(
+            self,
+            Field::EventId
+                | Field::TsMs
+                | Field::DeviceTypeId
+                | Field::CustomerId
+                | Field::SessionId
+                | Field::GeoAsn
+                | Field::CustomerProfiles
+        )
+    }
+}
+
+/// Most fields one rule projects.
+pub const FIELDS_PER_RULE_MAX: usize = 64;
+
+/// How a client attribute's field name starts.
+pub const ATTR_PREFIX: &str = "attrs.";
+
+/// A field's value in one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    U64(u64),
+    Str(&'a str),
+    Ip(IpAddr),
+    /// The enrichment row is missing.
+    Null,
+}
+
+/// One event with the rows it joined to: what rules read.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'e, 't> {
+    pub event: &'e EventView<'e>,
+    pub enriched: Enriched,
+    pub tables: &'t Tables,
+}
+
+impl<'e, 't> Ctx<'e, 't>
+where
+    't: 'e,
+{
+    #[inline]
+    pub fn get(&self, f: Field) -> Value<'e> {
+        let e = self.event;
+        let t = self.tables;
+        let r = &self.enriched;
+        // A missing row, or the empty string (a source without the value), is no value.
+        let text = |s: Option<Sym>| match s {
+            Some(s) if s != Sym::NONE => Value::Str(t.str(s)),
+            _ => Value::Null,
+        };
+        match f {
+            Field::EventId => Value::U64(e.event_id),
+            Field::TsMs => Value::U64(e.ts_ms),
+            Field::EventType => Value::Str(e.event_type),
+            Field::AppVersion => Value::Str(e.app_version),
+            Field::DeviceTypeId => Value::U64(u64::from(e.device_type_id)),
+            Field::DeviceId => Value::Str(e.device_id),
+            Field::CustomerId => Value::U64(e.customer_id),
+            Field::ClientIp => Value::Ip(e.client_ip),
+            Field::SessionId => Value::U64(e.session_id),
+            Field::GeoCountry => text(r.geo.map(|g| g.country)),
+            Field::GeoRegion => text(r.geo.map(|g| g.region)),
+            Field::GeoCity => text(r.geo.map(|g| g.city)),
+            Field::GeoAsn => match r.geo {
+                Some(g) if g.asn != 0 => Value::U64(u64::from(g.asn)),
+                _ => Value::Null,
+            },
+            Field::DeviceBrand => text(r.device.map(|d| d.brand)),
+            Field::DeviceModel => text(r.device.map(|d| d.model)),
+            Field::DevicePlatform => text(r.device.map(|d| d.platform)),
+            Field::DeviceOs => text(r.device.map(|d| d.os)),
+            Field::CustomerPlan => text(r.customer.map(|c| c.plan)),
+            Field::CustomerSignupCountry => text(r.customer.map(|c| c.signup_country)),
+            Field::CustomerProfiles => match r.customer.and_then(|c| c.profiles) {
+                Some(p) => Value::U64(u64::from(p)),
+                None => Value::Null,
+            },
+            Field::Attr(name) => e
+                .attrs
+                .value_of(&name[ATTR_PREFIX.len()..])
+                .map_or(Value::Null, Value::Str),
+        }
+    }
+}
