@@ -55,11 +55,28 @@ run, label, rate, out, cores = sys.argv[1:]
 r = json.load(open(f"{run}/report.json"))
 l = r["latency_us"]
 seconds = re.findall(r"p99\s+(\d+) µs", open(f"{run}/loadgen.log").read())
-m = {}
+# The engine's latency histograms (seconds, cumulative buckets): p50 and p99 per shard in µs,
+# interpolated within the bucket as Prometheus' histogram_quantile does.
+buckets = {}
 for line in open(f"{run}/metrics.txt"):
-    x = re.match(r'sluice_(batch|write|sync)_latency_us\{shard="(\d+)",quantile="(0\.5|0\.99)"\} (\d+)', line)
+    x = re.match(r'sluice_(batch|write|sync)_latency_seconds_bucket\{shard="(\d+)",le="([^"]+)"\} (\d+)', line)
     if x:
-        m.setdefault(x[1], []).append(f"shard {x[2]} p{ {'0.5': '50', '0.99': '99'}[x[3]] } {x[4]}")
+        buckets.setdefault((x[1], x[2]), []).append((float(x[3]), int(x[4])))
+def quantile(q, bs):
+    total = bs[-1][1]
+    if total == 0:
+        return 0
+    rank, lo, below = q * total, 0.0, 0
+    for le, n in bs:
+        if n >= rank:
+            if le == float("inf"):
+                return round(lo * 1e6)
+            return round((lo + (le - lo) * (rank - below) / max(n - below, 1)) * 1e6)
+        lo, below = le, n
+    return round(lo * 1e6)
+m = {}
+for (k, shard), bs in sorted(buckets.items()):
+    m.setdefault(k, []).append(f"shard {shard} p50 {quantile(0.5, bs)} p99 {quantile(0.99, bs)}")
 print(f"{label}: rate {rate}: {r['events_per_sec']:.0f} events/s acked, {r['events_failed']} failed; "
       f"ack latency µs p50 {l['p50']} p90 {l['p90']} p99 {l['p99']} p999 {l['p999']}")
 print(f"  p99 per second (µs): {' '.join(seconds)}")

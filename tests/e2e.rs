@@ -137,12 +137,14 @@ fn w1_events_are_acked_and_segments_hold_exactly_the_routed_records() {
         let metrics = http_get(admin, "/metrics");
         events_in = metrics
             .lines()
-            .filter(|l| l.starts_with("sluice_events_in_total{"))
+            .filter(|l| l.starts_with("sluice_events_total{"))
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum();
         if events_in == EVENTS as u64 {
-            assert!(metrics.contains("sluice_records_out_total{shard=\"0\",stream=\"playback\"}"));
-            assert!(metrics.contains("sluice_batch_latency_us{shard=\"1\",quantile=\"0.99\"}"));
+            assert!(metrics.contains("sluice_records_total{shard=\"0\",stream=\"playback\"}"));
+            assert!(
+                metrics.contains("sluice_batch_latency_seconds_bucket{shard=\"1\",le=\"0.001\"}")
+            );
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -745,7 +747,7 @@ fn a_slow_failing_lookup_service_never_stalls_or_misleads() {
     assert_eq!(sum("sluice_enrich_missing_total"), marked, "{metrics}");
     assert!(sum("sluice_enrich_requests_total") > 0);
     assert!(sum("sluice_enrich_failures_total") > 0, "{metrics}");
-    assert_eq!(sum("sluice_enrich_inflight"), 0);
+    assert_eq!(sum("sluice_enrich_requests_in_flight"), 0);
     let (hits, misses) = (
         sum("sluice_enrich_cache_hits_total"),
         sum("sluice_enrich_cache_misses_total"),

@@ -1,6 +1,10 @@
 //! Metrics: each shard keeps its own counters and latency histogram and publishes a snapshot
 //! every `metrics_interval_ms` into its own slot; the admin endpoint reads the slots. Nothing
 //! on the data path touches a lock or a shared atomic.
+//!
+//! What `GET /metrics` serves is the table [`FAMILIES`]: each family's name, type, help and
+//! where its samples come from. Names follow the Prometheus conventions: base units
+//! (`_seconds`, `_bytes`), `_total` last on counters, one histogram per latency.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -115,285 +119,324 @@ impl Registry {
         (c, fwd, h)
     }
 
-    /// The Prometheus text exposition of every shard's metrics.
+    /// The Prometheus text exposition of every shard's metrics: every family of [`FAMILIES`].
     pub fn render(&self) -> String {
         let snaps = self.snapshots();
         let mut o = String::new();
-        let per_shard = |o: &mut String,
-                         name: &str,
-                         kind: &str,
-                         help: &str,
-                         f: &dyn Fn(&ShardSnapshot) -> u64| {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} {kind}");
-            for s in &snaps {
-                let _ = writeln!(o, "{name}{{shard=\"{}\"}} {}", s.shard, f(s));
-            }
-        };
-        per_shard(
-            &mut o,
-            "sluice_batches_total",
-            "counter",
-            "Batch frames taken.",
-            &|s| s.counters.batches,
-        );
-        per_shard(
-            &mut o,
-            "sluice_envelopes_total",
-            "counter",
-            "Envelopes taken.",
-            &|s| s.counters.envelopes,
-        );
-        per_shard(
-            &mut o,
-            "sluice_events_in_total",
-            "counter",
-            "Events decrypted and validated.",
-            &|s| s.counters.events,
-        );
-        per_shard(
-            &mut o,
-            "sluice_bytes_in_total",
-            "counter",
-            "Batch frame bytes taken.",
-            &|s| s.counters.bytes_in,
-        );
-        per_shard(
-            &mut o,
-            "sluice_unmatched_events_total",
-            "counter",
-            "Events no route matched (written to `_unmatched` when the config has it).",
-            &|s| s.counters.unmatched,
-        );
-        per_shard(
-            &mut o,
-            "sluice_frames_forwarded_total",
-            "counter",
-            "Batch frames sent to their owner shard.",
-            &|s| s.forwarded_out,
-        );
-        per_shard(
-            &mut o,
-            "sluice_frames_forwarded_in_total",
-            "counter",
-            "Batch frames taken from other shards.",
-            &|s| s.forwarded_in,
-        );
-        per_shard(
-            &mut o,
-            "sluice_connections",
-            "gauge",
-            "Open client connections.",
-            &|s| s.connections,
-        );
-        per_shard(
-            &mut o,
-            "sluice_inflight_bytes",
-            "gauge",
-            "Batch bytes read but not yet acked.",
-            &|s| s.inflight_bytes,
-        );
-        per_shard(
-            &mut o,
-            "sluice_commits_total",
-            "counter",
-            "Group commits of the segment writers.",
-            &|s| s.commits,
-        );
-        per_shard(
-            &mut o,
-            "sluice_route_revision",
-            "gauge",
-            "The route set revision the shard routes by: 1 at start, one more per reload.",
-            &|s| s.route_revision,
-        );
-        per_shard(
-            &mut o,
-            "sluice_sink_errors_total",
-            "counter",
-            "Segment write or sync failures.",
-            &|s| s.sink_errors,
-        );
-        type Stat = fn(&TableStats) -> Option<u64>;
-        let table_metrics: [(&str, &str, &str, Stat); 12] = [
-            (
-                "sluice_enrich_entries",
-                "gauge",
-                "Rows an enrichment table holds in memory; for a cached table, its cache entries.",
-                |t| Some(t.entries as u64),
-            ),
-            (
-                "sluice_enrich_cache_capacity",
-                "gauge",
-                "Entries a cached enrichment table's per-shard cache can hold.",
-                |t| t.capacity.map(|c| c as u64),
-            ),
-            (
-                "sluice_enrich_cache_hits_total",
-                "counter",
-                "Lookups a cached enrichment table answered from its cache.",
-                |t| t.capacity.map(|_| t.cache.hits),
-            ),
-            (
-                "sluice_enrich_cache_misses_total",
-                "counter",
-                "Lookups a cached enrichment table had to go to its source for.",
-                |t| t.capacity.map(|_| t.cache.misses),
-            ),
-            (
-                "sluice_enrich_stale_total",
-                "counter",
-                "Lookups served from an expired entry of a lookup service's table while it is asked for again.",
-                |t| t.remote.map(|r| r.stale),
-            ),
-            (
-                "sluice_enrich_missing_total",
-                "counter",
-                "Events that went on with a lookup service's table marked missing (no answer within the budget).",
-                |t| t.remote.map(|r| r.missing),
-            ),
-            (
-                "sluice_enrich_answered_total",
-                "counter",
-                "Rows and negative answers a lookup service put into the cache.",
-                |t| t.remote.map(|r| r.answered),
-            ),
-            (
-                "sluice_enrich_requests_total",
-                "counter",
-                "Requests sent to a lookup service.",
-                |t| t.remote.map(|r| r.requests),
-            ),
-            (
-                "sluice_enrich_timeouts_total",
-                "counter",
-                "Batches that went on before a lookup service answered their keys (the time budget ran out).",
-                |t| t.remote.map(|r| r.timeouts),
-            ),
-            (
-                "sluice_enrich_failures_total",
-                "counter",
-                "Requests to a lookup service that failed (connection, status, malformed answer, request timeout).",
-                |t| t.remote.map(|r| r.failures),
-            ),
-            (
-                "sluice_enrich_inflight",
-                "gauge",
-                "Requests to a lookup service in flight.",
-                |t| t.remote.map(|r| r.in_flight),
-            ),
-            (
-                "sluice_enrich_shed_total",
-                "counter",
-                "Keys not asked of a lookup service because its request slots were busy and its queue full.",
-                |t| t.remote.map(|r| r.shed),
-            ),
-        ];
-        for (name, kind, help, f) in table_metrics {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} {kind}");
-            for s in &snaps {
-                for (table, t) in &s.tables {
-                    if let Some(v) = f(t) {
-                        let _ =
-                            writeln!(o, "{name}{{shard=\"{}\",table=\"{table}\"}} {v}", s.shard);
-                    }
-                }
-            }
-        }
-        for (name, help, bytes) in [
-            (
-                "sluice_records_out_total",
-                "Records written, per stream.",
-                false,
-            ),
-            (
-                "sluice_bytes_out_total",
-                "Record bytes written (framed), per stream.",
-                true,
-            ),
-        ] {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} counter");
-            for s in &snaps {
-                for (i, stream) in self.streams.iter().enumerate() {
-                    let v = if bytes {
-                        s.counters.record_bytes[i]
-                    } else {
-                        s.counters.records[i]
-                    };
-                    let _ = writeln!(o, "{name}{{shard=\"{}\",stream=\"{stream}\"}} {v}", s.shard);
-                }
-            }
-        }
-        type ByReason = fn(&Counters) -> &[u64; Error::NAMES.len()];
-        let by_reason: [(&str, &str, ByReason); 3] = [
-            (
-                "sluice_dead_letters_total",
-                "Envelopes dead-lettered, per reason.",
-                |c| &c.dead_letters,
-            ),
-            (
-                "sluice_frames_rejected_total",
-                "Frames refused whole (acked with status 1), per reason.",
-                |c| &c.frames_rejected,
-            ),
-            (
-                "sluice_connections_closed_total",
-                "Connections the engine closed after a frame it could not read past, per reason.",
-                |c| &c.connections_closed,
-            ),
-        ];
-        for (name, help, counts) in by_reason {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} counter");
-            for s in &snaps {
-                for (i, reason) in Error::NAMES.iter().enumerate() {
-                    let _ = writeln!(
-                        o,
-                        "{name}{{shard=\"{}\",reason=\"{reason}\"}} {}",
-                        s.shard,
-                        counts(&s.counters)[i]
-                    );
-                }
-            }
-        }
-        type Pick = fn(&ShardSnapshot) -> &Histogram<u64>;
-        let summaries: [(&str, &str, Pick); 3] = [
-            (
-                "sluice_batch_latency_us",
-                "Batch latency from receipt to ack, µs.",
-                |s| &s.latency_us,
-            ),
-            (
-                "sluice_write_latency_us",
-                "Writing one round of output to the segments, µs.",
-                |s| &s.write_us,
-            ),
-            (
-                "sluice_sync_latency_us",
-                "One sync round (fdatasyncs making written output durable), µs.",
-                |s| &s.sync_us,
-            ),
-        ];
-        for (name, help, hist) in summaries {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} summary");
-            for s in &snaps {
-                let h = hist(s);
-                for q in [0.5, 0.9, 0.99, 0.999] {
-                    let _ = writeln!(
-                        o,
-                        "{name}{{shard=\"{}\",quantile=\"{q}\"}} {}",
-                        s.shard,
-                        h.value_at_quantile(q)
-                    );
-                }
-                let _ = writeln!(o, "{name}_count{{shard=\"{}\"}} {}", s.shard, h.len());
-            }
+        for f in FAMILIES {
+            f.render(&mut o, &snaps, &self.streams);
         }
         o
     }
+}
+
+/// What a family's samples are read from.
+#[derive(Clone, Copy)]
+pub enum Read {
+    /// One sample per shard.
+    Shard(fn(&ShardSnapshot) -> u64),
+    /// One per shard and enrichment table, for the tables it applies to (label `table`).
+    Table(fn(&TableStats) -> Option<u64>),
+    /// One per shard and stream (label `stream`).
+    Stream(fn(&Counters) -> &[u64]),
+    /// One per shard and error reason (label `reason`, [`Error::NAMES`]).
+    Reason(fn(&Counters) -> &[u64; Error::NAMES.len()]),
+    /// A latency histogram per shard, in seconds (buckets [`LATENCY_BUCKETS_SECONDS`]).
+    Latency(fn(&ShardSnapshot) -> &Histogram<u64>),
+}
+
+/// The Prometheus metric type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl MetricType {
+    fn name(self) -> &'static str {
+        match self {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric family of `GET /metrics`.
+pub struct Family {
+    pub name: &'static str,
+    pub kind: MetricType,
+    pub help: &'static str,
+    pub read: Read,
+}
+
+/// The upper bounds of the latency histograms' buckets, in seconds (and `+Inf`).
+pub const LATENCY_BUCKETS_SECONDS: [f64; 19] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+const fn family(name: &'static str, kind: MetricType, help: &'static str, read: Read) -> Family {
+    Family {
+        name,
+        kind,
+        help,
+        read,
+    }
+}
+
+use MetricType::{Counter, Gauge, Histogram as Hist};
+
+/// Every family `GET /metrics` serves, in the order it serves them. Every sample has the label
+/// `shard`; tuning.md's guide to `/metrics` lists the same table.
+pub const FAMILIES: &[Family] = &[
+    family(
+        "sluice_batches_total",
+        Counter,
+        "Batch frames taken.",
+        Read::Shard(|s| s.counters.batches),
+    ),
+    family(
+        "sluice_envelopes_total",
+        Counter,
+        "Envelopes taken.",
+        Read::Shard(|s| s.counters.envelopes),
+    ),
+    family(
+        "sluice_events_total",
+        Counter,
+        "Events decrypted and validated.",
+        Read::Shard(|s| s.counters.events),
+    ),
+    family(
+        "sluice_received_bytes_total",
+        Counter,
+        "Batch frame bytes taken.",
+        Read::Shard(|s| s.counters.bytes_in),
+    ),
+    family(
+        "sluice_unmatched_events_total",
+        Counter,
+        "Events no route matched (written to `_unmatched` when the config has it).",
+        Read::Shard(|s| s.counters.unmatched),
+    ),
+    family(
+        "sluice_frames_forwarded_total",
+        Counter,
+        "Batch frames sent to their owner shard.",
+        Read::Shard(|s| s.forwarded_out),
+    ),
+    family(
+        "sluice_frames_forwarded_in_total",
+        Counter,
+        "Batch frames taken from other shards.",
+        Read::Shard(|s| s.forwarded_in),
+    ),
+    family(
+        "sluice_connections",
+        Gauge,
+        "Open client connections.",
+        Read::Shard(|s| s.connections),
+    ),
+    family(
+        "sluice_inflight_bytes",
+        Gauge,
+        "Batch bytes read but not yet acked (the in-flight budget held).",
+        Read::Shard(|s| s.inflight_bytes),
+    ),
+    family(
+        "sluice_commits_total",
+        Counter,
+        "Sync rounds of the segment writers (group commits).",
+        Read::Shard(|s| s.commits),
+    ),
+    family(
+        "sluice_route_revision",
+        Gauge,
+        "The route set revision the shard routes by: 1 at start, one more per reload.",
+        Read::Shard(|s| s.route_revision),
+    ),
+    family(
+        "sluice_sink_errors_total",
+        Counter,
+        "Commit rounds failed by a segment write or sync (their batches acked as overloaded).",
+        Read::Shard(|s| s.sink_errors),
+    ),
+    family(
+        "sluice_enrich_entries",
+        Gauge,
+        "Rows an enrichment table holds in memory; for a cached table, its cache entries.",
+        Read::Table(|t| Some(t.entries as u64)),
+    ),
+    family(
+        "sluice_enrich_cache_capacity",
+        Gauge,
+        "Entries a cached enrichment table's per-shard cache can hold.",
+        Read::Table(|t| t.capacity.map(|c| c as u64)),
+    ),
+    family(
+        "sluice_enrich_cache_hits_total",
+        Counter,
+        "Lookups a cached enrichment table answered from its cache.",
+        Read::Table(|t| t.capacity.map(|_| t.cache.hits)),
+    ),
+    family(
+        "sluice_enrich_cache_misses_total",
+        Counter,
+        "Lookups a cached enrichment table had to go to its source for.",
+        Read::Table(|t| t.capacity.map(|_| t.cache.misses)),
+    ),
+    family(
+        "sluice_enrich_stale_total",
+        Counter,
+        "Lookups served from an expired entry of a lookup service's table while it is asked for again.",
+        Read::Table(|t| t.remote.map(|r| r.stale)),
+    ),
+    family(
+        "sluice_enrich_missing_total",
+        Counter,
+        "Events that went on with a lookup service's table marked missing (no answer within the budget).",
+        Read::Table(|t| t.remote.map(|r| r.missing)),
+    ),
+    family(
+        "sluice_enrich_answered_total",
+        Counter,
+        "Rows and negative answers a lookup service put into the cache.",
+        Read::Table(|t| t.remote.map(|r| r.answered)),
+    ),
+    family(
+        "sluice_enrich_requests_total",
+        Counter,
+        "Requests sent to a lookup service.",
+        Read::Table(|t| t.remote.map(|r| r.requests)),
+    ),
+    family(
+        "sluice_enrich_timeouts_total",
+        Counter,
+        "Batches that went on before a lookup service answered their keys (the time budget ran out).",
+        Read::Table(|t| t.remote.map(|r| r.timeouts)),
+    ),
+    family(
+        "sluice_enrich_failures_total",
+        Counter,
+        "Requests to a lookup service that failed (connection, status, malformed answer, request timeout).",
+        Read::Table(|t| t.remote.map(|r| r.failures)),
+    ),
+    family(
+        "sluice_enrich_requests_in_flight",
+        Gauge,
+        "Requests to a lookup service in flight.",
+        Read::Table(|t| t.remote.map(|r| r.in_flight)),
+    ),
+    family(
+        "sluice_enrich_shed_total",
+        Counter,
+        "Keys not asked of a lookup service because its request slots were busy and its queue full.",
+        Read::Table(|t| t.remote.map(|r| r.shed)),
+    ),
+    family(
+        "sluice_records_total",
+        Counter,
+        "Records written, per stream.",
+        Read::Stream(|c| &c.records),
+    ),
+    family(
+        "sluice_record_bytes_total",
+        Counter,
+        "Record bytes written (framed), per stream.",
+        Read::Stream(|c| &c.record_bytes),
+    ),
+    family(
+        "sluice_dead_letters_total",
+        Counter,
+        "Envelopes dead-lettered, per reason.",
+        Read::Reason(|c| &c.dead_letters),
+    ),
+    family(
+        "sluice_frames_rejected_total",
+        Counter,
+        "Frames refused whole (acked with status 1), per reason.",
+        Read::Reason(|c| &c.frames_rejected),
+    ),
+    family(
+        "sluice_connections_closed_total",
+        Counter,
+        "Connections the engine closed after a frame it could not read past, per reason.",
+        Read::Reason(|c| &c.connections_closed),
+    ),
+    family(
+        "sluice_batch_latency_seconds",
+        Hist,
+        "Batch latency from receipt to ack.",
+        Read::Latency(|s| &s.latency_us),
+    ),
+    family(
+        "sluice_write_latency_seconds",
+        Hist,
+        "Writing one round of output to the segments.",
+        Read::Latency(|s| &s.write_us),
+    ),
+    family(
+        "sluice_sync_latency_seconds",
+        Hist,
+        "One sync round (the fdatasyncs that make written output durable).",
+        Read::Latency(|s| &s.sync_us),
+    ),
+];
+
+impl Family {
+    /// Writes this family's samples for every shard in `snaps`.
+    fn render(&self, o: &mut String, snaps: &[ShardSnapshot], streams: &[String]) {
+        let name = self.name;
+        let _ = writeln!(o, "# HELP {name} {}", self.help);
+        let _ = writeln!(o, "# TYPE {name} {}", self.kind.name());
+        for s in snaps {
+            let shard = s.shard;
+            match self.read {
+                Read::Shard(f) => {
+                    let _ = writeln!(o, "{name}{{shard=\"{shard}\"}} {}", f(s));
+                }
+                Read::Table(f) => {
+                    for (table, t) in &s.tables {
+                        if let Some(v) = f(t) {
+                            let _ =
+                                writeln!(o, "{name}{{shard=\"{shard}\",table=\"{table}\"}} {v}");
+                        }
+                    }
+                }
+                Read::Stream(f) => {
+                    for (stream, v) in streams.iter().zip(f(&s.counters)) {
+                        let _ = writeln!(o, "{name}{{shard=\"{shard}\",stream=\"{stream}\"}} {v}");
+                    }
+                }
+                Read::Reason(f) => {
+                    for (reason, v) in Error::NAMES.iter().zip(f(&s.counters)) {
+                        let _ = writeln!(o, "{name}{{shard=\"{shard}\",reason=\"{reason}\"}} {v}");
+                    }
+                }
+                Read::Latency(f) => latency(o, name, shard, f(s)),
+            }
+        }
+    }
+}
+
+/// A histogram of µs as Prometheus buckets in seconds: cumulative counts at each bound, the
+/// sum and the count.
+fn latency(o: &mut String, name: &str, shard: usize, h: &Histogram<u64>) {
+    for le in LATENCY_BUCKETS_SECONDS {
+        let us = (le * 1e6).round() as u64;
+        let n = h.count_between(0, us);
+        let _ = writeln!(o, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(
+        o,
+        "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {}",
+        h.len()
+    );
+    let sum = h.mean() * h.len() as f64 / 1e6;
+    let _ = writeln!(o, "{name}_sum{{shard=\"{shard}\"}} {sum}");
+    let _ = writeln!(o, "{name}_count{{shard=\"{shard}\"}} {}", h.len());
 }
 
 pub fn add_counters(into: &mut Counters, c: &Counters) {
@@ -416,5 +459,92 @@ pub fn add_counters(into: &mut Counters, c: &Counters) {
         for (a, b) in into.iter_mut().zip(c) {
             *a += b;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_follow_the_prometheus_conventions() {
+        let mut names: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FAMILIES.len(), "names are unique");
+        for f in FAMILIES {
+            assert!(f.name.starts_with("sluice_"), "{}", f.name);
+            assert!(!f.help.is_empty() && f.help.ends_with('.'), "{}", f.name);
+            match f.kind {
+                MetricType::Counter => assert!(f.name.ends_with("_total"), "{}", f.name),
+                MetricType::Gauge => assert!(!f.name.ends_with("_total"), "{}", f.name),
+                MetricType::Histogram => {
+                    assert!(f.name.ends_with("_seconds"), "{}", f.name);
+                    assert!(matches!(f.read, Read::Latency(_)), "{}", f.name);
+                }
+            }
+            for unit in ["_us", "_ms", "_microseconds", "_milliseconds"] {
+                assert!(!f.name.contains(unit), "{}: base units", f.name);
+            }
+        }
+    }
+
+    /// tuning.md's guide lists exactly these families, with their types.
+    #[test]
+    fn tuning_md_lists_every_family() {
+        let guide = include_str!("../../tuning.md");
+        let listed: Vec<&str> = guide
+            .lines()
+            .filter(|l| l.starts_with("| `sluice_"))
+            .collect();
+        assert_eq!(listed.len(), FAMILIES.len(), "one row per family");
+        for (row, f) in listed.iter().zip(FAMILIES) {
+            let want = format!("| `{}` | {} |", f.name, f.kind.name());
+            assert!(row.starts_with(&want), "{row} should start with {want}");
+            assert!(row.contains(f.help), "{row}: the help text");
+        }
+    }
+
+    #[test]
+    fn render_serves_every_family_with_its_help_and_histograms_in_seconds() {
+        let registry = Registry::new(2, vec!["a".into(), "dead-letter".into()]);
+        let mut snap = ShardSnapshot::new(1, 2);
+        snap.counters.batches = 7;
+        snap.counters.records[0] = 3;
+        for us in [50, 800, 1_500, 40_000] {
+            snap.latency_us.record(us).unwrap();
+        }
+        registry.publish(snap);
+        let text = registry.render();
+        for f in FAMILIES {
+            assert!(
+                text.contains(&format!("# HELP {} {}\n", f.name, f.help)),
+                "{}",
+                f.name
+            );
+            assert!(text.contains(&format!("# TYPE {} {}\n", f.name, f.kind.name())));
+        }
+        assert!(text.contains("sluice_batches_total{shard=\"1\"} 7\n"));
+        assert!(text.contains("sluice_records_total{shard=\"1\",stream=\"a\"} 3\n"));
+        let bucket = |le: &str| {
+            let key = format!("sluice_batch_latency_seconds_bucket{{shard=\"1\",le=\"{le}\"}} ");
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&key))
+                .expect("a bucket");
+            line[key.len()..].parse::<u64>().unwrap()
+        };
+        assert_eq!(bucket("0.0001"), 1);
+        assert_eq!(bucket("0.001"), 2);
+        assert_eq!(bucket("0.0025"), 3);
+        assert_eq!(bucket("0.05"), 4);
+        assert_eq!(bucket("+Inf"), 4);
+        assert!(text.contains("sluice_batch_latency_seconds_count{shard=\"1\"} 4\n"));
+        let sum_line = text
+            .lines()
+            .find(|l| l.starts_with("sluice_batch_latency_seconds_sum{shard=\"1\"}"))
+            .unwrap();
+        let sum: f64 = sum_line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((sum - 0.04235).abs() < 0.0001, "{sum}");
     }
 }

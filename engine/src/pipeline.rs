@@ -254,9 +254,14 @@ impl Pipeline {
     /// The first pass of a batch: checks the frame, opens (decrypts and validates) every
     /// envelope in place, dead-letters those that fail, and notes the keys the tables lack
     /// ([`Pipeline::wants`]).
-    pub fn open<'a>(&mut self, frame: &'a mut [u8]) -> Result<OpenedBatch<'a>, StepError> {
+    pub fn open<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+        now: std::time::Instant,
+    ) -> Result<OpenedBatch<'a>, StepError> {
         let frame_len = frame.len();
         let (batch, mut o) = self.begin(frame)?;
+        self.tables.begin_batch(now);
         let (opener, mut parts) = self.parts();
         let mut envelopes = Vec::new();
         for env in batch.into_envelopes() {
@@ -288,9 +293,9 @@ impl Pipeline {
         self.tables.wants()
     }
 
-    /// Puts a lookup service's answer into the tables (between batches).
-    pub fn answer(&mut self, body: &str) -> Result<usize, String> {
-        self.tables.answer(body)
+    /// Puts a lookup service's answer, come at `now`, into the tables (between batches).
+    pub fn answer(&mut self, body: &str, now: std::time::Instant) -> Result<usize, String> {
+        self.tables.answer(body, now)
     }
 
     /// The second pass: enriches and routes the opened batch by the tables and routes as
@@ -305,7 +310,7 @@ impl Pipeline {
         o
     }
 
-    /// Checks the frame and its partition; starts the tables' batch.
+    /// Checks the frame and its partition.
     fn begin<'a>(
         &mut self,
         frame: &'a mut [u8],
@@ -321,7 +326,6 @@ impl Pipeline {
         if !self.owns(partition) {
             return Err(StepError::NotOwned(partition));
         }
-        self.tables.begin_batch();
         let o = BatchOutcome {
             partition,
             ..BatchOutcome::default()

@@ -238,12 +238,12 @@ impl Tables {
         }
     }
 
-    /// Starts a batch: a table behind a lookup service reads the clock and forgets the last
-    /// batch's misses.
+    /// Starts a two-pass batch at `now`: a table behind a lookup service forgets the last
+    /// batch's misses and serves what expired by `now` stale.
     #[inline]
-    pub fn begin_batch(&mut self) {
+    pub fn begin_batch(&mut self, now: std::time::Instant) {
         if let Customer::Remote(r) = &mut self.customer {
-            r.begin_batch();
+            r.begin_batch(now);
         }
     }
 
@@ -267,12 +267,12 @@ impl Tables {
     /// Puts a lookup service's answer into the customer cache (see
     /// [`RemoteCustomers::answer`]); ignored (`Ok(0)`) if the customer table no longer asks a
     /// service (a reload changed it while the request was out).
-    pub fn answer(&mut self, body: &str) -> Result<usize, String> {
+    pub fn answer(&mut self, body: &str, now: std::time::Instant) -> Result<usize, String> {
         let Customer::Remote(r) = &mut self.customer else {
             return Ok(0);
         };
         let (strings, interned) = (&mut self.strings, &mut self.interned);
-        r.answer(body, |s| intern(strings, interned, s))
+        r.answer(body, now, |s| intern(strings, interned, s))
     }
 
     fn load_geo(&mut self, recs: &[Rec]) -> Result<usize, String> {

@@ -136,8 +136,9 @@ struct Entry {
 pub struct RemoteCustomers {
     spec: Arc<RemoteSpec>,
     cache: Cache<Entry>,
-    epoch: Instant,
-    /// The clock, read once per batch.
+    /// What expiry times count from: the first instant the table was given.
+    epoch: Option<Instant>,
+    /// The batch's time, in ms since `epoch` (the caller passes it in).
     now_ms: u64,
     /// Keys with no entry, and keys whose entry expired, since the batch began.
     misses: Vec<u64>,
@@ -151,7 +152,7 @@ impl RemoteCustomers {
         RemoteCustomers {
             cache: Cache::new(spec.cache_entries),
             spec,
-            epoch: Instant::now(),
+            epoch: None,
             now_ms: 0,
             misses: Vec::new(),
             refresh: Vec::new(),
@@ -172,13 +173,16 @@ impl RemoteCustomers {
         self.cache.capacity()
     }
 
-    fn clock(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// `now` in ms since the table's epoch (the first instant it was given).
+    fn ms(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_millis() as u64
     }
 
-    /// Reads the clock and forgets the last batch's misses.
-    pub fn begin_batch(&mut self) {
-        self.now_ms = self.clock();
+    /// Starts a batch at `now`: entries expired by then are served stale and refreshed; the
+    /// last batch's misses are forgotten.
+    pub fn begin_batch(&mut self, now: Instant) {
+        self.now_ms = self.ms(now);
         self.misses.clear();
         self.refresh.clear();
     }
@@ -187,6 +191,7 @@ impl RemoteCustomers {
     /// (no entry) or to refresh (expired entry).
     #[inline]
     pub fn probe(&mut self, key: u64) {
+        debug_assert!(self.epoch.is_some(), "probed before a batch began");
         match self.cache.get(key) {
             Some(e) => {
                 self.cache_stats.hits += 1;
@@ -225,13 +230,15 @@ impl RemoteCustomers {
     /// Puts a service's answer into the cache: one CSV record (RFC 4180) per key,
     /// `id,plan,signup_country,profiles` for a row, the bare `id` for a negative answer. An
     /// empty cell is no value (`profiles` is a number from 0 to 65535). Strings are interned
-    /// by `intern`. Records before a malformed one are kept; the error names its line.
+    /// by `intern`. Records before a malformed one are kept; the error names its line. The
+    /// entries' time to live counts from `now`, when the answer came.
     pub fn answer(
         &mut self,
         body: &str,
+        now: Instant,
         mut intern: impl FnMut(&str) -> Sym,
     ) -> Result<usize, String> {
-        let now = self.clock();
+        let now = self.ms(now);
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
@@ -296,6 +303,7 @@ impl RemoteCustomers {
 mod tests {
     use std::collections::HashMap;
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use super::{RemoteCustomers, RemoteSpec};
     use crate::enrich::Sym;
@@ -339,13 +347,14 @@ mod tests {
     fn misses_then_answers_then_expiry() {
         let mut t = RemoteCustomers::new(spec(64, 0));
         let mut intern = interner();
-        t.begin_batch();
+        let t0 = Instant::now();
+        t.begin_batch(t0);
         for k in [1, 2, 3, 1] {
             t.probe(k);
         }
         assert_eq!(t.wants(), (&[1, 2, 3, 1][..], &[][..]));
         assert_eq!(t.joined(1), None);
-        assert_eq!(t.answer("1,premium,US,3\n2\n", &mut intern), Ok(2));
+        assert_eq!(t.answer("1,premium,US,3\n2\n", t0, &mut intern), Ok(2));
         let row = t.joined(1).expect("answered").expect("a row");
         assert_eq!(row.profiles, Some(3));
         assert_eq!(t.joined(2), Some(None));
@@ -353,8 +362,7 @@ mod tests {
         assert_eq!(t.stats.missing, 2);
         assert_eq!((t.cache_stats.hits, t.cache_stats.misses), (0, 4));
         // A ttl of 0: the next batch serves both stale and asks for them again.
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        t.begin_batch();
+        t.begin_batch(t0 + Duration::from_millis(2));
         t.probe(1);
         t.probe(2);
         assert_eq!(t.wants(), (&[][..], &[1, 2][..]));
@@ -369,15 +377,16 @@ mod tests {
     fn malformed_answers_are_refused_at_their_line() {
         let mut t = RemoteCustomers::new(spec(64, 1000));
         let mut intern = interner();
+        let t0 = Instant::now();
         let e = t
-            .answer("5,basic,DE,1\nx,basic\n", &mut intern)
+            .answer("5,basic,DE,1\nx,basic\n", t0, &mut intern)
             .unwrap_err();
         assert!(e.contains("line 2"), "{e}");
         assert!(t.joined(5).is_some(), "the good line before it is kept");
-        assert!(t.answer("6,basic,DE\n", &mut intern).is_err());
-        assert!(t.answer("7,basic,DE,1,extra\n", &mut intern).is_err());
-        assert!(t.answer("8,basic,DE,many\n", &mut intern).is_err());
-        assert!(t.answer("9,basic,DE,70000\n", &mut intern).is_err());
+        assert!(t.answer("6,basic,DE\n", t0, &mut intern).is_err());
+        assert!(t.answer("7,basic,DE,1,extra\n", t0, &mut intern).is_err());
+        assert!(t.answer("8,basic,DE,many\n", t0, &mut intern).is_err());
+        assert!(t.answer("9,basic,DE,70000\n", t0, &mut intern).is_err());
     }
 
     /// Answers are CSV: quoted cells keep their commas and lose their quotes, and an empty
@@ -385,6 +394,7 @@ mod tests {
     #[test]
     fn answers_are_csv_records() {
         let mut t = RemoteCustomers::new(spec(64, 1000));
+        let t0 = Instant::now();
         let mut m: HashMap<String, Sym> = HashMap::new();
         let mut names = Vec::new();
         let mut intern = |s: &str| {
@@ -395,7 +405,7 @@ mod tests {
             })
         };
         let body = "1,\"premium, family\",\"US\",3\r\n2,basic,DE,\n3, ads , ,300\n";
-        assert_eq!(t.answer(body, &mut intern), Ok(3));
+        assert_eq!(t.answer(body, t0, &mut intern), Ok(3));
         let row = |t: &RemoteCustomers, k| t.peek(k).expect("answered").expect("a row");
         let (one, two, three) = (row(&t, 1), row(&t, 2), row(&t, 3));
         assert_eq!(names[one.plan.index()], "premium, family");

@@ -183,6 +183,14 @@ impl LookupClient {
     /// Starts the request of group `g` in its own task; when it ends, the next queued group
     /// takes its slot.
     fn send(self: &Rc<Self>, g: Group) {
+        assert!(
+            self.in_flight.get() < self.spec.in_flight_max,
+            "a request is sent only into a free slot"
+        );
+        assert!(
+            !g.keys.is_empty() && g.keys.len() <= self.spec.batch_max,
+            "a request carries 1 to batch_max keys"
+        );
         self.in_flight.set(self.in_flight.get() + 1);
         self.count(|s| s.requests += 1);
         let mut body = String::with_capacity(g.keys.len() * 8);

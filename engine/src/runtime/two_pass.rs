@@ -69,7 +69,8 @@ fn client(shard: &Shard, spec: &Arc<RemoteSpec>) -> Rc<LookupClient> {
 fn take_answers(shard: &Shard) {
     if let Some(c) = &*shard.lookup.borrow() {
         let mut pipeline = shard.pipeline.borrow_mut();
-        c.take_answers(|a| pipeline.answer(a));
+        let now = Instant::now();
+        c.take_answers(|a| pipeline.answer(a, now));
     }
 }
 
@@ -82,7 +83,7 @@ async fn step(
     before: Option<Done>,
 ) -> Result<BatchOutcome, StepError> {
     take_answers(shard);
-    let opened = shard.pipeline.borrow_mut().open(frame);
+    let opened = shard.pipeline.borrow_mut().open(frame, Instant::now());
     let asked = {
         let pipeline = shard.pipeline.borrow();
         let (misses, refresh) = pipeline.wants();
