@@ -10,23 +10,27 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The path of a workspace binary, built if it is not there yet.
+/// The path of a workspace binary, brought up to date (built with the test's profile) the
+/// first time a test process asks for it, so that no test runs a stale binary.
 pub fn binary(name: &str) -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test exe");
     // target/<profile>/deps/e2e-… → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let release = dir.ends_with("release");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--bin", name]);
+        // From the workspace root, where every member's binaries are candidates.
+        cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        cmd.args(["build", "--quiet", "--bin", name]);
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("cargo runs");
         assert!(status.success(), "building {name}");
+        built.push(name.to_owned());
     }
     path
 }

@@ -7,7 +7,7 @@
 //!
 //! The runtime drains the output buffers into segment files and acks the batch once they are
 //! written under the durability policy. Nothing here allocates per event once the output
-//! buffers have grown to their working size (see `tests/alloc.rs`).
+//! buffers have grown to their working size (see `tests/engine/alloc.rs`).
 
 use sluice_protocol::limits::ATTRS_PER_EVENT_MAX;
 use sluice_protocol::{AlignedBuf, Attrs, BatchFrame, Error, Opener, Payload, Rejected};
