@@ -6,9 +6,10 @@
 //! written durable, and when each batch is released to be acked, under the `durability`
 //! policy:
 //!
-//! - Writing never waits for the policy: whenever batches are queued and no round is due,
-//!   the next step is [`Step::Write`] (all streams at once), so the disk works while an
-//!   interval runs.
+//! - Writing never waits for the policy: queued batches are written at once (all streams in
+//!   one [`Step::Write`]), so the disk works while an interval runs. A round that is due
+//!   after a write syncs before the next write, and one that came due while the committer
+//!   waited syncs after writing what queued meanwhile, so each round takes all it can.
 //! - `every_batch`: a sync round follows every write (batches queued during it share the
 //!   next); `interval_us = N`: a round at most every N µs, sooner once `commit_bytes_max`
 //!   bytes were written since the last; `none`: batches are released when their write
@@ -91,6 +92,8 @@ pub struct Committer<T> {
     failed: bool,
     last_round: Instant,
     io: Io,
+    /// The last step was a write (a due round syncs before writing again).
+    just_wrote: bool,
     stopping: bool,
     released: VecDeque<Released<T>>,
     /// Bytes of the batches held (queued, writing, written), for the budget's balance.
@@ -117,6 +120,7 @@ impl<T> Committer<T> {
             failed: false,
             last_round: now,
             io: Io::Idle,
+            just_wrote: false,
             stopping: false,
             released: VecDeque::new(),
             held_bytes: 0,
@@ -141,6 +145,10 @@ impl<T> Committer<T> {
     /// What to do next, at `now`.
     pub fn next(&mut self, now: Instant) -> Step {
         assert_eq!(self.io, Io::Idle, "one step at a time");
+        if !self.queued.is_empty() && !self.just_wrote {
+            return self.write();
+        }
+        self.just_wrote = false;
         if !self.written.is_empty() && self.round_due(now) {
             if self.failed {
                 self.release(false);
@@ -151,9 +159,7 @@ impl<T> Committer<T> {
             return Step::Sync;
         }
         if !self.queued.is_empty() {
-            self.writing = std::mem::take(&mut self.queued);
-            self.io = Io::Writing;
-            return Step::Write;
+            return self.write();
         }
         if !self.written.is_empty() {
             return Step::Wait(Some(self.due()));
@@ -162,6 +168,12 @@ impl<T> Committer<T> {
             return Step::Done;
         }
         Step::Wait(None)
+    }
+
+    fn write(&mut self) -> Step {
+        self.writing = std::mem::take(&mut self.queued);
+        self.io = Io::Writing;
+        Step::Write
     }
 
     fn due(&self) -> Instant {
@@ -183,6 +195,7 @@ impl<T> Committer<T> {
     pub fn wrote(&mut self, bytes: usize, results: impl IntoIterator<Item = Option<Durable>>) {
         assert_eq!(self.io, Io::Writing, "a write was asked for");
         self.io = Io::Idle;
+        self.just_wrote = true;
         for (need, r) in self.needs.iter_mut().zip(results) {
             match r {
                 Some(d) => *need = (*need).max(d),
@@ -432,6 +445,21 @@ mod tests {
         r.synced(true);
         assert_eq!(r.acks, [(1, true)]);
         assert_eq!(r.next(1001), Step::Write);
+    }
+
+    #[test]
+    fn a_round_that_came_due_while_waiting_writes_what_queued_first() {
+        let mut r = Rig::new(Durability::IntervalUs(1000), 1 << 20);
+        r.c.queue(1, 10);
+        assert_eq!(r.next(0), Step::Write);
+        r.write_ok(8);
+        assert_eq!(r.next(10), Step::Wait(Some(r.at(1000))));
+        r.c.queue(2, 10);
+        assert_eq!(r.next(1200), Step::Write, "the round takes batch 2 too");
+        r.write_ok(8);
+        assert_eq!(r.next(1300), Step::Sync);
+        r.synced(true);
+        assert_eq!(r.acks, [(1, true), (2, true)]);
     }
 
     #[test]
