@@ -16,7 +16,8 @@ use std::ops::Range;
 
 use crate::error::Error;
 use crate::frame::{
-    ACK_FRAME_BYTES, FRAME_HEADER_BYTES, FrameHeader, FrameKind, decode_frame_header,
+    ACK_FRAME_BYTES, FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_VERSION, FrameHeader, FrameKind,
+    decode_frame_header,
 };
 use crate::limits::Limits;
 
@@ -78,12 +79,17 @@ impl FrameSplitter {
         Ok(Split::Frame { header, range })
     }
 
-    /// Checks the header at the start of `bytes` (which hold at least a header).
+    /// Checks the header at the start of `bytes` (which hold at least a header), in
+    /// PROTOCOL.md's order: magic, version, kind (one this reader takes), then the rest.
     fn header(&self, bytes: &[u8]) -> Result<FrameHeader, Error> {
-        let h = decode_frame_header(bytes, &self.limits)?;
-        if !self.kinds.contains(&h.kind) {
-            return Err(Error::BadKind(h.kind as u8));
+        let kind = bytes[5];
+        if bytes[0..4] == FRAME_MAGIC
+            && bytes[4] == FRAME_VERSION
+            && !self.kinds.iter().any(|k| *k as u8 == kind)
+        {
+            return Err(Error::BadKind(kind));
         }
+        let h = decode_frame_header(bytes, &self.limits)?;
         match h.kind {
             FrameKind::Hello if h.len() != FRAME_HEADER_BYTES => {
                 Err(Error::BadLength("a hello frame has no body"))
@@ -243,6 +249,22 @@ mod tests {
         let mut s = splitter(BATCH_AND_HELLO);
         s.push(buf.len());
         assert_eq!(s.next(&buf), Err(Error::BadKind(FrameKind::Ack as u8)));
+    }
+
+    #[test]
+    fn the_kind_is_checked_before_flags_and_length() {
+        let mut h = FrameHeader::new(FrameKind::Ack, 0, 0, 0);
+        h.flags = 1;
+        h.total_len = 40;
+        let buf = h.encode();
+        let mut s = splitter(BATCH_AND_HELLO);
+        s.push(buf.len());
+        assert_eq!(s.next(&buf), Err(Error::BadKind(FrameKind::Ack as u8)));
+        let mut bad = buf;
+        bad[5] = 9;
+        let mut s = splitter(BATCH_AND_HELLO);
+        s.push(bad.len());
+        assert_eq!(s.next(&bad), Err(Error::BadKind(9)));
     }
 
     #[test]

@@ -72,13 +72,18 @@ pub(super) unsafe trait Lanes {
     const WORDS: usize;
     type V: Copy;
     /// # Safety
-    /// `p` points to `WORDS` readable words.
+    /// `p` points to `WORDS` readable words, and the CPU has the target feature.
     unsafe fn load(p: *const u64) -> Self::V;
     /// # Safety
-    /// `p` points to `WORDS` writable words.
+    /// `p` points to `WORDS` writable words, and the CPU has the target feature.
     unsafe fn store(p: *mut u64, v: Self::V);
+    /// # Safety
+    /// The CPU has the implementation's target feature.
     unsafe fn and(a: Self::V, b: Self::V) -> Self::V;
     /// One bit per word of `v`, set where the word is nonzero.
+    ///
+    /// # Safety
+    /// The CPU has the implementation's target feature.
     unsafe fn nonzero(v: Self::V) -> u64;
 }
 
