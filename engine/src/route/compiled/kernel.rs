@@ -140,21 +140,29 @@ pub(super) mod x86_64 {
     unsafe impl Lanes for Avx512 {
         const WORDS: usize = 8;
         type V = __m512i;
+        /// # Safety
+        /// As [`Lanes::load`].
         #[inline(always)]
         unsafe fn load(p: *const u64) -> __m512i {
             // SAFETY: the caller's contract.
             unsafe { _mm512_loadu_si512(p.cast()) }
         }
+        /// # Safety
+        /// As [`Lanes::store`].
         #[inline(always)]
         unsafe fn store(p: *mut u64, v: __m512i) {
             // SAFETY: the caller's contract.
             unsafe { _mm512_storeu_si512(p.cast(), v) }
         }
+        /// # Safety
+        /// As [`Lanes::and`].
         #[inline(always)]
         unsafe fn and(a: __m512i, b: __m512i) -> __m512i {
             // SAFETY: the caller has AVX-512F.
             unsafe { _mm512_and_si512(a, b) }
         }
+        /// # Safety
+        /// As [`Lanes::nonzero`].
         #[inline(always)]
         unsafe fn nonzero(v: __m512i) -> u64 {
             // SAFETY: the caller has AVX-512F.
@@ -168,21 +176,29 @@ pub(super) mod x86_64 {
     unsafe impl Lanes for Avx2 {
         const WORDS: usize = 4;
         type V = __m256i;
+        /// # Safety
+        /// As [`Lanes::load`].
         #[inline(always)]
         unsafe fn load(p: *const u64) -> __m256i {
             // SAFETY: the caller's contract.
             unsafe { _mm256_loadu_si256(p.cast()) }
         }
+        /// # Safety
+        /// As [`Lanes::store`].
         #[inline(always)]
         unsafe fn store(p: *mut u64, v: __m256i) {
             // SAFETY: the caller's contract.
             unsafe { _mm256_storeu_si256(p.cast(), v) }
         }
+        /// # Safety
+        /// As [`Lanes::and`].
         #[inline(always)]
         unsafe fn and(a: __m256i, b: __m256i) -> __m256i {
             // SAFETY: the caller has AVX2.
             unsafe { _mm256_and_si256(a, b) }
         }
+        /// # Safety
+        /// As [`Lanes::nonzero`].
         #[inline(always)]
         unsafe fn nonzero(v: __m256i) -> u64 {
             // SAFETY: the caller has AVX2.
