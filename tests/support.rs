@@ -101,23 +101,35 @@ pub fn engine_config(dir: &Path, shards: usize, durability: &str) -> (PathBuf, u
 pub struct EngineProc {
     child: Child,
     pub port: u16,
+    /// What it wrote to stderr up to `sluice: ready`.
+    pub log: Vec<String>,
+    /// Everything it wrote to stderr so far.
+    all: std::sync::Arc<Mutex<Vec<String>>>,
 }
 
 impl EngineProc {
     /// Starts `sluice run --config CONFIG` and waits until it says it is ready.
     pub fn start(config: &Path, port: u16) -> EngineProc {
-        let mut child = Command::new(binary("sluice"))
-            .args(["run", "--config"])
+        Self::start_with(config, port, |_| {})
+    }
+
+    /// The same, with `setup` applied to the command first (environment, limits).
+    pub fn start_with(config: &Path, port: u16, setup: impl FnOnce(&mut Command)) -> EngineProc {
+        let mut cmd = Command::new(binary("sluice"));
+        cmd.args(["run", "--config"])
             .arg(config)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sluice starts");
+            .stderr(Stdio::piped());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("sluice starts");
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let all = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let all_w = all.clone();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stderr).lines();
             for line in lines.by_ref().map_while(Result::ok) {
                 let ready = line.contains("sluice: ready");
+                all_w.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
                 if ready {
                     break;
@@ -126,6 +138,7 @@ impl EngineProc {
             // Keep draining so the engine never blocks on a full pipe.
             for line in lines.map_while(Result::ok) {
                 eprintln!("[sluice] {line}");
+                all_w.lock().unwrap().push(line);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -136,7 +149,12 @@ impl EngineProc {
                     let ready = line.contains("sluice: ready");
                     log.push(line);
                     if ready {
-                        return EngineProc { child, port };
+                        return EngineProc {
+                            child,
+                            port,
+                            log,
+                            all,
+                        };
                     }
                 }
                 Err(_) => {
@@ -151,6 +169,28 @@ impl EngineProc {
                 }
             }
         }
+    }
+
+    /// Every line the engine wrote to stderr so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.all.lock().unwrap().clone()
+    }
+
+    /// The engine's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The engine's resident memory (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/PID/status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kb * 1024
     }
 
     pub fn target(&self) -> String {
@@ -181,6 +221,35 @@ impl Drop for EngineProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET` (or any method) `path` on the admin port: the status line's code and the body.
+pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: x\r\n\r\n").expect("request");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (code, body)
+}
+
+/// The sum of a metric's samples whose labels include every one of `labels`.
+pub fn metric(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// A `loadgen lookup-service` process, killed when dropped.

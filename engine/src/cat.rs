@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::sink::record::{RecordFormat, rkyv_dead_letter_to_json, rkyv_record_to_json};
-use crate::sink::segment::{SegmentKind, find_segments, read_segment};
+use crate::sink::segment::{self, SegmentKind, find_segments, read_segment};
 
 /// What `cat` found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -13,6 +13,8 @@ pub struct CatSummary {
     pub records: usize,
     /// `(file, offset, why)` for each segment whose records stop early.
     pub torn: Vec<(String, u64, String)>,
+    /// `(file, length)` of each empty segment skipped (left by a crash while it was created).
+    pub empty: Vec<(String, u64)>,
 }
 
 /// Writes every record of the segments under `paths` to `out`, one JSON object per line.
@@ -24,6 +26,12 @@ pub fn cat(paths: &[impl AsRef<Path>], out: &mut impl Write) -> Result<CatSummar
         let files = find_segments(p).map_err(|e| format!("{}: {e}", p.display()))?;
         for file in files {
             let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            if segment::is_empty(&bytes) {
+                summary
+                    .empty
+                    .push((file.display().to_string(), bytes.len() as u64));
+                continue;
+            }
             let seg = read_segment(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
             summary.segments += 1;
             for r in &seg.records {

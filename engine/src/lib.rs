@@ -17,6 +17,7 @@ pub mod config;
 pub mod consts;
 pub mod control;
 pub mod enrich;
+pub mod failpoint;
 pub mod metrics;
 pub mod pipeline;
 pub mod route;

@@ -18,6 +18,19 @@ use crate::pipeline::Counters;
 /// Highest batch latency recorded, in µs (longer ones are clamped).
 pub const LATENCY_US_MAX: u64 = 60_000_000;
 
+/// The accept errors counted by name (`sluice_accept_errors_total`, label `error`); the
+/// last is every other errno.
+pub const ACCEPT_ERRORS: [&str; 6] = [
+    "EMFILE",
+    "ENFILE",
+    "ENOBUFS",
+    "ENOMEM",
+    "ECONNABORTED",
+    "other",
+];
+/// Why a connection timed out (`sluice_connections_timed_out_total`, label `reason`).
+pub const TIMEOUTS: [&str; 2] = ["idle", "frame"];
+
 /// One shard's published state.
 #[derive(Debug, Clone)]
 pub struct ShardSnapshot {
@@ -26,6 +39,12 @@ pub struct ShardSnapshot {
     pub forwarded_out: u64,
     pub forwarded_in: u64,
     pub connections: u64,
+    pub connections_refused: u64,
+    pub accept_errors: [u64; ACCEPT_ERRORS.len()],
+    /// Why each listener that cannot accept cannot (empty when all can).
+    pub listeners_down: Vec<String>,
+    pub timed_out: [u64; TIMEOUTS.len()],
+    pub receive_buffer_bytes: u64,
     pub inflight_bytes: u64,
     pub commits: u64,
     pub sink_errors: u64,
@@ -53,6 +72,11 @@ impl ShardSnapshot {
             forwarded_out: 0,
             forwarded_in: 0,
             connections: 0,
+            connections_refused: 0,
+            accept_errors: [0; ACCEPT_ERRORS.len()],
+            listeners_down: Vec::new(),
+            timed_out: [0; TIMEOUTS.len()],
+            receive_buffer_bytes: 0,
             inflight_bytes: 0,
             commits: 0,
             sink_errors: 0,
@@ -119,6 +143,14 @@ impl Registry {
         (c, fwd, h)
     }
 
+    /// Why the engine is not healthy: each listener that cannot accept, with its error.
+    pub fn unhealthy(&self) -> Vec<String> {
+        self.snapshots()
+            .into_iter()
+            .flat_map(|s| s.listeners_down)
+            .collect()
+    }
+
     /// The Prometheus text exposition of every shard's metrics: every family of [`FAMILIES`].
     pub fn render(&self) -> String {
         let snaps = self.snapshots();
@@ -141,6 +173,12 @@ pub enum Read {
     Stream(fn(&Counters) -> &[u64]),
     /// One per shard and error reason (label `reason`, [`Error::NAMES`]).
     Reason(fn(&Counters) -> &[u64; Error::NAMES.len()]),
+    /// One per shard and name of `values` (label `label`).
+    Labeled {
+        label: &'static str,
+        values: &'static [&'static str],
+        read: fn(&ShardSnapshot) -> &[u64],
+    },
     /// A latency histogram per shard, in seconds (buckets [`LATENCY_BUCKETS_SECONDS`]).
     Latency(fn(&ShardSnapshot) -> &Histogram<u64>),
 }
@@ -238,6 +276,44 @@ pub const FAMILIES: &[Family] = &[
         Gauge,
         "Open client connections.",
         Read::Shard(|s| s.connections),
+    ),
+    family(
+        "sluice_connections_refused_total",
+        Counter,
+        "Connections refused at connections_max (an overloaded ack, then closed).",
+        Read::Shard(|s| s.connections_refused),
+    ),
+    family(
+        "sluice_connections_timed_out_total",
+        Counter,
+        "Connections closed for sending nothing for idle_timeout_ms (idle), or for a frame not whole within frame_timeout_ms (frame).",
+        Read::Labeled {
+            label: "reason",
+            values: &TIMEOUTS,
+            read: |s| &s.timed_out,
+        },
+    ),
+    family(
+        "sluice_accept_errors_total",
+        Counter,
+        "Failed accepts on the shard's listeners, per errno.",
+        Read::Labeled {
+            label: "error",
+            values: &ACCEPT_ERRORS,
+            read: |s| &s.accept_errors,
+        },
+    ),
+    family(
+        "sluice_listeners_down",
+        Gauge,
+        "The shard's listeners whose accepts fail (GET /healthz answers 503 while any is).",
+        Read::Shard(|s| s.listeners_down.len() as u64),
+    ),
+    family(
+        "sluice_receive_buffer_bytes",
+        Gauge,
+        "Bytes of the connections' receive buffers (read_buffer_bytes each, more while a larger frame arrives).",
+        Read::Shard(|s| s.receive_buffer_bytes),
     ),
     family(
         "sluice_inflight_bytes",
@@ -413,6 +489,15 @@ impl Family {
                 Read::Reason(f) => {
                     for (reason, v) in Error::NAMES.iter().zip(f(&s.counters)) {
                         let _ = writeln!(o, "{name}{{shard=\"{shard}\",reason=\"{reason}\"}} {v}");
+                    }
+                }
+                Read::Labeled {
+                    label,
+                    values,
+                    read,
+                } => {
+                    for (value, v) in values.iter().zip(read(s)) {
+                        let _ = writeln!(o, "{name}{{shard=\"{shard}\",{label}=\"{value}\"}} {v}");
                     }
                 }
                 Read::Latency(f) => latency(o, name, shard, f(s)),

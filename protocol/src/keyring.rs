@@ -6,7 +6,9 @@
 //! id, moving clients to it, then removing the old one.
 //!
 //! Key material is zeroized on drop and never printed: `Debug` shows ids only, and errors name
-//! the file and line, never the key.
+//! the file, the line and what was wrong, never a word of the line (a key and its id
+//! swapped would otherwise put the key in a log). A key file readable or writable by group or
+//! others is refused, as ssh refuses such a private key: `chmod 600` it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -126,9 +128,12 @@ impl Keyring {
                     "expected `ID KEY` (key as 64 hex digits or base64)".into()
                 ));
             };
+            // The id is not echoed: a line with key and id swapped has the key there.
             let id: u32 = id.parse().map_err(|_| {
                 err(format!(
-                    "key id {id:?} is not a number from 1 to 4294967295"
+                    "the key id (first word, {} characters) is not a number from 1 to \
+                     4294967295; the line must be `ID KEY`",
+                    id.len()
                 ))
             })?;
             let key = decode_key(key).map_err(err)?;
@@ -137,13 +142,35 @@ impl Keyring {
         Ok(ring)
     }
 
-    /// Reads a key file.
+    /// Reads a key file, refusing one that group or others may read or write.
     pub fn load(path: &Path, backend: Backend) -> Result<Keyring, KeyFileError> {
-        let text = std::fs::read_to_string(path).map_err(|e| KeyFileError {
+        let whole = |reason: String| KeyFileError {
             path: Some(path.to_owned()),
             line: 0,
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let text = {
+            use std::io::Read;
+            use std::os::unix::fs::PermissionsExt;
+            let mut f = std::fs::File::open(path).map_err(|e| whole(e.to_string()))?;
+            let mode = f
+                .metadata()
+                .map_err(|e| whole(e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(whole(format!(
+                    "key file mode {:04o} lets group or others read or write it; \
+                     run `chmod 600 {}`",
+                    mode & 0o7777,
+                    path.display()
+                )));
+            }
+            let mut text = Zeroizing::new(String::new());
+            f.read_to_string(&mut text)
+                .map_err(|e| whole(e.to_string()))?;
+            text
+        };
         Keyring::parse(&text, backend).map_err(|e| KeyFileError {
             path: Some(path.to_owned()),
             ..e

@@ -311,6 +311,12 @@ fn key_files_parse_hex_and_base64_and_never_print_keys() {
         ),
         ("1 QkJC\n", 1, "3 bytes"),
         ("1\n", 1, "expected `ID KEY`"),
+        // Key and id swapped: the key must not be printed.
+        (
+            "4242424242424242424242424242424242424242424242424242424242424242 1\n",
+            1,
+            "must be `ID KEY`",
+        ),
     ];
     for (text, line, reason) in cases {
         let e = Keyring::parse(text, Backend::Ring).unwrap_err();
@@ -322,6 +328,32 @@ fn key_files_parse_hex_and_base64_and_never_print_keys() {
     assert_eq!(Keyring::parse(dup, Backend::Ring).unwrap_err().line, 2);
     let exported = Keyring::parse(&k.export_key_file(), Backend::Ring).unwrap();
     assert_eq!(exported.ids(), vec![1, 2]);
+}
+
+/// A key file that group or others may read or write is refused with its mode and the fix,
+/// as ssh refuses such a private key; 0600 and 0400 are read.
+#[test]
+fn key_files_open_to_group_or_others_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("sluice-keys-{}.txt", std::process::id()));
+    std::fs::write(
+        &path,
+        "1 4242424242424242424242424242424242424242424242424242424242424242\n",
+    )
+    .unwrap();
+    for mode in [0o644, 0o666, 0o640, 0o604, 0o620] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = Keyring::load(&path, Backend::Ring).unwrap_err();
+        assert_eq!(e.line, 0);
+        assert!(e.reason.contains(&format!("mode {mode:04o}")), "{e}");
+        assert!(e.reason.contains("chmod 600"), "{e}");
+        assert!(!e.to_string().contains("4242"), "{e}");
+    }
+    for mode in [0o600, 0o400] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(Keyring::load(&path, Backend::Ring).unwrap().ids(), vec![1]);
+    }
+    let _ = std::fs::remove_file(&path);
 }
 
 proptest! {

@@ -92,6 +92,21 @@ pub fn default_config() -> String {
     )
 }
 
+/// Writes a file only its owner may read (0600), replacing one that was there.
+fn write_private(path: &Path, text: &str) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An older file keeps its mode through `open`: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())
+}
+
 /// Writes the fixtures of `workload` into `out`: `sluice.toml`, `keys.txt`, `geo.csv`,
 /// `device.csv`, `customer.csv`, and `sluice-lookup.toml`, the same config with the customer
 /// table asked of `loadgen lookup-service --table customer.csv` ([`LOOKUP_URL`]).
@@ -105,9 +120,9 @@ pub fn write(workload: Workload, seed: u64, out: &Path) -> io::Result<()> {
         out.join("sluice-lookup.toml"),
         config(workload, seed, Sources::FilesAndService, "./data"),
     )?;
-    std::fs::write(
-        out.join("keys.txt"),
-        crate::demo_keyring(sluice_protocol::Backend::Ring).export_key_file(),
+    write_private(
+        &out.join("keys.txt"),
+        &crate::demo_keyring(sluice_protocol::Backend::Ring).export_key_file(),
     )?;
     let file = |name: &str| std::fs::File::create(out.join(name)).map(io::BufWriter::new);
     crate::tables::write_csv(&crate::tables::geo(seed), &mut file("geo.csv")?)?;

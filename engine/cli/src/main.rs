@@ -81,6 +81,11 @@ fn main() -> ExitCode {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             sluice::cat::cat(&paths, &mut out).and_then(|s| {
+                for (file, len) in &s.empty {
+                    eprintln!(
+                        "{file}: empty segment ({len} bytes, no header: a crash while it was created), skipped"
+                    );
+                }
                 for (file, at, why) in &s.torn {
                     eprintln!("{file}: torn tail at byte {at}: {why}");
                 }

@@ -84,8 +84,17 @@ pub struct ShardTuning {
     pub inflight_bytes_max: usize,
     /// Largest batch frame taken; larger frames are refused and the connection closed.
     pub frame_bytes_max: usize,
-    /// Receive buffer per connection (at least `frame_bytes_max`).
+    /// A connection's receive buffer while its frames fit; a larger frame grows it (charged
+    /// to `inflight_bytes_max` from its header on) up to `frame_bytes_max`.
     pub read_buffer_bytes: usize,
+    /// Connections a shard serves at once; one past it is refused (an overloaded ack, then
+    /// closed).
+    pub connections_max: usize,
+    /// A connection that sends nothing for this long is closed (ms).
+    pub idle_timeout_ms: u64,
+    /// A frame whose bytes do not all come within this long of its first is answered
+    /// `truncated` and its connection closed (ms).
+    pub frame_timeout_ms: u64,
     /// Batches one connection may have unacked before the shard stops reading it.
     pub connection_batches_max: usize,
     /// Frames queued from one shard to another.
@@ -103,7 +112,10 @@ impl Default for ShardTuning {
         ShardTuning {
             inflight_bytes_max: 64 << 20,
             frame_bytes_max: FRAME_BYTES_MAX,
-            read_buffer_bytes: FRAME_BYTES_MAX + (256 << 10),
+            read_buffer_bytes: 128 << 10,
+            connections_max: 4096,
+            idle_timeout_ms: 300_000,
+            frame_timeout_ms: 10_000,
             connection_batches_max: 1024,
             forward_frames_max: 64,
             commit_bytes_max: 8 << 20,

@@ -115,10 +115,19 @@ pub fn shard(src: &Source, t: &ShardTuning) -> Result<(ShardTuning, Limits), Con
             format!("shard.frame_bytes_max must be 64..={FRAME_BYTES_MAX}"),
         ));
     }
-    if t.read_buffer_bytes < t.frame_bytes_max {
+    if t.read_buffer_bytes < 4096 || t.read_buffer_bytes > t.frame_bytes_max.max(4096) {
         return Err(src.err(
             0..0,
-            "shard.read_buffer_bytes must be at least shard.frame_bytes_max",
+            "shard.read_buffer_bytes must be 4096 bytes to shard.frame_bytes_max",
+        ));
+    }
+    if t.connections_max == 0 {
+        return Err(src.err(0..0, "shard.connections_max must be at least 1"));
+    }
+    if t.idle_timeout_ms == 0 || t.frame_timeout_ms == 0 {
+        return Err(src.err(
+            0..0,
+            "shard.idle_timeout_ms and shard.frame_timeout_ms must be at least 1",
         ));
     }
     if t.inflight_bytes_max < t.frame_bytes_max {

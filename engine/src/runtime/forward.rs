@@ -82,6 +82,6 @@ async fn take_forwarded(shard: &Rc<Shard>, f: Forward, order: &Order) {
         return;
     }
     shard
-        .take_owned(Frame::Owned(f.frame), id, f.reply, f.received, order)
+        .take_owned(Frame::Owned(f.frame), id, f.reply, f.received, order, 0)
         .await;
 }

@@ -35,6 +35,7 @@ mod commit;
 mod forward;
 mod ingest;
 pub mod lookup;
+mod recv;
 mod shard;
 mod two_pass;
 
@@ -97,10 +98,72 @@ fn mesh(
     (senders, inboxes)
 }
 
+/// Descriptors the engine may hold at once: per shard its connections, two listeners, two
+/// segment files per stream (the current and the next) and a few for its executor and a
+/// lookup client; then the admin port's and some spare.
+fn descriptors_needed(cfg: &Config) -> u64 {
+    let per_shard = cfg.tuning.connections_max as u64 + 2 + 2 * cfg.streams.len() as u64 + 16;
+    cfg.shards as u64 * per_shard + 64
+}
+
+/// Raises the soft RLIMIT_NOFILE toward what the config needs (as far as the hard limit
+/// lets), and warns when it stays below: accepts past it fail with EMFILE.
+fn raise_descriptor_limit(cfg: &Config) {
+    let need = descriptors_needed(cfg);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < need {
+        let raised = libc::rlimit {
+            rlim_cur: need.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass; raising the soft limit up to the hard
+        // one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    if lim.rlim_cur < need {
+        eprintln!(
+            "sluice: warning: RLIMIT_NOFILE is {} (hard limit {}), below the {need} descriptors \
+             this config may hold ({} shards x shard.connections_max {}, plus listeners and \
+             segments): accepts past the limit fail (EMFILE) until connections close; raise it \
+             (ulimit -n {need}) or lower shard.connections_max",
+            lim.rlim_cur, lim.rlim_max, cfg.shards, cfg.tuning.connections_max
+        );
+    }
+}
+
+/// Removes the empty segments a crash left (see [`crate::sink::segment`]), saying so.
+fn remove_empty_segments(cfg: &Config) -> Result<(), String> {
+    let streams: Vec<&str> = cfg.streams.iter().map(|s| s.name.as_str()).collect();
+    let removed = crate::sink::segment::remove_empty(&cfg.sinks.dir, &streams).map_err(|e| {
+        format!(
+            "{}: looking for empty segments: {e}",
+            cfg.sinks.dir.display()
+        )
+    })?;
+    for (path, len) in removed {
+        eprintln!(
+            "sluice: removed empty segment {} ({len} bytes, no header: a crash while it was created)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Starts every shard and the admin endpoint; returns once all listen. Reloads read the
     /// config again from `source` (the embedded default when `None`).
     pub fn start(config: Config, source: Option<PathBuf>) -> Result<Engine, String> {
+        remove_empty_segments(&config)?;
+        raise_descriptor_limit(&config);
         let control = Arc::new(Control::new(&config, source));
         let cfg = Arc::new(config);
         let n = cfg.shards;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use futures::FutureExt;
 use futures::channel::oneshot;
 use glommio::channels::shared_channel::ConnectedSender;
 use glommio::spawn_local;
@@ -56,6 +57,16 @@ pub(super) struct RuntimeStats {
     pub forwarded_out: u64,
     pub forwarded_in: u64,
     pub connections: u64,
+    /// Connections refused at `connections_max`.
+    pub connections_refused: u64,
+    /// Failed accepts, by [`crate::metrics::ACCEPT_ERRORS`].
+    pub accept_errors: [u64; crate::metrics::ACCEPT_ERRORS.len()],
+    /// Why each listener (shared port, own port) cannot accept, while it cannot.
+    pub listeners_down: [Option<String>; 2],
+    /// Connections closed for sending nothing, and for a frame that did not complete in time.
+    pub timed_out: [u64; 2],
+    /// Bytes of the connections' receive buffers.
+    pub receive_buffer_bytes: u64,
 }
 
 /// The shard's in-flight budget, its one owner: batch bytes between read and ack. The
@@ -76,6 +87,9 @@ impl Inflight {
 
     /// Charges `bytes`, waiting while the budget is spent.
     pub async fn charge(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         // The units are given back by `refund`; the semaphore is never closed.
         let _ = self.waiters.acquire(bytes).await;
         let mut b = self.budget.borrow_mut();
@@ -90,7 +104,24 @@ impl Inflight {
         );
     }
 
+    /// Charges `bytes` as `charge` does, giving up at `deadline`: whether it was charged.
+    pub async fn charge_by(&self, bytes: u64, deadline: Instant) -> bool {
+        if let Some(()) = self.charge(bytes).now_or_never() {
+            return true;
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let charged = std::pin::pin!(self.charge(bytes));
+        let timer = std::pin::pin!(glommio::timer::sleep(wait));
+        matches!(
+            futures::future::select(charged, timer).await,
+            futures::future::Either::Left(_)
+        )
+    }
+
     pub fn refund(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         let mut b = self.budget.borrow_mut();
         b.refund(bytes);
         self.waiters.signal(bytes);
@@ -164,9 +195,10 @@ impl Shard {
         }
     }
 
-    /// Takes a batch this shard owns: charges it to the budget (waiting while that is spent),
-    /// then steps it in place, or in two passes when a table asks a lookup service, and queues
-    /// it for the next commit. `reply` gets its ack.
+    /// Takes a batch this shard owns: charges it to the budget (waiting while that is spent)
+    /// unless its reader did (`prepaid`, the frame's length), then steps it in place, or in
+    /// two passes when a table asks a lookup service, and queues it for the next commit.
+    /// `reply` gets its ack.
     pub async fn take_owned(
         self: &Rc<Self>,
         frame: Frame<'_>,
@@ -174,9 +206,13 @@ impl Shard {
         reply: oneshot::Sender<Ack>,
         received: Instant,
         order: &Order,
+        prepaid: u64,
     ) {
         let bytes = frame.len() as u64;
-        self.inflight.charge(bytes).await;
+        debug_assert!(prepaid == 0 || prepaid == bytes, "a frame is charged whole");
+        if prepaid == 0 {
+            self.inflight.charge(bytes).await;
+        }
         if self.pipeline.borrow().asks_service() {
             let frame = match frame {
                 Frame::InPlace(f) => {
@@ -258,6 +294,11 @@ impl Shard {
             forwarded_out: stats.forwarded_out,
             forwarded_in: stats.forwarded_in,
             connections: stats.connections,
+            connections_refused: stats.connections_refused,
+            accept_errors: stats.accept_errors,
+            listeners_down: stats.listeners_down.iter().flatten().cloned().collect(),
+            timed_out: stats.timed_out,
+            receive_buffer_bytes: stats.receive_buffer_bytes,
             inflight_bytes: self.inflight.held(),
             commits: commit.commits,
             sink_errors: commit.failed_rounds,

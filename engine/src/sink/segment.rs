@@ -13,6 +13,11 @@
 //! zero followed by nothing but zeros is a clean end. Anything else that does not check out
 //! is a torn tail, reported with its offset.
 //!
+//! A file shorter than a header, or nothing but zeros, is an **empty segment**: a crash while
+//! the segment was being created (between creating the file and writing its first block)
+//! leaves one. It holds no records; readers skip it with a note, and the engine removes such
+//! files when it starts ([`remove_empty`]).
+//!
 //! Files live at `<dir>/<stream>/<shard:03>-<seq:08>.seg`: one writer per stream per shard,
 //! each record tagged with its partition (see the note on partitions in tuning.md).
 
@@ -211,6 +216,47 @@ pub fn read_segment(bytes: &[u8]) -> Result<Segment<'_>, String> {
     })
 }
 
+/// Whether a segment file's bytes are an empty segment (see the module notes): shorter than a
+/// header, or all zeros.
+pub fn is_empty(bytes: &[u8]) -> bool {
+    bytes.len() < SEGMENT_HEADER_BYTES || bytes.iter().all(|b| *b == 0)
+}
+
+/// Removes the empty segments (see the module notes) of `streams` under `dir`, and returns
+/// each path removed with its length. A file that cannot be read or removed is an error.
+pub fn remove_empty(dir: &Path, streams: &[&str]) -> std::io::Result<Vec<(PathBuf, u64)>> {
+    let mut removed = Vec::new();
+    for stream in streams {
+        let folder = dir.join(stream);
+        if !folder.is_dir() {
+            continue;
+        }
+        for file in find_segments(&folder)? {
+            let len = std::fs::metadata(&file)?.len();
+            // A segment's first block is written whole, so a longer file has its header
+            // unless it is all zeros; read only what can tell.
+            if len >= 4096 && !starts_with_zeros(&file)? {
+                continue;
+            }
+            let bytes = std::fs::read(&file)?;
+            if is_empty(&bytes) {
+                std::fs::remove_file(&file)?;
+                removed.push((file, len));
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether a file's header bytes are all zero.
+fn starts_with_zeros(file: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; SEGMENT_HEADER_BYTES];
+    let mut f = std::fs::File::open(file)?;
+    f.read_exact(&mut head)?;
+    Ok(head.iter().all(|b| *b == 0))
+}
+
 /// The path of segment `seq` of `stream` written by `shard`.
 pub fn segment_path(dir: &Path, stream: &str, shard: usize, seq: u32) -> PathBuf {
     dir.join(stream).join(format!("{shard:03}-{seq:08}.seg"))
@@ -292,6 +338,40 @@ mod tests {
             assert_eq!(crc32c(&b), reference, "{n} bytes");
         }
         assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+    }
+
+    #[test]
+    fn short_and_zero_files_are_empty_segments() {
+        assert!(is_empty(b""));
+        assert!(is_empty(&segment(&[])[..SEGMENT_HEADER_BYTES - 1]));
+        assert!(is_empty(&[0u8; 4096]));
+        assert!(!is_empty(&segment(&[])));
+        let dir = std::env::temp_dir().join(format!("sluice-empty-{}", std::process::id()));
+        let folder = dir.join("s");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("000-00000000.seg"), segment(&[b"{}"])).unwrap();
+        std::fs::write(folder.join("000-00000001.seg"), b"").unwrap();
+        std::fs::write(folder.join("001-00000000.seg"), [0u8; 8192]).unwrap();
+        std::fs::write(folder.join("001-00000001.seg"), &segment(&[])[..10]).unwrap();
+        let removed = remove_empty(&dir, &["s", "absent"]).unwrap();
+        let names: Vec<_> = removed
+            .iter()
+            .map(|(p, len)| (p.file_name().unwrap().to_str().unwrap().to_owned(), *len))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("000-00000001.seg".to_owned(), 0),
+                ("001-00000000.seg".to_owned(), 8192),
+                ("001-00000001.seg".to_owned(), 10)
+            ]
+        );
+        assert_eq!(
+            find_segments(&folder).unwrap().len(),
+            1,
+            "the whole one stays"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -150,6 +150,7 @@ async fn create(s: &WriterSpec, seq: u32) -> io::Result<(Rc<DmaFile>, [u8; SEGME
         .dma_open(&path)
         .await
         .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+    crate::failpoint::reach("segment_created");
     let header = SegmentHeader {
         kind: s.kind,
         format: s.format,

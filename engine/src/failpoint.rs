@@ -1,0 +1,35 @@
+//! Crash points for the end-to-end tests: `SLUICE_CRASH_AT=NAME:N` makes the process kill
+//! itself with SIGKILL the `N`th time (from 1) it reaches the point `NAME`, exactly as a
+//! `kill -9` landing there would. Unset (always, outside tests), each point costs one load of
+//! a flag that says so.
+//!
+//! Points: `segment_created` (a segment file exists, its first block not yet written: at
+//! start-up and at every rotation).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The point named by `SLUICE_CRASH_AT` and after how many hits it fires.
+fn armed() -> Option<&'static (String, u64)> {
+    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let v = std::env::var("SLUICE_CRASH_AT").ok()?;
+            let (name, n) = v.split_once(':').unwrap_or((&v, "1"));
+            Some((name.to_owned(), n.parse().ok()?))
+        })
+        .as_ref()
+}
+
+/// Reaching point `name`: dies here if `SLUICE_CRASH_AT` says so.
+pub fn reach(name: &str) {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let Some((armed, n)) = armed() else { return };
+    if armed == name && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *n {
+        eprintln!("sluice: SLUICE_CRASH_AT={name}:{n}: killing myself");
+        // SAFETY: getpid and kill have no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}

@@ -1,0 +1,649 @@
+//! The server under hostile and unlucky conditions, with the real binaries: crashes at the
+//! worst moment, descriptor limits, slow and idle clients, SIGTERM under load, a hostile
+//! admin client, bad key files, full disks.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_e2e::{
+    EngineProc, binary, cat, engine_config, http, loadgen, metric, stream_records, temp_dir,
+};
+use sluice_protocol::frame::{ACK_FRAME_BYTES, FRAME_HEADER_BYTES};
+use sluice_protocol::{Ack, AckStatus, encode_hello};
+use sluice_workload::routes::STREAMS;
+
+/// An engine config (`engine_config`) with `[shard]` settings added.
+fn config_with_shard(dir: &Path, shards: usize, shard: &str) -> (PathBuf, u16) {
+    let (config, port) = engine_config(dir, shards, "{ interval_us = 1000 }");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[shard]\n{shard}\n"));
+    std::fs::write(&config, text).unwrap();
+    (config, port)
+}
+
+/// Polls `f` every 50 ms until it gives `Some`, for at most `secs` seconds.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "waited {secs} s for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A hello on a new connection to `addr`, answered by a hello reply.
+fn hello_works(addr: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1))
+    else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut head = [0u8; FRAME_HEADER_BYTES];
+    s.write_all(&encode_hello()).is_ok() && s.read_exact(&mut head).is_ok() && head[5] == 4
+}
+
+/// What the engine sent on `s` until it closed: the bytes, and whether it ended in a clean
+/// close (EOF) rather than a reset or a timeout.
+fn read_to_close(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+/// Records in all the W1 streams' segments (`sluice cat` must read every one).
+fn records(data: &Path) -> usize {
+    STREAMS.iter().map(|s| stream_records(data, s).len()).sum()
+}
+
+/// Segment files shorter than a segment header.
+fn short_segments(data: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for s in STREAMS {
+        for e in std::fs::read_dir(data.join(s))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.metadata().is_ok_and(|m| m.len() < 32) {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// `sluice run` with `SLUICE_CRASH_AT=point`, and `loadgen run ARGS` against it while it
+/// lives when `load` is given: once the engine died by SIGKILL, the generator's report and
+/// what the engine wrote to stderr.
+fn run_until_crash(
+    config: &Path,
+    port: u16,
+    point: &str,
+    load: Option<&[&str]>,
+) -> (Option<Value>, String) {
+    let log = config.with_extension("crash.log");
+    let mut child = Command::new(binary("sluice"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("SLUICE_CRASH_AT", point)
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .spawn()
+        .expect("sluice starts");
+    let report = load.map(|args| {
+        // Wait for the shared port, then load it until the engine dies.
+        let target = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(&target).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sluice never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = Command::new(binary("loadgen"))
+            .args(["run", "--quiet", "--target", &target])
+            .args(args)
+            .output()
+            .expect("loadgen runs");
+        serde_json::from_slice(&out.stdout).expect("a report, even when the engine died")
+    });
+    let status = child.wait().expect("wait");
+    let log = std::fs::read_to_string(&log).expect("the log");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "killed at {point}: {status}: {log}"
+    );
+    (report, log)
+}
+
+/// PROTOCOL.md / DESIGN.md: a crash between creating a segment and writing its first block
+/// leaves a file shorter than a header. `sluice cat` skips it with a note and reads every
+/// segment after it; the engine removes it at start and says so. Both kill points: the
+/// first segment at start-up, and a rotation under load (1 MiB segments).
+#[test]
+fn a_crash_while_a_segment_is_created_leaves_an_empty_segment_that_readers_skip() {
+    let dir = temp_dir("empty-segment");
+    let (config, port) = engine_config(&dir, 2, "\"every_batch\"");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "segment_bytes_max = 268435456",
+        "segment_bytes_max = 1048576",
+    );
+    std::fs::write(&config, text).unwrap();
+    let data = dir.join("data");
+
+    let engine = EngineProc::start(&config, port);
+    let r = loadgen(&engine.target(), &["--events", "20000", "--seed", "21"]);
+    assert_eq!(r["events_acked"], 20000);
+    engine.stop();
+    let first = records(&data);
+    assert!(first > 20000, "{first} records");
+
+    // At start-up: the first segment created.
+    run_until_crash(&config, port, "segment_created:1", None);
+    // Both shards create at once, so the kill may find more than one file just created.
+    let empty = short_segments(&data);
+    assert!(!empty.is_empty(), "a file left empty");
+    let out = cat(empty[0].parent().unwrap());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("empty segment"), "{stderr}");
+    assert_eq!(
+        records(&data),
+        first,
+        "every record is read past the empty segment"
+    );
+
+    // At a rotation under load: start-up creates two segments per stream and shard (the
+    // current and the next, prepared), so the 60th create is a rotation's.
+    let (r, log) = run_until_crash(
+        &config,
+        port,
+        "segment_created:60",
+        Some(&["--rate", "max", "--duration", "20", "--seed", "22"]),
+    );
+    let r = r.unwrap();
+    let acked = r["events_acked"].as_u64().unwrap();
+    assert!(acked > 0, "{r}");
+    // The engine removed the first kill's files when it started; this kill left its own.
+    let first_empty = empty;
+    let empty = short_segments(&data);
+    assert!(!empty.is_empty(), "a file left empty");
+    for p in &first_empty {
+        let line = format!("removed empty segment {}", p.display());
+        assert!(log.contains(&line), "removed at start: {log}");
+    }
+    eprintln!("killed at a rotation with {acked} events acked");
+    let second = records(&data);
+    assert!(second > first, "the second run's records are read too");
+
+    // A restart removes both, says so, and loses no record.
+    let engine = EngineProc::start(&config, port);
+    let removed: Vec<_> = engine
+        .log
+        .iter()
+        .filter(|l| l.contains("removed empty segment"))
+        .collect();
+    assert_eq!(removed.len(), empty.len(), "{:?}", engine.log);
+    engine.stop();
+    assert!(short_segments(&data).is_empty());
+    assert_eq!(records(&data), second);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Key files: no error ever shows key material (a line with key and id swapped names the
+/// line and what is wrong); a file group or others may read is refused with its mode and the
+/// fix, as ssh does; `loadgen fixtures` writes `keys.txt` as 0600.
+#[test]
+fn key_files_are_private_and_their_errors_never_show_a_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("keys");
+    let out = Command::new(binary("loadgen"))
+        .args(["fixtures", "--workload", "w1", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("loadgen fixtures");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = dir.join("keys.txt");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&keys), 0o600, "fixtures write keys.txt private");
+    let config = dir.join("sluice.toml");
+    let sluice = |cmd: &str| {
+        let out = Command::new(binary("sluice"))
+            .args([cmd, "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .output()
+            .expect("sluice runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(sluice("check").0);
+
+    for m in [0o644, 0o666] {
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(m)).unwrap();
+        for cmd in ["check", "run"] {
+            let (ok, err) = sluice(cmd);
+            assert!(!ok, "sluice {cmd} takes a {m:o} key file");
+            assert!(err.contains(&format!("mode {m:04o}")), "{err}");
+            assert!(err.contains("chmod 600"), "{err}");
+        }
+    }
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let text = std::fs::read_to_string(&keys).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("3 "))
+        .unwrap()
+        .to_owned();
+    let key = line.split_whitespace().nth(1).unwrap().to_owned();
+    let lineno = text.lines().position(|l| l == line).unwrap() + 1;
+    std::fs::write(&keys, text.replace(&line, &format!("{key} 3"))).unwrap();
+    let (ok, err) = sluice("check");
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("keys.txt:{lineno}:")),
+        "names the line: {err}"
+    );
+    assert!(err.contains("`ID KEY`"), "says what is wrong: {err}");
+    assert!(!err.contains(&key[..16]), "no key material: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 1: with RLIMIT_NOFILE at 256, 300 connections exhaust the engine's descriptors. It
+/// warns at start that the limit is below what the config needs; the failing accepts are
+/// counted, logged once, and reported by `GET /healthz` (503 with the reason) while they
+/// last; once the connections close, both listeners accept again and `/healthz` is 200.
+#[test]
+fn running_out_of_descriptors_is_survived_counted_and_reported() {
+    let dir = temp_dir("nofile");
+    let (config, port) = config_with_shard(&dir, 2, "connections_max = 4096");
+    let admin = port + 3;
+    let engine = EngineProc::start_with(&config, port, |cmd| {
+        // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 256,
+                    rlim_max: 256,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    assert!(
+        engine
+            .log
+            .iter()
+            .any(|l| l.contains("RLIMIT_NOFILE is 256")),
+        "warns at start: {:?}",
+        engine.log
+    );
+    let own = format!("127.0.0.1:{}", port + 1);
+    let mut conns = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = TcpStream::connect_timeout(&own.parse().unwrap(), Duration::from_millis(500))
+        {
+            conns.push(s);
+        }
+    }
+    let body = wait_for(10, "/healthz to fail", || {
+        let (code, body) = http(admin, "GET", "/healthz");
+        (code == 503).then_some(body)
+    });
+    assert!(body.contains("EMFILE") && body.contains(&own), "{body}");
+    let metrics = http(admin, "GET", "/metrics").1;
+    assert!(
+        metric(
+            &metrics,
+            "sluice_accept_errors_total",
+            &["error=\"EMFILE\""]
+        ) > 0
+    );
+    assert!(metric(&metrics, "sluice_listeners_down", &["shard=\"0\""]) >= 1);
+
+    drop(conns);
+    wait_for(20, "shard 0's port to accept again", || {
+        hello_works(&own).then_some(())
+    });
+    wait_for(20, "the shared port to accept again", || {
+        hello_works(&engine.target()).then_some(())
+    });
+    wait_for(5, "/healthz to be 200", || {
+        (http(admin, "GET", "/healthz").0 == 200).then_some(())
+    });
+    let r = loadgen(&engine.target(), &["--events", "5000"]);
+    assert_eq!(r["events_acked"], 5000);
+    let log = engine.log_lines();
+    let fails = log
+        .iter()
+        .filter(|l| l.contains(&format!("accept on {own} fails")))
+        .count();
+    // Once per change of state: a descriptor freed now and then (an admin request's) lets
+    // one accept through, which is a change too; never once per failed accept.
+    let failed = metric(
+        &metrics,
+        "sluice_accept_errors_total",
+        &["error=\"EMFILE\""],
+    );
+    assert!(
+        (1..=10).contains(&fails),
+        "logged once per change of state: {log:?}"
+    );
+    assert!(
+        failed as usize >= fails,
+        "{failed} failed accepts, {fails} lines"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains(&format!("accepting on {own} again"))),
+        "{log:?}"
+    );
+    engine.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 1: past `connections_max` a connection gets an overloaded ack (seq 0, partition 0)
+/// and a clean close, counted; once one closes, the next is served.
+#[test]
+fn connections_past_the_cap_are_refused_with_an_overloaded_ack() {
+    let dir = temp_dir("cap");
+    let (config, port) = config_with_shard(&dir, 2, "connections_max = 20");
+    let engine = EngineProc::start(&config, port);
+    let own = format!("127.0.0.1:{}", port + 1);
+    let mut held: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(&own).unwrap();
+            s.write_all(&encode_hello()).unwrap();
+            let mut head = [0u8; FRAME_HEADER_BYTES];
+            s.read_exact(&mut head).unwrap();
+            let len = u32::from_le_bytes(head[24..28].try_into().unwrap()) as usize;
+            let mut rest = vec![0u8; len - FRAME_HEADER_BYTES];
+            s.read_exact(&mut rest).unwrap();
+            s
+        })
+        .collect();
+    let mut extra = TcpStream::connect(&own).unwrap();
+    let (got, clean) = read_to_close(&mut extra, Duration::from_secs(5));
+    assert!(clean, "closed, not reset");
+    assert_eq!(got.len(), ACK_FRAME_BYTES);
+    let ack = Ack::decode(&got).unwrap();
+    assert_eq!(
+        (ack.seq, ack.partition, ack.status),
+        (0, 0, AckStatus::Overloaded)
+    );
+    held.pop();
+    wait_for(5, "a free place", || hello_works(&own).then_some(()));
+    let metrics = wait_for(5, "the refusal counted", || {
+        let m = http(port + 3, "GET", "/metrics").1;
+        (metric(&m, "sluice_connections_refused_total", &["shard=\"0\""]) >= 1).then_some(m)
+    });
+    assert_eq!(metric(&metrics, "sluice_connections", &["shard=\"0\""]), 19);
+    drop(held);
+    engine.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What the engine sent on each of `conns` until it closed them (as `read_to_close`), read
+/// from all at once, as a client that keeps reading does, for at most `timeout` in all.
+fn read_all_to_close(conns: &mut [TcpStream], timeout: Duration) -> Vec<(Vec<u8>, bool)> {
+    let mut out: Vec<(Vec<u8>, Option<bool>)> = conns.iter().map(|_| (Vec::new(), None)).collect();
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 1 << 16];
+    for s in conns.iter() {
+        s.set_nonblocking(true).unwrap();
+    }
+    while out.iter().any(|(_, end)| end.is_none()) && Instant::now() < deadline {
+        let mut idle = true;
+        for (s, (got, end)) in conns.iter_mut().zip(&mut out) {
+            if end.is_some() {
+                continue;
+            }
+            match s.read(&mut buf) {
+                Ok(0) => *end = Some(true),
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    idle = false;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => *end = Some(false),
+            }
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    out.into_iter()
+        .map(|(g, e)| (g, e.unwrap_or(false)))
+        .collect()
+}
+
+/// A batch frame header promising `len` bytes (magic, version, kind 1, seq, partition).
+fn batch_header(seq: u64, partition: u32, len: u32) -> [u8; FRAME_HEADER_BYTES] {
+    let mut h = [0u8; FRAME_HEADER_BYTES];
+    h[0..4].copy_from_slice(b"SLCF");
+    h[4] = 1;
+    h[5] = 1;
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..20].copy_from_slice(&partition.to_le_bytes());
+    h[20..24].copy_from_slice(&1u32.to_le_bytes());
+    h[24..28].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+/// Item 2: memory is bounded by the config. 400 connections each sending a 4 MiB frame but
+/// its last 64 bytes: a frame is charged to the in-flight budget from its header on, so RSS
+/// grows by at most the shards' budgets and receive buffers; 4,000 idle connections cost
+/// little; and both come back once the connections close. Slow frames and silent
+/// connections are closed on time (`frame_timeout_ms`, `idle_timeout_ms`).
+#[test]
+fn memory_is_bounded_by_the_config_and_slow_connections_are_closed() {
+    let dir = temp_dir("memory");
+    let (config, port) = config_with_shard(
+        &dir,
+        2,
+        "connections_max = 4096\nframe_timeout_ms = 3000\nidle_timeout_ms = 4000",
+    );
+    let engine = EngineProc::start(&config, port);
+    let admin = port + 3;
+    let base = engine.rss_bytes();
+    // The bound the defaults give: per shard the in-flight budget (64 MiB) and a receive
+    // buffer (128 KiB) per connection, plus room for the rest of the process.
+    let shards = 2u64;
+    let bound = |conns: u64| shards * (64 << 20) + conns * (128 << 10) + (48 << 20);
+
+    // 400 connections, each sending all but the last 64 bytes of a 4 MiB frame, as fast as
+    // the engine reads (non-blocking writes, round robin).
+    const FRAME: usize = 4 << 20;
+    let addrs = [port + 1, port + 2];
+    let mut conns: Vec<(TcpStream, usize)> = (0..400)
+        .map(|i| {
+            let s = TcpStream::connect(("127.0.0.1", addrs[i % 2])).unwrap();
+            s.set_nonblocking(true).unwrap();
+            (s, 0)
+        })
+        .collect();
+    let mut body = vec![0u8; FRAME - 64];
+    let mut peak = 0;
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        for (i, (s, sent)) in conns.iter_mut().enumerate() {
+            if *sent == 0 {
+                body[..FRAME_HEADER_BYTES].copy_from_slice(&batch_header(
+                    i as u64,
+                    (i % 2) as u32,
+                    FRAME as u32,
+                ));
+            }
+            if *sent < body.len()
+                && let Ok(n) = s.write(&body[*sent..])
+            {
+                *sent += n;
+            }
+        }
+        peak = peak.max(engine.rss_bytes());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let metrics = http(admin, "GET", "/metrics").1;
+    let inflight = metric(&metrics, "sluice_inflight_bytes", &[]);
+    assert!(inflight > 0, "partial frames are charged");
+    assert!(
+        inflight <= shards * (64 << 20),
+        "within the budget: {inflight}"
+    );
+    let grew = peak.saturating_sub(base);
+    eprintln!(
+        "400 x (4 MiB - 64): RSS {} MB -> peak {} MB (+{} MB; bound +{} MB), inflight {} MB",
+        base >> 20,
+        peak >> 20,
+        grew >> 20,
+        bound(400) >> 20,
+        inflight >> 20
+    );
+    assert!(grew < bound(400), "RSS grew {} MB", grew >> 20);
+    // Their frames never complete: each is answered `truncated` and closed at the frame
+    // timeout, 3 s after its first byte (those still waiting for the budget too).
+    let t0 = Instant::now();
+    let mut socks: Vec<TcpStream> = conns.into_iter().map(|(s, _)| s).collect();
+    // Each is closed; the engine drains what a client still has in flight for a second
+    // before it closes, so a client with megabytes unsent (and a machine this busy) may see
+    // a reset instead of its answer: count them.
+    let (mut answered, mut clean_closes) = (0, 0);
+    for (got, clean) in read_all_to_close(&mut socks, Duration::from_secs(30)) {
+        if got.len() >= ACK_FRAME_BYTES {
+            let ack = Ack::decode(&got[..ACK_FRAME_BYTES]).unwrap();
+            assert_eq!(ack.status, AckStatus::Rejected);
+            assert_eq!(
+                sluice_protocol::Error::name_of_code(ack.error),
+                Some("truncated")
+            );
+            answered += 1;
+        }
+        clean_closes += usize::from(clean);
+    }
+    eprintln!("400 slow frames: {answered} answered, {clean_closes} closed cleanly");
+    let took = t0.elapsed();
+    eprintln!("400 slow frames closed after {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "at the frame timeout: {took:?}"
+    );
+    drop(socks);
+    let after_partial = wait_for(10, "memory back", || {
+        let rss = engine.rss_bytes();
+        (rss < base + (32 << 20)).then_some(rss)
+    });
+
+    // 4,000 idle connections, then closed.
+    let idle: Vec<TcpStream> = (0..4000)
+        .map(|i| TcpStream::connect(("127.0.0.1", addrs[i % 2])).unwrap())
+        .collect();
+    let opened = Instant::now();
+    wait_for(10, "4,000 connections", || {
+        let m = http(admin, "GET", "/metrics").1;
+        (metric(&m, "sluice_connections", &[]) == 4000).then_some(())
+    });
+    let rss_idle = engine.rss_bytes();
+    eprintln!(
+        "4,000 idle connections: RSS {} MB -> {} MB",
+        after_partial >> 20,
+        rss_idle >> 20
+    );
+    assert!(
+        rss_idle < after_partial + 4000 * (32 << 10),
+        "under 32 KiB a connection: {} MB",
+        (rss_idle - after_partial) >> 20
+    );
+    // They are closed for idleness after 4 s.
+    let mut idle = idle;
+    for (got, clean) in read_all_to_close(&mut idle, Duration::from_secs(30)) {
+        assert!(got.is_empty() && clean, "closed cleanly, nothing sent");
+    }
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(3900),
+        "not before the idle timeout: {waited:?}"
+    );
+    let m = wait_for(20, "every idle connection closed by the engine", || {
+        let m = http(admin, "GET", "/metrics").1;
+        (metric(&m, "sluice_connections", &[]) == 0).then_some(m)
+    });
+    assert_eq!(
+        metric(
+            &m,
+            "sluice_connections_timed_out_total",
+            &["reason=\"frame\""]
+        ),
+        400
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sluice_connections_timed_out_total",
+            &["reason=\"idle\""]
+        ),
+        4000
+    );
+    drop(idle);
+    wait_for(10, "memory back after the idle ones", || {
+        (engine.rss_bytes() < base + (32 << 20)).then_some(())
+    });
+
+    // A slowloris connection: a header promising 1 MiB, 1,000 bytes, then silence.
+    let mut slow: Vec<TcpStream> = (0..50)
+        .map(|i| {
+            let mut s = TcpStream::connect(("127.0.0.1", addrs[i % 2])).unwrap();
+            let mut start = batch_header(1000 + i as u64, (i % 2) as u32, 1 << 20).to_vec();
+            start.resize(1000, 0);
+            s.write_all(&start).unwrap();
+            s
+        })
+        .collect();
+    let t0 = Instant::now();
+    let answers = read_all_to_close(&mut slow, Duration::from_secs(30));
+    for (i, (got, clean)) in answers.into_iter().enumerate() {
+        assert!(
+            got.len() >= ACK_FRAME_BYTES && clean,
+            "an answer, then a clean close"
+        );
+        let ack = Ack::decode(&got[..ACK_FRAME_BYTES]).unwrap();
+        assert_eq!(
+            (ack.seq, ack.status),
+            (1000 + i as u64, AckStatus::Rejected)
+        );
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(8),
+        "closed at the frame timeout: {took:?}"
+    );
+    // Nothing was lost on the way: a good client is served as before.
+    let r = loadgen(&engine.target(), &["--events", "5000"]);
+    assert_eq!(r["events_acked"], 5000);
+    engine.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
