@@ -1,6 +1,6 @@
 //! End to end, with the real binaries: `sluice run`, `loadgen run`, `sluice cat`, `sluice check`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -9,92 +9,17 @@ use std::process::Command;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use sluice_e2e::{
-    EngineProc, ServiceProc, binary, cat, engine_config, loadgen, stream_records, temp_dir,
+    EngineProc, ServiceProc, binary, cat, engine_config, expected_records, loadgen, stream_records,
+    temp_dir, without_ts,
 };
 use sluice_protocol::envelope::ENVELOPE_HEADER_BYTES;
 use sluice_protocol::frame::{ACK_FRAME_BYTES, FRAME_HEADER_BYTES};
 use sluice_protocol::{
-    Ack, AckStatus, AlignedBuf, Backend, ClientIp, EnvelopeHeader, FrameBuilder, PayloadFormat,
-    TAG_BYTES, partition_for, reseal_frame,
+    Ack, AckStatus, AlignedBuf, Backend, EnvelopeHeader, FrameBuilder, PayloadFormat, TAG_BYTES,
+    partition_for, reseal_frame,
 };
-use sluice_workload::routes::{Facts, STREAMS, w1_routes};
+use sluice_workload::routes::STREAMS;
 use sluice_workload::{Workload, WorkloadGen, tables};
-
-/// The records the W1 route set (seed 1) implies for the first `n` events of a W1 generator
-/// seeded `seed`, by stream, computed from the generator, the tables and the route specs
-/// directly: no engine code. `ts_ms` is left out (the generator stamps it at send time).
-fn expected_records(seed: u64, n: usize) -> BTreeMap<String, Vec<Value>> {
-    let routes = w1_routes(1);
-    let geo: HashMap<[u8; 3], tables::GeoRow> =
-        tables::geo(1).into_iter().map(|g| (g.prefix, g)).collect();
-    let devices = tables::devices(1);
-    let customers = tables::customers(1);
-    let mut generator = WorkloadGen::new(Workload::W1, seed);
-    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let mut made = 0;
-    while made < n {
-        let up = generator.next_upload(0);
-        for e in up.events {
-            made += 1;
-            let ClientIp::V4(ip) = e.client_ip else {
-                unreachable!("W1 is IPv4")
-            };
-            let g = &geo[&[ip[0], ip[1], ip[2]]];
-            let d = &devices[e.device_type_id as usize - 1];
-            let c = &customers[e.customer_id as usize - 1];
-            let facts = Facts {
-                event_id: e.event_id,
-                event_type: &e.event_type,
-                app_version: &e.app_version,
-                country: g.country,
-                platform: d.platform,
-                plan: c.plan,
-            };
-            for r in routes.iter().filter(|r| r.emits(&facts)) {
-                let mut rec = serde_json::Map::new();
-                for f in &r.fields {
-                    let v = match *f {
-                        "ts_ms" => continue,
-                        "event_id" => json!(e.event_id),
-                        "event_type" => json!(e.event_type),
-                        "app_version" => json!(e.app_version),
-                        "device_type_id" => json!(e.device_type_id),
-                        "device_id" => json!(e.device_id),
-                        "customer_id" => json!(e.customer_id),
-                        "client_ip" => json!(format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])),
-                        "session_id" => json!(e.session_id),
-                        "geo.country" => json!(g.country),
-                        "geo.region" => json!(g.region),
-                        "geo.asn" => json!(g.asn),
-                        "device.brand" => json!(d.brand),
-                        "device.model" => json!(d.model),
-                        "device.platform" => json!(d.platform),
-                        "device.os" => json!(d.os),
-                        "customer.plan" => json!(c.plan),
-                        "customer.signup_country" => json!(c.signup_country),
-                        "customer.profiles" => json!(c.profiles),
-                        other => panic!("unknown field {other}"),
-                    };
-                    rec.insert((*f).to_owned(), v);
-                }
-                out.entry(r.stream.to_owned())
-                    .or_default()
-                    .push(Value::Object(rec));
-            }
-            if made == n {
-                break;
-            }
-        }
-    }
-    out
-}
-
-fn without_ts(mut v: Value) -> Value {
-    if let Value::Object(m) = &mut v {
-        m.shift_remove("ts_ms");
-    }
-    v
-}
 
 fn sorted(mut v: Vec<Value>) -> Vec<String> {
     let mut s: Vec<String> = v.drain(..).map(|x| without_ts(x).to_string()).collect();

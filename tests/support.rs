@@ -3,12 +3,18 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_protocol::ClientIp;
+use sluice_workload::routes::{Facts, w1_routes};
+use sluice_workload::{Workload, WorkloadGen, tables};
 
 /// The path of a workspace binary, brought up to date (built with the test's profile) the
 /// first time a test process asks for it, so that no test runs a stale binary.
@@ -50,14 +56,21 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 pub fn free_ports(n: u16) -> u16 {
     static NEXT: Mutex<u16> = Mutex::new(0);
     let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    // Below the ephemeral range, so that no client connection of another test takes a
+    // port between this check and the engine's bind.
+    let top = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+        .clamp(12_000, 60_000);
     if *next == 0 {
-        *next = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+        *next = 10_000 + (std::process::id() % 1_000) as u16 * 2;
     }
     loop {
         let base = *next;
         *next += n + 1;
-        if *next > 60_000 {
-            *next = 20_000;
+        if *next + n >= top {
+            *next = 10_000;
         }
         if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
@@ -205,6 +218,12 @@ impl EngineProc {
         }
     }
 
+    /// Waits for the engine to exit (after a signal sent with `signal`); it must exit 0.
+    pub fn stop_waiting(mut self) {
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "sluice exited with {status}");
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(mut self) {
         // SAFETY: sending a signal to our own child process.
@@ -344,5 +363,81 @@ pub fn read(path: &Path) -> Vec<u8> {
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut v))
         .expect("read");
+    v
+}
+
+/// The records the W1 route set (seed 1) implies for the first `n` events of a W1 generator
+/// seeded `seed`, by stream, computed from the generator, the tables and the route specs
+/// directly: no engine code. `ts_ms` is left out (the generator stamps it at send time).
+pub fn expected_records(seed: u64, n: usize) -> BTreeMap<String, Vec<Value>> {
+    let routes = w1_routes(1);
+    let geo: HashMap<[u8; 3], tables::GeoRow> =
+        tables::geo(1).into_iter().map(|g| (g.prefix, g)).collect();
+    let devices = tables::devices(1);
+    let customers = tables::customers(1);
+    let mut generator = WorkloadGen::new(Workload::W1, seed);
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut made = 0;
+    while made < n {
+        let up = generator.next_upload(0);
+        for e in up.events {
+            made += 1;
+            let ClientIp::V4(ip) = e.client_ip else {
+                unreachable!("W1 is IPv4")
+            };
+            let g = &geo[&[ip[0], ip[1], ip[2]]];
+            let d = &devices[e.device_type_id as usize - 1];
+            let c = &customers[e.customer_id as usize - 1];
+            let facts = Facts {
+                event_id: e.event_id,
+                event_type: &e.event_type,
+                app_version: &e.app_version,
+                country: g.country,
+                platform: d.platform,
+                plan: c.plan,
+            };
+            for r in routes.iter().filter(|r| r.emits(&facts)) {
+                let mut rec = serde_json::Map::new();
+                for f in &r.fields {
+                    let v = match *f {
+                        "ts_ms" => continue,
+                        "event_id" => json!(e.event_id),
+                        "event_type" => json!(e.event_type),
+                        "app_version" => json!(e.app_version),
+                        "device_type_id" => json!(e.device_type_id),
+                        "device_id" => json!(e.device_id),
+                        "customer_id" => json!(e.customer_id),
+                        "client_ip" => json!(format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])),
+                        "session_id" => json!(e.session_id),
+                        "geo.country" => json!(g.country),
+                        "geo.region" => json!(g.region),
+                        "geo.asn" => json!(g.asn),
+                        "device.brand" => json!(d.brand),
+                        "device.model" => json!(d.model),
+                        "device.platform" => json!(d.platform),
+                        "device.os" => json!(d.os),
+                        "customer.plan" => json!(c.plan),
+                        "customer.signup_country" => json!(c.signup_country),
+                        "customer.profiles" => json!(c.profiles),
+                        other => panic!("unknown field {other}"),
+                    };
+                    rec.insert((*f).to_owned(), v);
+                }
+                out.entry(r.stream.to_owned())
+                    .or_default()
+                    .push(Value::Object(rec));
+            }
+            if made == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+pub fn without_ts(mut v: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.shift_remove("ts_ms");
+    }
     v
 }

@@ -19,20 +19,26 @@ pub const SIGNAL_POLL: Duration = Duration::from_millis(50);
 /// How long the admin thread sleeps when no client is waiting (its listener is non-blocking,
 /// so that it sees the engine stop).
 pub const ADMIN_ACCEPT_POLL: Duration = Duration::from_millis(20);
-/// How long the admin port waits for a request's bytes.
-pub const ADMIN_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection's ack writer starts with this much room for replies (bytes, 85 acks); it
 /// grows when a burst of replies needs more.
 pub const REPLY_BUFFER_BYTES: usize = 4 << 10;
 /// The first and the longest wait before a failed accept is tried again (doubling between).
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// A listener whose accept failed counts as down (`/healthz`) until this long after the last
+/// failure; it is logged up again at the first accept after that.
+pub const ACCEPT_DOWN_HOLD: Duration = Duration::from_secs(2);
 /// How long a closing connection reads and drops what its client still sends, waiting for
 /// the client to close its side (a close with unread bytes would reset the connection).
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// The same for a connection refused at `connections_max`, kept short: it holds a
 /// descriptor the cap is there to save.
 pub const REFUSE_LINGER: Duration = Duration::from_millis(100);
+/// After this many connections ended, a shard asks the allocator to give free memory back
+/// to the system ...
+pub const TRIM_AFTER_CONNECTIONS: u64 = 256;
+/// ... at most this often.
+pub const TRIM_INTERVAL_MIN: Duration = Duration::from_secs(1);
 /// The longest answer head a lookup service may send (bytes).
 pub const ANSWER_HEAD_BYTES_MAX: usize = 64 << 10;
 /// The largest answer a lookup service may send (bytes).
@@ -44,4 +50,6 @@ const _: () = assert!(RELOAD_POLL.as_nanos() < RELOAD_TAKE_TIMEOUT.as_nanos());
 const _: () = assert!(100 * SHARD_TICK.as_nanos() <= RELOAD_TAKE_TIMEOUT.as_nanos());
 const _: () = assert!(ANSWER_HEAD_BYTES_MAX < ANSWER_BYTES_MAX);
 const _: () = assert!(ACCEPT_BACKOFF_MIN.as_nanos() < ACCEPT_BACKOFF_MAX.as_nanos());
+// A listener failing at the longest back-off stays down between its tries.
+const _: () = assert!(ACCEPT_BACKOFF_MAX.as_nanos() < ACCEPT_DOWN_HOLD.as_nanos());
 const _: () = assert!(REFUSE_LINGER.as_nanos() <= CLOSE_LINGER.as_nanos());

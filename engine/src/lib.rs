@@ -19,6 +19,7 @@ pub mod control;
 pub mod enrich;
 pub mod failpoint;
 pub mod metrics;
+pub mod os_error;
 pub mod pipeline;
 pub mod route;
 pub mod runtime;

@@ -67,6 +67,7 @@ impl ShardSnapshot {
             counters: Counters {
                 records: vec![0; streams],
                 record_bytes: vec![0; streams],
+                write_errors: vec![0; streams],
                 ..Counters::default()
             },
             forwarded_out: 0,
@@ -131,6 +132,7 @@ impl Registry {
         let mut c = Counters {
             records: vec![0; n],
             record_bytes: vec![0; n],
+            write_errors: vec![0; n],
             ..Counters::default()
         };
         let mut fwd = 0;
@@ -424,6 +426,12 @@ pub const FAMILIES: &[Family] = &[
         Read::Stream(|c| &c.record_bytes),
     ),
     family(
+        "sluice_write_errors_total",
+        Counter,
+        "Segment writes that failed, per stream (the round's batches are acked overloaded).",
+        Read::Stream(|c| &c.write_errors),
+    ),
+    family(
         "sluice_dead_letters_total",
         Counter,
         "Envelopes dead-lettered, per reason.",
@@ -531,6 +539,9 @@ pub fn add_counters(into: &mut Counters, c: &Counters) {
     into.bytes_in += c.bytes_in;
     into.unmatched += c.unmatched;
     for (a, b) in into.records.iter_mut().zip(&c.records) {
+        *a += b;
+    }
+    for (a, b) in into.write_errors.iter_mut().zip(&c.write_errors) {
         *a += b;
     }
     for (a, b) in into.record_bytes.iter_mut().zip(&c.record_bytes) {

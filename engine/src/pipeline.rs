@@ -118,6 +118,8 @@ pub struct Counters {
     pub unmatched: u64,
     pub records: Vec<u64>,
     pub record_bytes: Vec<u64>,
+    /// Failed segment writes, per stream (counted by the commit task).
+    pub write_errors: Vec<u64>,
     /// By [`Error::code`].
     pub dead_letters: [u64; Error::NAMES.len()],
 }
@@ -180,6 +182,7 @@ impl Pipeline {
             counters: Counters {
                 records: vec![0; streams],
                 record_bytes: vec![0; streams],
+                write_errors: vec![0; streams],
                 ..Counters::default()
             },
         }

@@ -102,6 +102,27 @@ pub struct Listen {
     pub admin: SocketAddr,
 }
 
+/// The admin port's bounds and credentials (`[admin]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// The token `POST /reload` must present; `None`: reloads only from loopback clients.
+    pub token: Option<String>,
+    pub connections_max: usize,
+    pub request_bytes_max: usize,
+    pub request_timeout: std::time::Duration,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("connections_max", &self.connections_max)
+            .field("request_bytes_max", &self.request_bytes_max)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
 /// Sink settings shared by every stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sinks {
@@ -126,6 +147,7 @@ pub struct Config {
     pub tuning: ShardTuning,
     pub limits: Limits,
     pub listen: Listen,
+    pub admin: Admin,
     pub keyring: Keyring,
     pub tables: Tables,
     pub tables_source: String,
@@ -229,6 +251,7 @@ impl Config {
         let engine = sections::engine(&src, &raw.engine)?;
         let (tuning, limits) = sections::shard(&src, &raw.shard)?;
         let listen = sections::listen(&src, &raw.listen, engine.shards)?;
+        let admin = sections::admin(&src, &raw.admin)?;
         let keyring = sections::keys(&src, &raw.keys, engine.backend)?;
         let tables_spec = enrich::specs(&src, &raw.enrich)?;
         let (tables, tables_source) = enrich::load(&src, &raw.enrich, &tables_spec)?;
@@ -245,6 +268,7 @@ impl Config {
             tuning,
             limits,
             listen,
+            admin,
             keyring,
             tables,
             tables_source,

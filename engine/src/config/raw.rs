@@ -37,6 +37,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub listen: RawListen,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub keys: RawKeys,
     /// `[enrich.geo]`, `[enrich.device]`, `[enrich.customer]`.
     #[serde(default)]
@@ -95,6 +97,9 @@ pub struct ShardTuning {
     /// A frame whose bytes do not all come within this long of its first is answered
     /// `truncated` and its connection closed (ms).
     pub frame_timeout_ms: u64,
+    /// How long a stopping shard waits for its connections to close cleanly after it
+    /// committed and answered what it read (ms).
+    pub shutdown_timeout_ms: u64,
     /// Batches one connection may have unacked before the shard stops reading it.
     pub connection_batches_max: usize,
     /// Frames queued from one shard to another.
@@ -116,6 +121,7 @@ impl Default for ShardTuning {
             connections_max: 4096,
             idle_timeout_ms: 300_000,
             frame_timeout_ms: 10_000,
+            shutdown_timeout_ms: 10_000,
             connection_batches_max: 1024,
             forward_frames_max: 64,
             commit_bytes_max: 8 << 20,
@@ -139,6 +145,32 @@ impl Default for RawListen {
             shared: Spanned::new(0..0, LISTEN_SHARED.into()),
             shard_port_base: SHARD_PORT_BASE,
             admin: Spanned::new(0..0, LISTEN_ADMIN.into()),
+        }
+    }
+}
+
+/// The admin port's bounds and credentials (`[admin]`; its address is `listen.admin`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// A file holding the token `POST /reload` must present (`Authorization: Bearer TOKEN`).
+    /// Without it, reloads are taken only from loopback clients.
+    pub token_file: Option<Spanned<PathBuf>>,
+    /// Admin connections served at once; more are answered 503 and closed.
+    pub connections_max: usize,
+    /// The longest request head (request line and headers), in bytes.
+    pub request_bytes_max: usize,
+    /// How long a client has to send its whole request (ms).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            token_file: None,
+            connections_max: 16,
+            request_bytes_max: 8192,
+            request_timeout_ms: 2000,
         }
     }
 }

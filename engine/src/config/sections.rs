@@ -10,11 +10,11 @@ use sluice_protocol::{Backend, Keyring, Limits};
 use toml::Spanned;
 
 use super::raw::{
-    AEAD, INTERVAL_US, RawDurability, RawEngine, RawKeys, RawListen, RawRoute, RawSinks, RawStream,
-    ShardTuning,
+    AEAD, INTERVAL_US, RawAdmin, RawDurability, RawEngine, RawKeys, RawListen, RawRoute, RawSinks,
+    RawStream, ShardTuning,
 };
 use super::{
-    ConfigError, DEAD_LETTER_STREAM, Durability, Listen, Sinks, Source, StreamSpec,
+    Admin, ConfigError, DEAD_LETTER_STREAM, Durability, Listen, Sinks, Source, StreamSpec,
     UNMATCHED_STREAM,
 };
 use crate::route::{RouteSet, RulePart, RuleSource};
@@ -124,10 +124,10 @@ pub fn shard(src: &Source, t: &ShardTuning) -> Result<(ShardTuning, Limits), Con
     if t.connections_max == 0 {
         return Err(src.err(0..0, "shard.connections_max must be at least 1"));
     }
-    if t.idle_timeout_ms == 0 || t.frame_timeout_ms == 0 {
+    if t.idle_timeout_ms == 0 || t.frame_timeout_ms == 0 || t.shutdown_timeout_ms == 0 {
         return Err(src.err(
             0..0,
-            "shard.idle_timeout_ms and shard.frame_timeout_ms must be at least 1",
+            "shard.idle_timeout_ms, shard.frame_timeout_ms and shard.shutdown_timeout_ms must be at least 1",
         ));
     }
     if t.inflight_bytes_max < t.frame_bytes_max {
@@ -172,6 +172,54 @@ pub fn listen(src: &Source, l: &RawListen, shards: usize) -> Result<Listen, Conf
         ));
     }
     Ok(listen)
+}
+
+/// `[admin]`: the bounds, and the reload token read from `token_file` (which, like a key
+/// file, only its owner may read).
+pub fn admin(src: &Source, a: &RawAdmin) -> Result<Admin, ConfigError> {
+    if a.connections_max == 0 || a.request_bytes_max < 64 || a.request_timeout_ms == 0 {
+        return Err(src.err(
+            0..0,
+            "admin.connections_max and admin.request_timeout_ms must be at least 1, \
+             admin.request_bytes_max at least 64",
+        ));
+    }
+    let token = match &a.token_file {
+        None => None,
+        Some(f) => {
+            use std::os::unix::fs::PermissionsExt;
+            let path = src.resolve(f.get_ref());
+            let bad = |why: String| {
+                src.err(
+                    f.span(),
+                    format!("admin.token_file: {}: {why}", path.display()),
+                )
+            };
+            let mode = std::fs::metadata(&path)
+                .map_err(|e| bad(e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(bad(format!(
+                    "mode {:04o} lets group or others read or write it; run `chmod 600 {}`",
+                    mode & 0o7777,
+                    path.display()
+                )));
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+            let token = text.trim();
+            if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(bad("the token must be one word, not empty".into()));
+            }
+            Some(token.to_owned())
+        }
+    };
+    Ok(Admin {
+        token,
+        connections_max: a.connections_max,
+        request_bytes_max: a.request_bytes_max,
+        request_timeout: std::time::Duration::from_millis(a.request_timeout_ms),
+    })
 }
 
 /// `[keys]`.

@@ -12,10 +12,46 @@ use crate::commit::Step;
 use crate::metrics::LATENCY_US_MAX;
 use crate::sink::writer::{Durable, SegmentWriter, sync_round};
 
+/// Counts a failed write of stream `i` and logs it when the stream's state changed (another
+/// kind of error, or writes that succeed again); gives what the committer takes.
+fn note_write(
+    shard: &Shard,
+    failing: &mut Option<String>,
+    i: usize,
+    stream: &str,
+    r: std::io::Result<Durable>,
+) -> Option<Durable> {
+    match r {
+        Ok(d) => {
+            if failing.take().is_some() {
+                eprintln!("shard {}: stream {stream}: writes succeed again", shard.id);
+            }
+            Some(d)
+        }
+        Err(e) => {
+            shard.pipeline.borrow_mut().counters.write_errors[i] += 1;
+            // The state is the errno (or the kind of error), not the offsets in its text.
+            let state = crate::os_error::describe(&std::io::Error::from(e.kind()));
+            if failing.as_deref() != Some(state.as_str()) {
+                eprintln!(
+                    "shard {}: stream {stream}: write failed: {e} (logged again when this changes; \
+                     counted in sluice_write_errors_total)",
+                    shard.id
+                );
+                *failing = Some(state);
+            }
+            None
+        }
+    }
+}
+
 /// Runs until the shard stops and nothing it took is left, then closes the writers.
 pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Result<(), String> {
     let mut drained: Vec<Vec<u8>> = writers.iter().map(|_| Vec::new()).collect();
     let mut needs: Vec<Durable> = Vec::with_capacity(writers.len());
+    // Each stream's failing write (by errno), and the failing sync round, as last logged.
+    let mut failing: Vec<Option<String>> = writers.iter().map(|_| None).collect();
+    let mut sync_failing: Option<String> = None;
     loop {
         let now = Instant::now();
         let step = shard.committer.borrow_mut().next(now);
@@ -29,15 +65,16 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
                     }
                 }
                 let bytes = drained.iter().map(Vec::len).sum();
-                let appends = writers.iter_mut().zip(&drained).map(|(w, d)| async move {
-                    w.append(d)
-                        .await
-                        .map_err(|e| format!("stream {}: write failed: {e}", w.stream()))
-                });
+                let appends = writers
+                    .iter_mut()
+                    .zip(&drained)
+                    .map(|(w, d)| async move { (w.stream().to_owned(), w.append(d).await) });
                 let results = futures::future::join_all(appends).await;
-                let results = results
+                let results: Vec<_> = results
                     .into_iter()
-                    .map(|r| r.map_err(|e| eprintln!("shard {}: {e}", shard.id)).ok());
+                    .enumerate()
+                    .map(|(i, (stream, r))| note_write(&shard, &mut failing[i], i, &stream, r))
+                    .collect();
                 shard.committer.borrow_mut().wrote(bytes, results);
                 for d in &mut drained {
                     d.clear();
@@ -48,8 +85,13 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
                 needs.clear();
                 needs.extend_from_slice(shard.committer.borrow().needs());
                 let errors = sync_round(&writers, &needs).await;
-                for e in &errors {
-                    eprintln!("shard {}: {e}", shard.id);
+                let now_failing = (!errors.is_empty()).then(|| errors.join("; "));
+                if now_failing != sync_failing {
+                    match &now_failing {
+                        Some(e) => eprintln!("shard {}: sync failed: {e}", shard.id),
+                        None => eprintln!("shard {}: syncs succeed again", shard.id),
+                    }
+                    sync_failing = now_failing;
                 }
                 record_us(&shard.sync_us, now);
                 shard.committer.borrow_mut().synced(errors.is_empty());

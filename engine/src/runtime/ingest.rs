@@ -38,7 +38,8 @@ use super::shard::{Frame, Shard, rejected};
 use super::two_pass::Order;
 use crate::config::Config;
 use crate::consts::{
-    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, CLOSE_LINGER, REFUSE_LINGER, REPLY_BUFFER_BYTES,
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, ACCEPT_DOWN_HOLD, CLOSE_LINGER, REFUSE_LINGER,
+    REPLY_BUFFER_BYTES,
 };
 
 /// The frame kinds a client sends.
@@ -91,16 +92,30 @@ async fn accept_loop(shard: &Rc<Shard>, i: usize, listener: TcpListener) {
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    // The error the listener fails with, and how many accepts failed since it began.
-    let mut failing: Option<(String, u64)> = None;
-    while !shard.stopping.get() {
-        match listener.accept().await {
+    // The error the listener fails with, how many accepts failed since it began, and when
+    // the last did.
+    let mut failing: Option<(String, u64, Instant)> = None;
+    loop {
+        let accepted = {
+            let accept = std::pin::pin!(listener.accept());
+            match futures::future::select(accept, shard.stopped.clone()).await {
+                futures::future::Either::Left((r, _)) => r,
+                // The listener closes with this task: new connections are refused.
+                futures::future::Either::Right(_) => return,
+            }
+        };
+        match accepted {
             Ok(conn) => {
-                if let Some((why, n)) = failing.take() {
+                // Up again once accepts work for a while: a descriptor freed now and then
+                // lets one through without the shortage being over.
+                if let Some((why, n, last)) = &failing
+                    && last.elapsed() >= ACCEPT_DOWN_HOLD
+                {
                     eprintln!(
                         "sluice: shard {}: accepting on {addr} again ({n} accepts failed: {why})",
                         shard.id
                     );
+                    failing = None;
                     shard.stats.borrow_mut().listeners_down[i] = None;
                     backoff = ACCEPT_BACKOFF_MIN;
                 }
@@ -113,20 +128,25 @@ async fn accept_loop(shard: &Rc<Shard>, i: usize, listener: TcpListener) {
                 if !down {
                     continue;
                 }
-                let why = errno_text(&e);
+                let why = crate::os_error::describe(&e);
                 match &mut failing {
-                    Some((w, n)) if *w == why => *n += 1,
+                    Some((w, n, last)) if *w == why => {
+                        *n += 1;
+                        *last = Instant::now();
+                    }
                     _ => {
                         eprintln!(
                             "sluice: shard {}: accept on {addr} fails: {why}; retrying with \
                              back-off (GET /healthz says so until it works)",
                             shard.id
                         );
-                        shard.stats.borrow_mut().listeners_down[i] =
-                            Some(format!("shard {}: accept on {addr} fails: {why}", shard.id));
-                        failing = Some((why, 1));
+                        failing = Some((why.clone(), 1, Instant::now()));
                     }
                 }
+                shard.stats.borrow_mut().listeners_down[i] = Some((
+                    format!("shard {}: accept on {addr} fails: {why}", shard.id),
+                    Instant::now(),
+                ));
                 glommio::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
@@ -146,26 +166,6 @@ fn accept_error(e: &io::Error) -> (usize, bool) {
         Some(libc::EPROTO | libc::EINTR | libc::EAGAIN | libc::EPERM) => (5, false),
         _ => (5, true),
     }
-}
-
-/// An error's errno name and text: `EMFILE (Too many open files)`.
-fn errno_text(e: &io::Error) -> String {
-    let name = match e.raw_os_error() {
-        Some(libc::EMFILE) => "EMFILE",
-        Some(libc::ENFILE) => "ENFILE",
-        Some(libc::ENOBUFS) => "ENOBUFS",
-        Some(libc::ENOMEM) => "ENOMEM",
-        Some(libc::ENOSPC) => "ENOSPC",
-        Some(libc::EIO) => "EIO",
-        Some(libc::EDQUOT) => "EDQUOT",
-        Some(libc::EROFS) => "EROFS",
-        Some(_) => "errno",
-        None => return e.to_string(),
-    };
-    let text = io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(0)).to_string();
-    // `Too many open files (os error 24)`: the number is in the name already.
-    let text = text.split(" (os error").next().unwrap_or(&text);
-    format!("{name} ({text})")
 }
 
 /// Serves `conn`, or refuses it when the shard has `connections_max` already.
@@ -200,7 +200,7 @@ async fn close_cleanly(mut conn: TcpStream, linger: Duration) {
     }
     let until = Instant::now() + linger;
     let mut sink = [0u8; 4096];
-    while let Read::Bytes(n) = read_by(&mut conn, &mut sink, until).await {
+    while let Read::Bytes(n) = read_by(&mut conn, &mut sink, until, std::future::pending()).await {
         if n == 0 {
             break;
         }
@@ -213,14 +213,19 @@ enum Read {
     Bytes(usize),
     Failed,
     TimedOut,
+    /// The shard stops.
+    Stopped,
 }
 
-/// Reads into `buf`, giving up at `deadline`. A read that can complete at once sets no timer.
+/// Reads into `buf`, giving up at `deadline` or when `stop` resolves. A read that can
+/// complete at once sets no timer.
 async fn read_by(
     rd: &mut (impl futures::AsyncRead + Unpin),
     buf: &mut [u8],
     deadline: Instant,
+    stop: impl Future<Output = ()>,
 ) -> Read {
+    use futures::future::{Either, select};
     let done = |r: io::Result<usize>| r.map_or(Read::Failed, Read::Bytes);
     if let Some(r) = rd.read(buf).now_or_never() {
         return done(r);
@@ -231,9 +236,11 @@ async fn read_by(
     }
     let read = std::pin::pin!(rd.read(buf));
     let timer = std::pin::pin!(glommio::timer::sleep(wait));
-    match futures::future::select(read, timer).await {
-        futures::future::Either::Left((r, _)) => done(r),
-        futures::future::Either::Right(_) => Read::TimedOut,
+    let stop = std::pin::pin!(stop);
+    match select(read, select(timer, stop)).await {
+        Either::Left((r, _)) => done(r),
+        Either::Right((Either::Left(_), _)) => Read::TimedOut,
+        Either::Right((Either::Right(_), _)) => Read::Stopped,
     }
 }
 
@@ -250,7 +257,9 @@ async fn serve(shard: Rc<Shard>, conn: TcpStream) {
     {
         close_cleanly(conn, CLOSE_LINGER).await;
     }
-    shard.stats.borrow_mut().connections -= 1;
+    let mut stats = shard.stats.borrow_mut();
+    stats.connections -= 1;
+    stats.ended_since_trim += 1;
 }
 
 /// The `seq` and `partition` fields of a frame's header as received (0 where not received),
@@ -334,7 +343,8 @@ async fn read_frames(shard: &Rc<Shard>, rd: &mut ReadHalf<TcpStream>, tx: &Local
         let pending = split.pending();
         let partial = !pending.is_empty();
         let deadline = since + if partial { frame_time } else { idle };
-        let n = match read_by(rd, &mut held.buf[pending.end..], deadline).await {
+        let stop = shard.stopped.clone().map(|_| ());
+        let n = match read_by(rd, &mut held.buf[pending.end..], deadline, stop).await {
             Read::Bytes(0) => {
                 // A client that half-closes in the middle of a frame is told so.
                 if let Err(e) = split.finish(&held.buf) {
@@ -355,6 +365,9 @@ async fn read_frames(shard: &Rc<Shard>, rd: &mut ReadHalf<TcpStream>, tx: &Local
                 shard.stats.borrow_mut().timed_out[0] += 1;
                 return;
             }
+            // The whole frames read are answered (shutting down); a partial one was not read,
+            // as far as the client can tell: it sends it again.
+            Read::Stopped => 0,
         };
         let received = Instant::now();
         if !partial {
@@ -404,6 +417,9 @@ async fn read_frames(shard: &Rc<Shard>, rd: &mut ReadHalf<TcpStream>, tx: &Local
                     return;
                 }
             }
+        }
+        if shard.stopping.get() {
+            return;
         }
         split.compact(&mut held.buf);
         if split.pending().is_empty() && held.buf.len() > small && held.resize(small).is_err() {

@@ -214,6 +214,7 @@ impl Engine {
         let ready = Arc::new(AtomicBool::new(true));
         match crate::admin::serve(
             cfg.listen.admin,
+            cfg.admin.clone(),
             engine.registry.clone(),
             engine.control.clone(),
             ready,

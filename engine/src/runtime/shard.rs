@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use futures::FutureExt;
 use futures::channel::oneshot;
+use futures::future::Shared;
 use glommio::channels::shared_channel::ConnectedSender;
 use glommio::spawn_local;
 use glommio::sync::Semaphore;
@@ -22,7 +23,9 @@ use super::lookup::LookupClient;
 use super::two_pass::{self, Order};
 use crate::commit::{Budget, Committer};
 use crate::config::Config;
-use crate::consts::{METRICS_INTERVAL_MIN, SHARD_TICK};
+use crate::consts::{
+    ACCEPT_DOWN_HOLD, METRICS_INTERVAL_MIN, SHARD_TICK, TRIM_AFTER_CONNECTIONS, TRIM_INTERVAL_MIN,
+};
 use crate::control::Control;
 use crate::enrich::Tables;
 use crate::metrics::{LATENCY_US_MAX, ShardSnapshot, new_histogram};
@@ -61,12 +64,15 @@ pub(super) struct RuntimeStats {
     pub connections_refused: u64,
     /// Failed accepts, by [`crate::metrics::ACCEPT_ERRORS`].
     pub accept_errors: [u64; crate::metrics::ACCEPT_ERRORS.len()],
-    /// Why each listener (shared port, own port) cannot accept, while it cannot.
-    pub listeners_down: [Option<String>; 2],
+    /// Why each listener (shared port, own port) cannot accept, and when an accept last
+    /// failed, while it cannot.
+    pub listeners_down: [Option<(String, Instant)>; 2],
     /// Connections closed for sending nothing, and for a frame that did not complete in time.
     pub timed_out: [u64; 2],
     /// Bytes of the connections' receive buffers.
     pub receive_buffer_bytes: u64,
+    /// Connections ended since the allocator was last asked to give back free memory.
+    pub ended_since_trim: u64,
 }
 
 /// The shard's in-flight budget, its one owner: batch bytes between read and ack. The
@@ -154,6 +160,8 @@ pub(super) struct Shard {
     pub hello: Rc<Vec<u8>>,
     pub peers: RefCell<Vec<Option<Rc<ConnectedSender<Forward>>>>>,
     pub stopping: Cell<bool>,
+    /// Resolves when the shard stops: readers and listeners waiting on their sockets wake.
+    pub stopped: Shared<oneshot::Receiver<()>>,
     control: Arc<Control>,
     /// The route set revision the pipeline routes by.
     pub revision: Cell<u64>,
@@ -212,6 +220,13 @@ impl Shard {
         debug_assert!(prepaid == 0 || prepaid == bytes, "a frame is charged whole");
         if prepaid == 0 {
             self.inflight.charge(bytes).await;
+        }
+        // A shard that began to stop while this waited for the budget takes nothing more
+        // (its committer may be done): the batch is answered, to be sent again.
+        if self.stopping.get() {
+            self.inflight.refund(bytes);
+            let _ = reply.send(rejected(id.0, id.1, AckStatus::ShuttingDown, 0));
+            return;
         }
         if self.pipeline.borrow().asks_service() {
             let frame = match frame {
@@ -296,7 +311,14 @@ impl Shard {
             connections: stats.connections,
             connections_refused: stats.connections_refused,
             accept_errors: stats.accept_errors,
-            listeners_down: stats.listeners_down.iter().flatten().cloned().collect(),
+            // Down while an accept failed within the hold (or until one works after it).
+            listeners_down: stats
+                .listeners_down
+                .iter()
+                .flatten()
+                .filter(|(_, last)| last.elapsed() < ACCEPT_DOWN_HOLD)
+                .map(|(why, _)| why.clone())
+                .collect(),
             timed_out: stats.timed_out,
             receive_buffer_bytes: stats.receive_buffer_bytes,
             inflight_bytes: self.inflight.held(),
@@ -372,6 +394,17 @@ async fn open_writers(cfg: &Config, shard: usize) -> Result<Vec<SegmentWriter>, 
     Ok(writers)
 }
 
+/// Asks the allocator to return its free pages to the system. Each connection's state is a
+/// few small allocations; after thousands closed, the allocator keeps their pages unless
+/// asked (its heaps only shrink from the top on their own).
+fn give_back_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases memory the allocator holds free.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The shard's thread: opens its writers and listeners, starts its tasks, then keeps house
 /// until the engine stops, and commits what it took before it returns.
 pub(super) async fn run(init: ShardInit) -> Result<(), String> {
@@ -398,6 +431,7 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
             return Err(e);
         }
     };
+    let (stop_now, stopped) = oneshot::channel::<()>();
     let shard = Rc::new(Shard {
         id,
         pipeline: RefCell::new(Pipeline::new(&cfg, id, cfg.tables.clone())),
@@ -416,6 +450,7 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
         hello: Rc::new(hello_reply(&cfg)),
         peers: RefCell::new(Vec::new()),
         stopping: Cell::new(false),
+        stopped: stopped.shared(),
         control,
         revision: Cell::new(1),
         tables_revision: Cell::new(1),
@@ -432,19 +467,43 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
         shard.cfg.tuning.metrics_interval_ms,
     ));
     let mut last_publish = Instant::now();
+    let mut last_trim = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(SHARD_TICK).await;
         // An idle shard takes a reload here.
         shard.adopt_routes();
+        if shard.stats.borrow().ended_since_trim >= TRIM_AFTER_CONNECTIONS
+            && last_trim.elapsed() >= TRIM_INTERVAL_MIN
+        {
+            give_back_free_memory();
+            shard.stats.borrow_mut().ended_since_trim = 0;
+            last_trim = Instant::now();
+        }
         if last_publish.elapsed() >= interval {
             registry.publish(shard.snapshot());
             last_publish = Instant::now();
         }
     }
+    // Stop accepting and reading; answer every frame read (acked once committed, or
+    // shutting down); commit; then let each connection send its replies and close cleanly,
+    // for at most `shutdown_timeout_ms`.
     shard.stopping.set(true);
+    let _ = stop_now.send(());
     shard.committer.borrow_mut().stop();
     shard.wake.signal(1);
     let result = committer.await;
+    let deadline =
+        Instant::now() + std::time::Duration::from_millis(shard.cfg.tuning.shutdown_timeout_ms);
+    while shard.stats.borrow().connections > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(SHARD_TICK).await;
+    }
+    let open = shard.stats.borrow().connections;
+    if open > 0 {
+        eprintln!(
+            "sluice: shard {id}: {open} connections still closing after shard.shutdown_timeout_ms; \
+             dropping them"
+        );
+    }
     registry.publish(shard.snapshot());
     result
 }

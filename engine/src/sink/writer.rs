@@ -43,6 +43,8 @@ const BLOCK: u64 = 4096;
 const ZERO_CHUNK: usize = 256 << 10;
 /// How long a writer waits before looking again at a zero-fill in flight under its write.
 const FILL_POLL: Duration = Duration::from_micros(50);
+/// How long a filler whose zero-filling failed waits before it tries again.
+const FILL_RETRY: Duration = Duration::from_secs(1);
 
 /// What a write needs before the batches it carries may be acked.
 /// Ordered: a later round's need is the strongest of its writes'.
@@ -98,8 +100,11 @@ struct Lane {
     preparing: Cell<bool>,
     /// The segment the filler is writing zeros to, if any.
     busy: Cell<Option<u32>>,
-    /// A write or sync failed: from then on every round syncs this file on its own.
+    /// A sync failed: from then on every round syncs this file on its own.
     broken: Cell<bool>,
+    /// Zero-filling fails (a full disk): until it works again, every round syncs this file
+    /// on its own.
+    fill_failing: Cell<bool>,
     stop: Cell<bool>,
     wake: Semaphore,
 }
@@ -140,16 +145,33 @@ fn flush_covers_device(dir: &Path) -> io::Result<bool> {
     Ok(magic == EXT4_SUPER_MAGIC || magic == XFS_SUPER_MAGIC)
 }
 
+/// `e` with the segment's path and the errno's name: `PATH: ENOSPC (No space left on
+/// device)`, then what the write saw (glommio's own words are long and say less).
+fn named(e: io::Error, path: &Path) -> io::Error {
+    let text = e.to_string();
+    let why = if text.starts_with('E') {
+        text
+    } else {
+        crate::os_error::describe(&e)
+    };
+    io::Error::new(e.kind(), format!("{}: {why}", path.display()))
+}
+
 /// Creates segment `seq` and writes its first block: the header, then zeros.
 async fn create(s: &WriterSpec, seq: u32) -> io::Result<(Rc<DmaFile>, [u8; SEGMENT_HEADER_BYTES])> {
     let path = segment_path(&s.dir, &s.stream, s.shard, seq);
+    // A create that failed before its first block was written (a full disk) left an empty
+    // segment: it holds nothing, and the next try replaces it.
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() < BLOCK) {
+        let _ = std::fs::remove_file(&path);
+    }
     let file = OpenOptions::new()
         .create_new(true)
         .read(true)
         .write(true)
         .dma_open(&path)
         .await
-        .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+        .map_err(|e| named(io::Error::from(e), &path))?;
     crate::failpoint::reach("segment_created");
     let header = SegmentHeader {
         kind: s.kind,
@@ -162,7 +184,9 @@ async fn create(s: &WriterSpec, seq: u32) -> io::Result<(Rc<DmaFile>, [u8; SEGME
     let mut first = file.alloc_dma_buffer(BLOCK as usize);
     first.as_bytes_mut().fill(0);
     first.as_bytes_mut()[..SEGMENT_HEADER_BYTES].copy_from_slice(&header);
-    write_exact(&file, first, 0).await?;
+    write_exact(&file, first, 0)
+        .await
+        .map_err(|e| named(e, &path))?;
     Ok((Rc::new(file), header))
 }
 
@@ -240,17 +264,29 @@ impl Lane {
     }
 }
 
-/// Writes `buf` at `pos`, all of it.
+/// Writes `buf` at `pos`, all of it. A short write (a full disk takes part of one) is
+/// followed by one block of zeros where it stopped, so that the error that stopped it is
+/// reported with its errno. (Those zeros lie past what was written: a caller's retry writes
+/// over them, and a reader takes them as the end.)
 async fn write_exact(file: &DmaFile, buf: DmaBuffer, pos: u64) -> io::Result<()> {
     let want = buf.len();
     let wrote = file.write_at(buf, pos).await.map_err(io::Error::from)?;
-    if wrote != want {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!("wrote {wrote} of {want} bytes at offset {pos}"),
-        ));
+    if wrote == want {
+        return Ok(());
     }
-    Ok(())
+    let short = format!("wrote {wrote} of {want} bytes at offset {pos}");
+    if (wrote as u64).is_multiple_of(BLOCK) {
+        let mut probe = file.alloc_dma_buffer(BLOCK as usize);
+        probe.as_bytes_mut().fill(0);
+        if let Err(e) = file.write_at(probe, pos + wrote as u64).await {
+            let e = io::Error::from(e);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{}: {short}", crate::os_error::describe(&e)),
+            ));
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::WriteZero, short))
 }
 
 /// Writes zeros over `[from, to)`, one chunk at a time, reporting each completed offset.
@@ -283,17 +319,35 @@ async fn write_zeros(
     Ok(())
 }
 
-/// The filler task: runs whenever its writer signals.
+/// The filler task: runs whenever its writer signals. When zero-filling fails (a full disk),
+/// the writer syncs each write's file until it works again, tried at most every
+/// `FILL_RETRY`; each change is logged once.
 async fn fill(lane: Rc<Lane>, zero: Rc<DmaBuffer>) {
+    let s = &lane.spec;
     while lane.wake.acquire(1).await.is_ok() && !lane.stop.get() {
-        if let Err(e) = lane.fill_once(&zero).await {
-            let s = &lane.spec;
-            eprintln!(
-                "shard {}: stream {}: zero-filling segments failed, syncing every write from now on: {e}",
-                s.shard, s.stream
-            );
-            lane.broken.set(true);
-            break;
+        match lane.fill_once(&zero).await {
+            Err(e) => {
+                if !lane.fill_failing.replace(true) {
+                    eprintln!(
+                        "shard {}: stream {}: zero-filling {} failed: {}; every write syncs \
+                         its own file until it works again",
+                        s.shard,
+                        s.stream,
+                        segment_path(&s.dir, &s.stream, s.shard, lane.seq.get()).display(),
+                        crate::os_error::describe(&e)
+                    );
+                }
+                glommio::timer::sleep(FILL_RETRY).await;
+            }
+            Ok(()) => {
+                if lane.fill_failing.replace(false) {
+                    eprintln!(
+                        "shard {}: stream {}: zero-filling works again: rounds are one device \
+                         flush again",
+                        s.shard, s.stream
+                    );
+                }
+            }
         }
     }
 }
@@ -319,6 +373,7 @@ impl SegmentWriter {
             preparing: Cell::new(false),
             busy: Cell::new(None),
             broken: Cell::new(false),
+            fill_failing: Cell::new(false),
             stop: Cell::new(false),
             wake: Semaphore::new(0),
         });
@@ -362,7 +417,8 @@ impl SegmentWriter {
         let n = self.tail.len() + records.len();
         let size = n.next_multiple_of(BLOCK as usize);
         let upto = at + size as u64;
-        let durable = if self.filler.is_some() && !lane.broken.get() && upto <= lane.zeroed.get() {
+        let fast = self.filler.is_some() && !lane.broken.get() && !lane.fill_failing.get();
+        let durable = if fast && upto <= lane.zeroed.get() {
             Durable::Flush
         } else {
             // Past the durable zeros: wait out zero writes in flight under this write.
@@ -371,6 +427,7 @@ impl SegmentWriter {
                 && at < lane.filling.get()
                 && upto > lane.written.get()
                 && !lane.broken.get()
+                && !lane.fill_failing.get()
             {
                 glommio::timer::sleep(FILL_POLL).await;
             }
@@ -388,7 +445,13 @@ impl SegmentWriter {
         let keep = (new_end % BLOCK) as usize;
         let mut tail = [0u8; BLOCK as usize];
         tail[..keep].copy_from_slice(&bytes[n - keep..n]);
-        write_exact(&file, buf, at).await?;
+        write_exact(&file, buf, at).await.map_err(|e| {
+            let spec = &lane.spec;
+            named(
+                e,
+                &segment_path(&spec.dir, &spec.stream, spec.shard, lane.seq.get()),
+            )
+        })?;
         self.tail.clear();
         self.tail.extend_from_slice(&tail[..keep]);
         lane.end.set(new_end);
@@ -408,7 +471,11 @@ impl SegmentWriter {
         // The full segment's last writes may wait for a sync round that will look only at the
         // new segment: make them durable now (once per segment).
         let full = lane.file.borrow().clone();
-        full.fdatasync().await.map_err(io::Error::from)?;
+        full.fdatasync().await.map_err(|e| {
+            let spec = &lane.spec;
+            let path = segment_path(&spec.dir, &spec.stream, spec.shard, lane.seq.get());
+            named(io::Error::from(e), &path)
+        })?;
         drop(full);
         let next = match lane.next.take() {
             Some(p) => p,
