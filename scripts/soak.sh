@@ -25,6 +25,7 @@ every=${EVERY:-10}
 work=${DATA:-target/soak}
 run="$work/$(date +%s%N)"
 mkdir -p "$run"
+run=$(cd "$run" && pwd)
 python3 - "${SINKS:-durability = { interval_us = 1000 \}}" "$run/data" engine/src/default.toml "$run/sluice.toml" <<'PY'
 import re, sys
 sinks, data, src, dst = sys.argv[1:]
@@ -37,7 +38,7 @@ PY
 "$bin/sluice" run --config "$run/sluice.toml" > "$run/engine.log" 2>&1 &
 engine=$!
 trap 'kill -INT $engine 2>/dev/null || true' EXIT
-for _ in $(seq 300); do grep -q ready "$run/engine.log" && break; sleep 0.1; done
+for _ in $(seq 300); do grep -qs ready "$run/engine.log" && break; sleep 0.1; done
 grep -q ready "$run/engine.log" || { cat "$run/engine.log"; exit 1; }
 "$bin/loadgen" run --quiet --rate max --workload w1 --duration 10 --report "$run/max.json" > /dev/null
 max=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["events_per_sec"])' "$run/max.json")

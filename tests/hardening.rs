@@ -776,24 +776,11 @@ fn sigterm_under_load_answers_what_was_read_and_closes_without_a_reset() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Sends `request` to the admin port and returns the status code, the body and how long the
-/// answer took.
+/// Sends `request` to the admin port: the status code, the body and how long the answer
+/// took.
 fn admin_request(port: u16, request: &[u8]) -> (u16, String, Duration) {
     let t0 = Instant::now();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let _ = s.write_all(request);
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
+    let (code, body) = sluice_e2e::http_request(port, request);
     (code, body, t0.elapsed())
 }
 

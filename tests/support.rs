@@ -244,9 +244,18 @@ impl Drop for EngineProc {
 
 /// `GET` (or any method) `path` on the admin port: the status line's code and the body.
 pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    http_request(
+        port,
+        format!("{method} {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Sends the raw `request` to the admin port: the status line's code (0 if none came) and
+/// the body.
+pub fn http_request(port: u16, request: &[u8]) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nhost: x\r\n\r\n").expect("request");
+    let _ = s.write_all(request);
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     let code = text
