@@ -26,6 +26,15 @@ fn config_with_shard(dir: &Path, shards: usize, shard: &str) -> (PathBuf, u16) {
     (config, port)
 }
 
+/// Sets the config's segments to 1 MiB, so that a run rotates often.
+fn one_mib_segments(config: &Path) {
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "segment_bytes_max = 268435456",
+        "segment_bytes_max = 1048576",
+    );
+    std::fs::write(config, text).unwrap();
+}
+
 /// Polls `f` every 50 ms until it gives `Some`, for at most `secs` seconds.
 fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -139,11 +148,7 @@ fn run_until_crash(
 fn a_crash_while_a_segment_is_created_leaves_an_empty_segment_that_readers_skip() {
     let dir = temp_dir("empty-segment");
     let (config, port) = engine_config(&dir, 2, "\"every_batch\"");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "segment_bytes_max = 268435456",
-        "segment_bytes_max = 1048576",
-    );
-    std::fs::write(&config, text).unwrap();
+    one_mib_segments(&config);
     let data = dir.join("data");
 
     let engine = EngineProc::start(&config, port);
@@ -933,11 +938,7 @@ impl Drop for Tmpfs {
 fn a_full_disk_is_named_logged_once_counted_and_recovered_from() {
     let dir = temp_dir("full");
     let (config, port) = config_with_shard(&dir, 2, "connections_max = 64");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "segment_bytes_max = 268435456",
-        "segment_bytes_max = 1048576",
-    );
-    std::fs::write(&config, text).unwrap();
+    one_mib_segments(&config);
     let data = dir.join("data");
     let _fs = Tmpfs::mount(&data, 96);
     let engine = EngineProc::start(&config, port);

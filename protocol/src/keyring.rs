@@ -149,28 +149,7 @@ impl Keyring {
             line: 0,
             reason,
         };
-        let text = {
-            use std::io::Read;
-            use std::os::unix::fs::PermissionsExt;
-            let mut f = std::fs::File::open(path).map_err(|e| whole(e.to_string()))?;
-            let mode = f
-                .metadata()
-                .map_err(|e| whole(e.to_string()))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(whole(format!(
-                    "key file mode {:04o} lets group or others read or write it; \
-                     run `chmod 600 {}`",
-                    mode & 0o7777,
-                    path.display()
-                )));
-            }
-            let mut text = Zeroizing::new(String::new());
-            f.read_to_string(&mut text)
-                .map_err(|e| whole(e.to_string()))?;
-            text
-        };
+        let text = read_private(path).map_err(whole)?;
         Keyring::parse(&text, backend).map_err(|e| KeyFileError {
             path: Some(path.to_owned()),
             ..e
@@ -186,6 +165,30 @@ impl Keyring {
         }
         out
     }
+}
+
+/// Reads a secret file (a key file, a token) that only its owner may read or write; one
+/// that group or others may read or write is refused with its mode and the fix, as ssh
+/// refuses such a private key. The text is zeroized when dropped.
+pub fn read_private(path: &Path) -> Result<Zeroizing<String>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mode = f
+        .metadata()
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {:04o} lets group or others read or write it; run `chmod 600 {}`",
+            mode & 0o7777,
+            path.display()
+        ));
+    }
+    let mut text = Zeroizing::new(String::new());
+    f.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    Ok(text)
 }
 
 fn decode_key(text: &str) -> Result<Zeroizing<[u8; KEY_BYTES]>, String> {

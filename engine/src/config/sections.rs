@@ -187,7 +187,6 @@ pub fn admin(src: &Source, a: &RawAdmin) -> Result<Admin, ConfigError> {
     let token = match &a.token_file {
         None => None,
         Some(f) => {
-            use std::os::unix::fs::PermissionsExt;
             let path = src.resolve(f.get_ref());
             let bad = |why: String| {
                 src.err(
@@ -195,18 +194,7 @@ pub fn admin(src: &Source, a: &RawAdmin) -> Result<Admin, ConfigError> {
                     format!("admin.token_file: {}: {why}", path.display()),
                 )
             };
-            let mode = std::fs::metadata(&path)
-                .map_err(|e| bad(e.to_string()))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(bad(format!(
-                    "mode {:04o} lets group or others read or write it; run `chmod 600 {}`",
-                    mode & 0o7777,
-                    path.display()
-                )));
-            }
-            let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+            let text = sluice_protocol::keyring::read_private(&path).map_err(bad)?;
             let token = text.trim();
             if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(bad("the token must be one word, not empty".into()));

@@ -200,7 +200,14 @@ async fn close_cleanly(mut conn: TcpStream, linger: Duration) {
     }
     let until = Instant::now() + linger;
     let mut sink = [0u8; 4096];
-    while let Read::Bytes(n) = read_by(&mut conn, &mut sink, until, std::future::pending()).await {
+    while let Read::Bytes(n) = read_by(
+        &mut conn,
+        &mut sink,
+        until,
+        &mut std::future::pending::<()>(),
+    )
+    .await
+    {
         if n == 0 {
             break;
         }
@@ -217,13 +224,13 @@ enum Read {
     Stopped,
 }
 
-/// Reads into `buf`, giving up at `deadline` or when `stop` resolves. A read that can
-/// complete at once sets no timer.
+/// Reads into `buf`, giving up at `deadline` or when `stop` resolves (the caller keeps one
+/// `stop` for all its reads). A read that can complete at once sets no timer.
 async fn read_by(
     rd: &mut (impl futures::AsyncRead + Unpin),
     buf: &mut [u8],
     deadline: Instant,
-    stop: impl Future<Output = ()>,
+    stop: &mut (impl Future + Unpin),
 ) -> Read {
     use futures::future::{Either, select};
     let done = |r: io::Result<usize>| r.map_or(Read::Failed, Read::Bytes);
@@ -236,7 +243,6 @@ async fn read_by(
     }
     let read = std::pin::pin!(rd.read(buf));
     let timer = std::pin::pin!(glommio::timer::sleep(wait));
-    let stop = std::pin::pin!(stop);
     match select(read, select(timer, stop)).await {
         Either::Left((r, _)) => done(r),
         Either::Right((Either::Left(_), _)) => Read::TimedOut,
@@ -339,12 +345,12 @@ async fn read_frames(shard: &Rc<Shard>, rd: &mut ReadHalf<TcpStream>, tx: &Local
     };
     // When the last bytes came, or the frame in progress began.
     let mut since = Instant::now();
+    let mut stop = shard.stopped.clone();
     loop {
         let pending = split.pending();
         let partial = !pending.is_empty();
         let deadline = since + if partial { frame_time } else { idle };
-        let stop = shard.stopped.clone().map(|_| ());
-        let n = match read_by(rd, &mut held.buf[pending.end..], deadline, stop).await {
+        let n = match read_by(rd, &mut held.buf[pending.end..], deadline, &mut stop).await {
             Read::Bytes(0) => {
                 // A client that half-closes in the middle of a frame is told so.
                 if let Err(e) = split.finish(&held.buf) {
