@@ -2,6 +2,7 @@
 //! worst moment, descriptor limits, slow and idle clients, SIGTERM under load, a hostile
 //! admin client, bad key files, full disks.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -285,21 +286,7 @@ fn running_out_of_descriptors_is_survived_counted_and_reported() {
     let dir = temp_dir("nofile");
     let (config, port) = config_with_shard(&dir, 2, "connections_max = 4096");
     let admin = port + 3;
-    let engine = EngineProc::start_with(&config, port, |cmd| {
-        // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: 256,
-                    rlim_max: 256,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let engine = EngineProc::start_with(&config, port, |cmd| nofile(cmd, 256));
     assert!(
         engine
             .log
@@ -372,6 +359,23 @@ fn running_out_of_descriptors_is_survived_counted_and_reported() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Starts the engine under RLIMIT_NOFILE `n` (soft and hard).
+fn nofile(cmd: &mut std::process::Command, n: u64) {
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Item 1: past `connections_max` a connection gets an overloaded ack (seq 0, partition 0)
 /// and a clean close, counted; once one closes, the next is served.
 #[test]
@@ -408,6 +412,65 @@ fn connections_past_the_cap_are_refused_with_an_overloaded_ack() {
         (metric(&m, "sluice_connections_refused_total", &["shard=\"0\""]) >= 1).then_some(m)
     });
     assert_eq!(metric(&metrics, "sluice_connections", &["shard=\"0\""]), 19);
+    drop(held);
+    engine.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 1: without `shard.connections_max`, a shard serves as many connections as the
+/// descriptor limit fits (4,096 when it fits them): past that a client is refused with an
+/// overloaded ack, never an accept failing with EMFILE, and the engine stays healthy.
+#[test]
+fn the_default_cap_fits_the_descriptor_limit() {
+    let dir = temp_dir("fits");
+    let (config, port) = config_with_shard(&dir, 2, "");
+    let engine = EngineProc::start_with(&config, port, |cmd| nofile(cmd, 256));
+    let line = engine
+        .log
+        .iter()
+        .find(|l| l.contains("RLIMIT_NOFILE is 256"))
+        .unwrap_or_else(|| panic!("says so at start: {:?}", engine.log));
+    eprintln!("{line}");
+    let fits: usize = line
+        .split("serves at most ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("names the cap: {line}"));
+    assert!((16..128).contains(&fits), "{line}");
+    let own = format!("127.0.0.1:{}", port + 1);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..fits + 20 {
+        let mut s = TcpStream::connect(&own).unwrap();
+        s.write_all(&encode_hello()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut head = [0u8; FRAME_HEADER_BYTES];
+        s.read_exact(&mut head).unwrap();
+        if head[5] == 2 {
+            // An ack, not the hello reply: refused.
+            let mut rest = vec![0u8; ACK_FRAME_BYTES - FRAME_HEADER_BYTES];
+            s.read_exact(&mut rest).unwrap();
+            let mut got = head.to_vec();
+            got.extend_from_slice(&rest);
+            let ack = Ack::decode(&got).unwrap();
+            assert_eq!(ack.status, AckStatus::Overloaded);
+            refused += 1;
+            continue;
+        }
+        let len = u32::from_le_bytes(head[24..28].try_into().unwrap()) as usize;
+        let mut rest = vec![0u8; len - FRAME_HEADER_BYTES];
+        s.read_exact(&mut rest).unwrap();
+        held.push(s);
+    }
+    assert_eq!((held.len(), refused), (fits, 20));
+    let (code, body) = http(port + 3, "GET", "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let metrics = wait_for(5, "the refusals counted", || {
+        let m = http(port + 3, "GET", "/metrics").1;
+        (metric(&m, "sluice_connections_refused_total", &["shard=\"0\""]) == 20).then_some(m)
+    });
+    assert_eq!(metric(&metrics, "sluice_accept_errors_total", &[]), 0);
     drop(held);
     engine.stop();
     let _ = std::fs::remove_dir_all(&dir);
@@ -907,12 +970,13 @@ fn the_admin_port_serves_clients_at_once_and_guards_reload() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Mounts a tmpfs of `mib` MiB at `dir` (the tests run as root, as CI does); unmounted when
-/// dropped.
-struct Tmpfs(PathBuf);
+/// A filesystem of its own mounted at a directory (the tests run as root, as CI does);
+/// unmounted when dropped.
+struct Mounted(PathBuf);
 
-impl Tmpfs {
-    fn mount(dir: &Path, mib: u64) -> Tmpfs {
+impl Mounted {
+    /// A tmpfs of `mib` MiB at `dir`.
+    fn tmpfs(dir: &Path, mib: u64) -> Mounted {
         std::fs::create_dir_all(dir).unwrap();
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
@@ -920,11 +984,37 @@ impl Tmpfs {
             .status()
             .expect("mount runs");
         assert!(status.success(), "mount a tmpfs (the tests need root)");
-        Tmpfs(dir.to_path_buf())
+        Mounted(dir.to_path_buf())
+    }
+
+    /// An ext4 of `mib` MiB at `dir`, in the image file `image` on a loop device.
+    fn ext4(dir: &Path, image: &Path, mib: u64) -> Mounted {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::File::create(image)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let status = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(image)
+            .status()
+            .expect("mkfs.ext4 runs");
+        assert!(status.success(), "mkfs.ext4");
+        let status = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(dir)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mount an ext4 image (the tests need root)"
+        );
+        Mounted(dir.to_path_buf())
     }
 }
 
-impl Drop for Tmpfs {
+impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
@@ -937,22 +1027,62 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_disk_is_named_logged_once_counted_and_recovered_from() {
     let dir = temp_dir("full");
-    let (config, port) = config_with_shard(&dir, 2, "connections_max = 64");
+    let fs = Mounted::tmpfs(&dir.join("data"), 96);
+    fill_and_free(&dir, fs);
+}
+
+/// Item 7 on ext4, where each segment is zero-filled ahead of its records: the zero-filling
+/// fails too, is logged once (errno and path) while every write syncs its own file, and goes
+/// back to one-flush rounds once there is room, saying so.
+#[test]
+fn a_full_ext4_disk_falls_back_from_zero_filling_and_returns_to_it() {
+    let dir = temp_dir("full-ext4");
+    let fs = Mounted::ext4(&dir.join("data"), &dir.join("disk.img"), 128);
+    let log = fill_and_free(&dir, fs);
+    let failing: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("zero-filling") && l.contains("failed"))
+        .collect();
+    assert!(!failing.is_empty(), "zero-filling failed: {log:?}");
+    assert!(
+        failing
+            .iter()
+            .all(|l| l.contains("ENOSPC") && l.contains(".seg")),
+        "{failing:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("zero-filling works again")),
+        "and works again: {log:?}"
+    );
+}
+
+/// Fills the filesystem mounted at `dir/data` at the generator's pace, checks what the
+/// engine says and counts, frees space and checks batches are acked again. The engine's log.
+fn fill_and_free(dir: &Path, fs: Mounted) -> Vec<String> {
+    let (config, port) = config_with_shard(dir, 2, "connections_max = 64");
     one_mib_segments(&config);
     let data = dir.join("data");
-    let _fs = Tmpfs::mount(&data, 96);
     let engine = EngineProc::start(&config, port);
     let admin = port + 3;
-    // Fill it: at the generator's pace the 96 MiB last a second or two.
-    let out = Command::new(binary("loadgen"))
-        .args(["run", "--quiet", "--target", &engine.target()])
-        .args(["--rate", "max", "--duration", "6", "--seed", "51"])
-        .output()
-        .expect("loadgen runs");
-    let r: Value = serde_json::from_slice(&out.stdout).expect("a report");
+    // Fill it: at the generator's pace 100 MiB last a second or two (longer when every
+    // write syncs, on a loaded machine: run again until batches fail).
+    let mut runs = Vec::new();
+    while runs.len() < 5 {
+        let out = Command::new(binary("loadgen"))
+            .args(["run", "--quiet", "--target", &engine.target()])
+            .args(["--rate", "max", "--duration", "6", "--seed", "51"])
+            .output()
+            .expect("loadgen runs");
+        let r: Value = serde_json::from_slice(&out.stdout).expect("a report");
+        let full = r["events_failed"].as_u64().unwrap() > 0;
+        runs.push(r);
+        if full {
+            break;
+        }
+    }
     assert!(
-        r["events_failed"].as_u64().unwrap() > 0,
-        "the disk filled: {r}"
+        runs.last().unwrap()["events_failed"].as_u64().unwrap() > 0,
+        "the disk filled: {runs:?}"
     );
     let m = wait_for(5, "write errors counted", || {
         let m = http(admin, "GET", "/metrics").1;
@@ -973,12 +1103,28 @@ fn a_full_disk_is_named_logged_once_counted_and_recovered_from() {
             .all(|l| l.contains("ENOSPC") && l.contains(".seg")),
         "the errno and the path: {failed:?}"
     );
-    // At most a line per stream and shard for each change of state, far fewer than errors.
-    assert!(
-        failed.len() <= 2 * 11 * 2,
-        "{} lines for {errors} errors",
-        failed.len()
-    );
+    // A line per writer for each change of state, never one per failed write: between two
+    // failures a writer logs, it logged that its writes succeed again.
+    // (A change of errno is a change too.)
+    let mut failing: HashMap<&str, Option<&str>> = HashMap::new();
+    for l in &log {
+        let Some((writer, what)) = l.split_once(": write") else {
+            continue;
+        };
+        if what.starts_with(" failed") {
+            let errno = what
+                .rsplit(".seg: ")
+                .next()
+                .and_then(|e| e.split(' ').next());
+            assert_ne!(
+                failing.insert(writer, errno).flatten(),
+                errno,
+                "{writer} logged twice without a change: {log:?}"
+            );
+        } else if what.starts_with("s succeed again") {
+            failing.insert(writer, None);
+        }
+    }
 
     // Free the space: the full segments behind each writer's current one.
     for s in std::fs::read_dir(&data).unwrap().flatten() {
@@ -998,19 +1144,22 @@ fn a_full_disk_is_named_logged_once_counted_and_recovered_from() {
             }
         }
     }
-    let r = loadgen(&engine.target(), &["--events", "20000", "--seed", "52"]);
+    let r = loadgen(&engine.target(), &["--events", "5000", "--seed", "52"]);
     assert_eq!(
-        r["events_acked"], 20000,
+        r["events_acked"], 5000,
         "acked again once there is room: {r}"
     );
+    // The fillers retry every second: give them the time to work again.
+    std::thread::sleep(Duration::from_millis(1500));
     let log = engine.log_lines();
     assert!(
         log.iter().any(|l| l.contains("writes succeed again")),
         "recovery is logged: {log:?}"
     );
     engine.stop();
-    drop(_fs);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(fs);
+    let _ = std::fs::remove_dir_all(dir);
+    log
 }
 
 /// A small xorshift generator: the fuzzers' randomness, seeded per thread.

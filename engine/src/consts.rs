@@ -22,6 +22,9 @@ pub const ADMIN_ACCEPT_POLL: Duration = Duration::from_millis(20);
 /// A connection's ack writer starts with this much room for replies (bytes, 85 acks); it
 /// grows when a burst of replies needs more.
 pub const REPLY_BUFFER_BYTES: usize = 4 << 10;
+/// Connections a shard serves at once when `shard.connections_max` is not given (fewer
+/// when the descriptor limit fits fewer).
+pub const CONNECTIONS_MAX: usize = 4096;
 /// The first and the longest wait before a failed accept is tried again (doubling between).
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);

@@ -90,8 +90,9 @@ pub struct ShardTuning {
     /// to `inflight_bytes_max` from its header on) up to `frame_bytes_max`.
     pub read_buffer_bytes: usize,
     /// Connections a shard serves at once; one past it is refused (an overloaded ack, then
-    /// closed).
-    pub connections_max: usize,
+    /// closed). `None`: [`crate::consts::CONNECTIONS_MAX`], or as many as the descriptor limit fits when
+    /// that is fewer (decided by `sluice run` at start).
+    pub connections_max: Option<usize>,
     /// A connection that sends nothing for this long is closed (ms).
     pub idle_timeout_ms: u64,
     /// A frame whose bytes do not all come within this long of its first is answered
@@ -118,7 +119,7 @@ impl Default for ShardTuning {
             inflight_bytes_max: 64 << 20,
             frame_bytes_max: FRAME_BYTES_MAX,
             read_buffer_bytes: 128 << 10,
-            connections_max: 4096,
+            connections_max: None,
             idle_timeout_ms: 300_000,
             frame_timeout_ms: 10_000,
             shutdown_timeout_ms: 10_000,

@@ -121,7 +121,7 @@ pub fn shard(src: &Source, t: &ShardTuning) -> Result<(ShardTuning, Limits), Con
             "shard.read_buffer_bytes must be 4096 bytes to shard.frame_bytes_max",
         ));
     }
-    if t.connections_max == 0 {
+    if t.connections_max == Some(0) {
         return Err(src.err(0..0, "shard.connections_max must be at least 1"));
     }
     if t.idle_timeout_ms == 0 || t.frame_timeout_ms == 0 || t.shutdown_timeout_ms == 0 {

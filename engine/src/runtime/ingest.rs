@@ -171,7 +171,7 @@ fn accept_error(e: &io::Error) -> (usize, bool) {
 /// Serves `conn`, or refuses it when the shard has `connections_max` already.
 fn admit(shard: &Rc<Shard>, conn: TcpStream) {
     let mut stats = shard.stats.borrow_mut();
-    if stats.connections >= shard.cfg.tuning.connections_max as u64 {
+    if stats.connections >= shard.connections_max as u64 {
         stats.connections_refused += 1;
         drop(stats);
         spawn_local(refuse_connection(conn)).detach();

@@ -47,7 +47,7 @@ use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
-use crate::consts::SHARD_START_TIMEOUT;
+use crate::consts::{CONNECTIONS_MAX, SHARD_START_TIMEOUT};
 use crate::control::Control;
 use crate::metrics::Registry;
 use forward::Forward;
@@ -71,6 +71,8 @@ struct ShardInit {
     inbox: Vec<SharedReceiver<Forward>>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
     control: Arc<Control>,
+    /// Connections the shard serves at once (`shard.connections_max`, or what fits).
+    connections_max: usize,
 }
 
 /// One bounded channel per ordered pair of shards: each shard's senders (indexed by the
@@ -98,25 +100,26 @@ fn mesh(
     (senders, inboxes)
 }
 
-/// Descriptors the engine may hold at once: per shard its connections, two listeners, two
-/// segment files per stream (the current and the next) and a few for its executor and a
-/// lookup client; then the admin port's and some spare.
-fn descriptors_needed(cfg: &Config) -> u64 {
-    let per_shard = cfg.tuning.connections_max as u64 + 2 + 2 * cfg.streams.len() as u64 + 16;
-    cfg.shards as u64 * per_shard + 64
-}
-
-/// Raises the soft RLIMIT_NOFILE toward what the config needs (as far as the hard limit
-/// lets), and warns when it stays below: accepts past it fail with EMFILE.
-fn raise_descriptor_limit(cfg: &Config) {
-    let need = descriptors_needed(cfg);
+/// The connections each shard serves at once, `shard.connections_max` or, when not given,
+/// [`CONNECTIONS_MAX`] or as many as the descriptor limit fits if fewer. Raises the soft
+/// RLIMIT_NOFILE toward what that needs (as far as the hard limit lets); says when it stays
+/// below (accepts past it fail with EMFILE) or when the default was lowered to fit.
+fn connections_max(cfg: &Config) -> usize {
+    // Besides its connections, a shard holds two listeners, two segment files per stream
+    // (the current and the next) and a few for its executor and a lookup client; the admin
+    // port holds some, and a few are spare.
+    let per_shard = 2 + 2 * cfg.streams.len() as u64 + 16;
+    let spare = 64;
+    let shards = cfg.shards as u64;
+    let wanted = cfg.tuning.connections_max.unwrap_or(CONNECTIONS_MAX) as u64;
+    let need = shards * (wanted + per_shard) + spare;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes the struct we pass and nothing else.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
+        return wanted as usize;
     }
     if lim.rlim_cur < need {
         let raised = libc::rlimit {
@@ -129,14 +132,32 @@ fn raise_descriptor_limit(cfg: &Config) {
             lim = raised;
         }
     }
-    if lim.rlim_cur < need {
-        eprintln!(
-            "sluice: warning: RLIMIT_NOFILE is {} (hard limit {}), below the {need} descriptors \
-             this config may hold ({} shards x shard.connections_max {}, plus listeners and \
-             segments): accepts past the limit fail (EMFILE) until connections close; raise it \
-             (ulimit -n {need}) or lower shard.connections_max",
-            lim.rlim_cur, lim.rlim_max, cfg.shards, cfg.tuning.connections_max
-        );
+    if lim.rlim_cur >= need {
+        return wanted as usize;
+    }
+    let fits = (lim.rlim_cur.saturating_sub(spare) / shards.max(1)).saturating_sub(per_shard);
+    match cfg.tuning.connections_max {
+        Some(given) => {
+            eprintln!(
+                "sluice: warning: RLIMIT_NOFILE is {} (hard limit {}), below the {need} \
+                 descriptors this config may hold ({} shards x shard.connections_max {given}, \
+                 plus listeners and segments): accepts past the limit fail (EMFILE) until \
+                 connections close; raise it (ulimit -n {need}) or lower shard.connections_max \
+                 (to {fits} or less)",
+                lim.rlim_cur, lim.rlim_max, cfg.shards
+            );
+            given
+        }
+        None => {
+            let fits = fits.max(1) as usize;
+            eprintln!(
+                "sluice: RLIMIT_NOFILE is {} (hard limit {}): each shard serves at most {fits} \
+                 connections at once instead of {CONNECTIONS_MAX} (raise the limit to {need}, \
+                 ulimit -n {need}, for the default, or set shard.connections_max)",
+                lim.rlim_cur, lim.rlim_max
+            );
+            fits
+        }
     }
 }
 
@@ -163,7 +184,7 @@ impl Engine {
     /// config again from `source` (the embedded default when `None`).
     pub fn start(config: Config, source: Option<PathBuf>) -> Result<Engine, String> {
         remove_empty_segments(&config)?;
-        raise_descriptor_limit(&config);
+        let connections_max = connections_max(&config);
         let control = Arc::new(Control::new(&config, source));
         let cfg = Arc::new(config);
         let n = cfg.shards;
@@ -182,6 +203,7 @@ impl Engine {
                 inbox,
                 ready: ready_tx.clone(),
                 control: control.clone(),
+                connections_max,
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cfg.cores[shard]))
                 .name(&format!("sluice-shard-{shard}"))

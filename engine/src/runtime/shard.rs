@@ -171,6 +171,8 @@ pub(super) struct Shard {
     pub lookup: RefCell<Option<Rc<LookupClient>>>,
     /// Batches between their two passes (the commit task outlasts them at shutdown).
     pub two_pass: Cell<usize>,
+    /// Connections served at once; one more is refused.
+    pub connections_max: usize,
 }
 
 impl Shard {
@@ -417,6 +419,7 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
         inbox,
         ready,
         control,
+        connections_max,
     } = init;
     let started = async {
         let writers = open_writers(&cfg, id).await?;
@@ -456,6 +459,7 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
         tables_revision: Cell::new(1),
         lookup: RefCell::new(None),
         two_pass: Cell::new(0),
+        connections_max,
         cfg,
     });
     forward::connect(&shard, inbox, peers).await;

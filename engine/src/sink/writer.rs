@@ -184,13 +184,32 @@ async fn create(s: &WriterSpec, seq: u32) -> io::Result<(Rc<DmaFile>, [u8; SEGME
     let mut first = file.alloc_dma_buffer(BLOCK as usize);
     first.as_bytes_mut().fill(0);
     first.as_bytes_mut()[..SEGMENT_HEADER_BYTES].copy_from_slice(&header);
-    write_exact(&file, first, 0)
-        .await
-        .map_err(|e| named(e, &path))?;
+    if let Err(e) = write_exact(&file, first, 0).await {
+        // Made by this call and holding no record: removed, so that the next try creates it
+        // afresh.
+        let _ = std::fs::remove_file(&path);
+        return Err(named(e, &path));
+    }
     Ok((Rc::new(file), header))
 }
 
 impl Lane {
+    /// Notes that zero-filling failed (logged once until it works again): until then every
+    /// write syncs its own file.
+    fn fill_failed(&self, e: &io::Error) {
+        if !self.fill_failing.replace(true) {
+            let s = &self.spec;
+            eprintln!(
+                "shard {}: stream {}: zero-filling {} failed: {}; every write syncs its own \
+                 file until it works again",
+                s.shard,
+                s.stream,
+                segment_path(&s.dir, &s.stream, s.shard, self.seq.get()).display(),
+                crate::os_error::describe(e)
+            );
+        }
+    }
+
     /// Where the filler's next zeros start.
     fn fill_from(&self) -> u64 {
         self.filling.get().max(self.reserved.get())
@@ -249,12 +268,27 @@ impl Lane {
         Ok(())
     }
 
-    /// Creates segment `seq` with its header, zero-filled `prefill_bytes` and durable.
+    /// Creates segment `seq` with its header, zero-filled `prefill_bytes` (at most to its
+    /// end) and durable.
     async fn prepare(&self, seq: u32, zero: &Rc<DmaBuffer>) -> io::Result<Prepared> {
         let (file, header) = create(&self.spec, seq).await?;
-        let zeroed = self.spec.prefill_bytes.max(BLOCK);
-        write_zeros(&file, zero, BLOCK, zeroed, |_| {}).await?;
-        file.fdatasync().await.map_err(io::Error::from)?;
+        let zeroed = self
+            .spec
+            .prefill_bytes
+            .next_multiple_of(BLOCK)
+            .clamp(BLOCK, self.fill_cap().max(BLOCK));
+        let filled = async {
+            write_zeros(&file, zero, BLOCK, zeroed, |_| {}).await?;
+            file.fdatasync().await.map_err(io::Error::from)
+        }
+        .await;
+        if let Err(e) = filled {
+            // No record was ever written to it: remove it, so that the next try (or the
+            // writer's own rotation) creates it afresh.
+            let s = &self.spec;
+            let _ = std::fs::remove_file(segment_path(&s.dir, &s.stream, s.shard, seq));
+            return Err(e);
+        }
         Ok(Prepared {
             file,
             seq,
@@ -327,16 +361,7 @@ async fn fill(lane: Rc<Lane>, zero: Rc<DmaBuffer>) {
     while lane.wake.acquire(1).await.is_ok() && !lane.stop.get() {
         match lane.fill_once(&zero).await {
             Err(e) => {
-                if !lane.fill_failing.replace(true) {
-                    eprintln!(
-                        "shard {}: stream {}: zero-filling {} failed: {}; every write syncs \
-                         its own file until it works again",
-                        s.shard,
-                        s.stream,
-                        segment_path(&s.dir, &s.stream, s.shard, lane.seq.get()).display(),
-                        crate::os_error::describe(&e)
-                    );
-                }
+                lane.fill_failed(&e);
                 glommio::timer::sleep(FILL_RETRY).await;
             }
             Ok(()) => {
@@ -384,8 +409,11 @@ impl SegmentWriter {
                 b
             });
             // The first zeros before the first records, so that a fresh engine starts with
-            // one-flush rounds.
-            lane.fill_once(&zero).await?;
+            // one-flush rounds (or, on a full disk, syncing each write until there is room).
+            if let Err(e) = lane.fill_once(&zero).await {
+                lane.fill_failed(&e);
+                lane.wake.signal(1);
+            }
             Some(spawn_local(fill(lane.clone(), zero)))
         } else {
             None
@@ -465,9 +493,6 @@ impl SegmentWriter {
     /// full one to its records in the background.
     async fn rotate(&mut self) -> io::Result<()> {
         let lane = self.lane.clone();
-        while lane.preparing.get() {
-            glommio::timer::sleep(FILL_POLL).await;
-        }
         // The full segment's last writes may wait for a sync round that will look only at the
         // new segment: make them durable now (once per segment).
         let full = lane.file.borrow().clone();
@@ -477,11 +502,19 @@ impl SegmentWriter {
             named(io::Error::from(e), &path)
         })?;
         drop(full);
+        // The filler may be preparing the next segment: take it once ready. Otherwise create
+        // it here, marked as being prepared so that the filler does not create it too.
+        while lane.preparing.get() {
+            glommio::timer::sleep(FILL_POLL).await;
+        }
         let next = match lane.next.take() {
             Some(p) => p,
             None => {
                 let seq = lane.seq.get() + 1;
-                let (file, header) = create(&lane.spec, seq).await?;
+                lane.preparing.set(true);
+                let created = create(&lane.spec, seq).await;
+                lane.preparing.set(false);
+                let (file, header) = created?;
                 Prepared {
                     file,
                     seq,
