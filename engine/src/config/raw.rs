@@ -90,8 +90,8 @@ pub struct ShardTuning {
     /// to `inflight_bytes_max` from its header on) up to `frame_bytes_max`.
     pub read_buffer_bytes: usize,
     /// Connections a shard serves at once; one past it is refused (an overloaded ack, then
-    /// closed). `None`: [`crate::consts::CONNECTIONS_MAX`], or as many as the descriptor limit fits when
-    /// that is fewer (decided by `sluice run` at start).
+    /// closed). `None`: [`crate::consts::CONNECTIONS_MAX`], or as many as the descriptor
+    /// limit fits when that is fewer (decided by `sluice run` at start).
     pub connections_max: Option<usize>,
     /// A connection that sends nothing for this long is closed (ms).
     pub idle_timeout_ms: u64,

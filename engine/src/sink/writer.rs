@@ -160,11 +160,6 @@ fn named(e: io::Error, path: &Path) -> io::Error {
 /// Creates segment `seq` and writes its first block: the header, then zeros.
 async fn create(s: &WriterSpec, seq: u32) -> io::Result<(Rc<DmaFile>, [u8; SEGMENT_HEADER_BYTES])> {
     let path = segment_path(&s.dir, &s.stream, s.shard, seq);
-    // A create that failed before its first block was written (a full disk) left an empty
-    // segment: it holds nothing, and the next try replaces it.
-    if std::fs::metadata(&path).is_ok_and(|m| m.len() < BLOCK) {
-        let _ = std::fs::remove_file(&path);
-    }
     let file = OpenOptions::new()
         .create_new(true)
         .read(true)
