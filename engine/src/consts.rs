@@ -25,6 +25,8 @@ pub const REPLY_BUFFER_BYTES: usize = 4 << 10;
 /// Connections a shard serves at once when `shard.connections_max` is not given (fewer
 /// when the descriptor limit fits fewer).
 pub const CONNECTIONS_MAX: usize = 4096;
+/// Connections the kernel queues on a listener before the shard accepts them.
+pub const LISTEN_BACKLOG: i32 = 1024;
 /// The first and the longest wait before a failed accept is tried again (doubling between).
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);

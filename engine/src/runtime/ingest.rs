@@ -38,8 +38,8 @@ use super::shard::{Frame, Shard, rejected};
 use super::two_pass::Order;
 use crate::config::Config;
 use crate::consts::{
-    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, ACCEPT_DOWN_HOLD, CLOSE_LINGER, REFUSE_LINGER,
-    REPLY_BUFFER_BYTES,
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, ACCEPT_DOWN_HOLD, CLOSE_LINGER, LISTEN_BACKLOG,
+    REFUSE_LINGER, REPLY_BUFFER_BYTES,
 };
 
 /// The frame kinds a client sends.
@@ -60,18 +60,25 @@ enum Reply {
 pub(super) fn listen(cfg: &Config, shard: usize) -> Result<[TcpListener; 2], String> {
     // The shard's own port first, without SO_REUSEPORT, so that a second engine on the same
     // ports fails here instead of silently sharing them.
-    let own = bind_exclusive(cfg.shard_addr(shard))
+    let own = bind(cfg.shard_addr(shard), false)
         .map_err(|e| format!("shard {shard}: listen {}: {e}", cfg.shard_addr(shard)))?;
-    let shared = TcpListener::bind(cfg.listen.shared)
+    let shared = bind(cfg.listen.shared, true)
         .map_err(|e| format!("shard {shard}: listen {}: {e}", cfg.listen.shared))?;
     Ok([shared, own])
 }
 
-/// A listener on `addr` that no other socket shares (glommio's `bind` sets SO_REUSEPORT).
-fn bind_exclusive(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+/// A listener on `addr`, shared by every shard (SO_REUSEPORT: the kernel spreads its
+/// connections) or not. Both set SO_REUSEADDR, so that connections an earlier listener on
+/// the port left in TIME_WAIT (an engine restarted after a kill, say) do not stop the bind.
+fn bind(addr: std::net::SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
     use std::os::fd::{FromRawFd, IntoRawFd};
-    let std_listener = std::net::TcpListener::bind(addr)?;
-    let fd = std_listener.into_raw_fd();
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(shared)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    let fd = socket.into_raw_fd();
     // SAFETY: `fd` is a listening TCP socket we own; ownership passes to the glommio listener.
     Ok(unsafe { TcpListener::from_raw_fd(fd) })
 }
