@@ -7,15 +7,24 @@
 #   scripts/test.sh -p sluice  extra arguments go to `cargo test`
 #
 # What it sets up, each only when missing:
-# - Python's `cryptography` (OpenSSL's AES-GCM, for protocol/testdata/check_vectors.py) and
-#   `maxminddb` (MaxMind's reader, the geo tests' oracle). When the `python3` on PATH lacks
-#   them, they go into a virtual environment of our own, target/test-venv (no system or user
-#   site packages are touched), whose `python3` the tests then find first on PATH.
+# - cmake, for rdkafka's build, and tansu, the Kafka broker of the Kafka tests
+#   (scripts/setup.sh --tests).
+# - Python's `cryptography` (OpenSSL's AES-GCM, for protocol/testdata/check_vectors.py),
+#   `maxminddb` (MaxMind's reader, the geo tests' oracle) and `confluent-kafka` (the Kafka
+#   tests' independent client: they create topics and read them with it). When the `python3`
+#   on PATH lacks them, they go into a virtual environment of our own, target/test-venv (no
+#   system or user site packages are touched), whose `python3` the tests then find first on
+#   PATH.
 # - GeoLite2-City (scripts/fetch-geolite2.sh, into data/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=(cryptography maxminddb)
+scripts/setup.sh --tests
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+# Python modules, and the packages that bring them.
+need=(cryptography maxminddb confluent_kafka)
+packages=(cryptography maxminddb confluent-kafka)
 missing() {
     local py=$1 m
     for m in "${need[@]}"; do
@@ -31,7 +40,7 @@ if missing python3; then
         python3 -m venv "$venv"
     fi
     if missing "$venv/bin/python3"; then
-        "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check "${need[@]}"
+        "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check "${packages[@]}"
     fi
     export PATH="$PWD/$venv/bin:$PATH"
 fi

@@ -450,3 +450,167 @@ pub fn without_ts(mut v: Value) -> Value {
     }
     v
 }
+
+/// A Kafka broker for the tests: tansu (`scripts/setup.sh --tests` installs it) on a free port
+/// of 127.0.0.1, storing in SQLite under its own folder.
+pub struct Broker {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+/// The tansu binary: on PATH (scripts/test.sh puts ~/.cargo/bin there) or in ~/.cargo/bin.
+fn tansu() -> PathBuf {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cargo"));
+    let installed = home.join("bin").join("tansu");
+    if installed.exists() {
+        return installed;
+    }
+    PathBuf::from("tansu")
+}
+
+impl Broker {
+    /// Starts a broker and waits until it takes connections.
+    pub fn start(tag: &str) -> Broker {
+        let dir = temp_dir(&format!("tansu-{tag}"));
+        let port = free_ports(1);
+        let mut b = Broker {
+            child: None,
+            dir,
+            port,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.join("tansu.log")).expect("broker log");
+        let child = Command::new(tansu())
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                // A relative path: tansu 0.6.0 refuses an absolute one.
+                "--storage-engine",
+                "sqlite://tansu.db",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts (scripts/setup.sh --tests installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu not listening on {}: {}",
+                self.port,
+                std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
+        // SAFETY: kill sends a signal to our own child; it touches no memory of ours.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// Stops the broker (SIGKILL) and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // A stopped broker must run to die.
+            // SAFETY: signals to our own child.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGCONT);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Creates topics of `partitions` partitions each, with the independent client.
+    pub fn create_topics(&self, topics: &[&str], partitions: u32) {
+        let specs: Vec<String> = topics.iter().map(|t| format!("{t}:{partitions}")).collect();
+        let out = kafka_tool(&["create", &self.address()], &specs);
+        assert!(
+            out.status.success(),
+            "creating topics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Every message of `topics`, read whole with the independent client: `(topic, key as hex,
+    /// value)`.
+    pub fn messages(&self, topics: &[&str]) -> Vec<(String, Option<String>, String)> {
+        let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+        let out = kafka_tool(&["consume", &self.address()], &topics);
+        assert!(
+            out.status.success(),
+            "reading topics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(&l.expect("utf-8")).expect("a JSON line");
+                (
+                    v["topic"].as_str().expect("topic").to_owned(),
+                    v["key"].as_str().map(str::to_owned),
+                    v["value"].as_str().expect("value").to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `tests/kafka_tool.py` (confluent-kafka) with `args` then `rest`.
+pub fn kafka_tool(args: &[&str], rest: &[String]) -> Output {
+    Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/kafka_tool.py"))
+        .args(args)
+        .args(rest)
+        .output()
+        .expect("python3 runs kafka_tool.py (scripts/test.sh installs confluent-kafka)")
+}
+
+/// `config` with a Kafka sink on each of `streams` (topic: the stream's name), every stream's
+/// records in JSON; `extra` is added to each sink's table.
+pub fn with_kafka_sinks(config: &Path, brokers: &str, streams: &[&str], extra: &str) {
+    // Streams with network sinks keep what the sinks have not delivered, not by retention.
+    let mut text = std::fs::read_to_string(config)
+        .expect("config")
+        .replace("format = \"rkyv\"", "format = \"json\"")
+        .replace(sluice_workload::fixtures::RETENTION, "");
+    for s in streams {
+        text.push_str(&format!(
+            "\n[[streams.{s}.sink]]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\nlinger_ms = 5\n{extra}\n"
+        ));
+    }
+    std::fs::write(config, text).expect("config written");
+}

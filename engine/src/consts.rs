@@ -25,6 +25,20 @@ pub const REPLY_BUFFER_BYTES: usize = 4 << 10;
 /// Connections a shard serves at once when `shard.connections_max` is not given (fewer
 /// when the descriptor limit fits fewer).
 pub const CONNECTIONS_MAX: usize = 4096;
+/// How often a network sink saves its cursor while it delivers (and when the shard stops): a
+/// restart sends again at most what was confirmed in this long.
+pub const CURSOR_INTERVAL: Duration = Duration::from_millis(200);
+/// The first and the longest wait before a failed delivery is sent again (doubling between).
+pub const DELIVERY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const DELIVERY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Records a sink's delivery task has sent and not yet seen confirmed, at most.
+pub const DELIVERY_INFLIGHT_MAX: usize = 50_000;
+/// Bytes a delivery task reads from a segment at once (more for a larger record).
+pub const DELIVERY_READ_BYTES: u64 = 1 << 20;
+/// How often a shard held by a full `block` sink looks whether it drained.
+pub const SINK_BLOCKED_POLL: Duration = Duration::from_millis(1);
+/// How often each shard deletes the segments retention lets go.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 /// Connections the kernel queues on a listener before the shard accepts them.
 pub const LISTEN_BACKLOG: i32 = 1024;
 /// The first and the longest wait before a failed accept is tried again (doubling between).

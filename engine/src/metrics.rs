@@ -31,6 +31,23 @@ pub const ACCEPT_ERRORS: [&str; 6] = [
 /// Why a connection timed out (`sluice_connections_timed_out_total`, label `reason`).
 pub const TIMEOUTS: [&str; 2] = ["idle", "frame"];
 
+/// One network sink's state on one shard.
+#[derive(Debug, Clone, Default)]
+pub struct SinkSnapshot {
+    pub stream: String,
+    pub sink: String,
+    pub delivered_records: u64,
+    pub delivered_bytes: u64,
+    pub backlog_bytes: u64,
+    pub backlog_records: u64,
+    pub lag_seconds: f64,
+    pub errors: u64,
+    pub retries: u64,
+    pub dropped_records: u64,
+    /// Its backlog is full and its policy is `block`.
+    pub blocking: bool,
+}
+
 /// One shard's published state.
 #[derive(Debug, Clone)]
 pub struct ShardSnapshot {
@@ -58,6 +75,10 @@ pub struct ShardSnapshot {
     pub write_us: Histogram<u64>,
     /// One sync round (the fdatasyncs that make written output durable), in µs.
     pub sync_us: Histogram<u64>,
+    /// Each network sink of each stream.
+    pub sinks: Vec<SinkSnapshot>,
+    /// Segments deleted by retention, per stream.
+    pub segments_deleted: Vec<u64>,
 }
 
 impl ShardSnapshot {
@@ -86,6 +107,8 @@ impl ShardSnapshot {
             latency_us: new_histogram(),
             write_us: new_histogram(),
             sync_us: new_histogram(),
+            sinks: Vec::new(),
+            segments_deleted: vec![0; streams],
         }
     }
 }
@@ -173,6 +196,10 @@ pub enum Read {
     Table(fn(&TableStats) -> Option<u64>),
     /// One per shard and stream (label `stream`).
     Stream(fn(&Counters) -> &[u64]),
+    /// One per shard and stream, from the snapshot (label `stream`).
+    StreamOf(fn(&ShardSnapshot) -> &[u64]),
+    /// One per shard and network sink (labels `stream` and `sink`).
+    Sink(fn(&SinkSnapshot) -> f64),
     /// One per shard and error reason (label `reason`, [`Error::NAMES`]).
     Reason(fn(&Counters) -> &[u64; Error::NAMES.len()]),
     /// One per shard and name of `values` (label `label`).
@@ -432,6 +459,66 @@ pub const FAMILIES: &[Family] = &[
         Read::Stream(|c| &c.write_errors),
     ),
     family(
+        "sluice_segments_deleted_total",
+        Counter,
+        "Segments deleted, per stream: delivered by every network sink, or past retain_ms or retain_bytes_max.",
+        Read::StreamOf(|s| &s.segments_deleted),
+    ),
+    family(
+        "sluice_sink_delivered_records_total",
+        Counter,
+        "Records a network sink's downstream confirmed (its cursor moved past them).",
+        Read::Sink(|k| k.delivered_records as f64),
+    ),
+    family(
+        "sluice_sink_delivered_bytes_total",
+        Counter,
+        "Record payload bytes a network sink's downstream confirmed.",
+        Read::Sink(|k| k.delivered_bytes as f64),
+    ),
+    family(
+        "sluice_sink_backlog_bytes",
+        Gauge,
+        "Bytes of a network sink's stream between its cursor and the durable end (its disk backlog).",
+        Read::Sink(|k| k.backlog_bytes as f64),
+    ),
+    family(
+        "sluice_sink_backlog_records",
+        Gauge,
+        "Records made durable since start that a network sink has not delivered.",
+        Read::Sink(|k| k.backlog_records as f64),
+    ),
+    family(
+        "sluice_sink_lag_seconds",
+        Gauge,
+        "How long the oldest record a network sink has not delivered has been durable.",
+        Read::Sink(|k| k.lag_seconds),
+    ),
+    family(
+        "sluice_sink_delivery_errors_total",
+        Counter,
+        "Deliveries a network sink's downstream failed or refused (each sent again from its record).",
+        Read::Sink(|k| k.errors as f64),
+    ),
+    family(
+        "sluice_sink_delivery_retries_total",
+        Counter,
+        "Times a network sink started sending again from a failed record, after a back-off.",
+        Read::Sink(|k| k.retries as f64),
+    ),
+    family(
+        "sluice_sink_dropped_records_total",
+        Counter,
+        "Records a drop_oldest network sink gave up when its backlog reached backlog_bytes_max.",
+        Read::Sink(|k| k.dropped_records as f64),
+    ),
+    family(
+        "sluice_sink_blocking",
+        Gauge,
+        "1 while a block network sink's backlog is full and its shard takes no new batch.",
+        Read::Sink(|k| if k.blocking { 1.0 } else { 0.0 }),
+    ),
+    family(
         "sluice_dead_letters_total",
         Counter,
         "Envelopes dead-lettered, per reason.",
@@ -492,6 +579,22 @@ impl Family {
                 Read::Stream(f) => {
                     for (stream, v) in streams.iter().zip(f(&s.counters)) {
                         let _ = writeln!(o, "{name}{{shard=\"{shard}\",stream=\"{stream}\"}} {v}");
+                    }
+                }
+                Read::StreamOf(f) => {
+                    for (stream, v) in streams.iter().zip(f(s)) {
+                        let _ = writeln!(o, "{name}{{shard=\"{shard}\",stream=\"{stream}\"}} {v}");
+                    }
+                }
+                Read::Sink(f) => {
+                    for k in &s.sinks {
+                        let _ = writeln!(
+                            o,
+                            "{name}{{shard=\"{shard}\",stream=\"{}\",sink=\"{}\"}} {}",
+                            k.stream,
+                            k.sink,
+                            f(k)
+                        );
                     }
                 }
                 Read::Reason(f) => {

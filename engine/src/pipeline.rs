@@ -38,7 +38,7 @@ pub const MISSING_MARK: &str = "enrich_missing";
 fn emit<'v>(
     s: &mut StreamOut,
     format: RecordFormat,
-    partition: u32,
+    (partition, key): (u32, u64),
     scratch: &mut AlignedBuf,
     ctx: &Ctx<'v, '_>,
     fields: impl Iterator<Item = (&'v str, Value<'v>)>,
@@ -50,10 +50,10 @@ fn emit<'v>(
         .then_some((MISSING_MARK, Value::Str("customer")));
     let fields = fields.chain(missing);
     let n = match format {
-        RecordFormat::Json => {
-            append_record(&mut s.buf, partition, |b| record::json_record(b, fields))
-        }
-        RecordFormat::Rkyv => append_record(&mut s.buf, partition, |b| {
+        RecordFormat::Json => append_record(&mut s.buf, partition, key, |b| {
+            record::json_record(b, fields)
+        }),
+        RecordFormat::Rkyv => append_record(&mut s.buf, partition, key, |b| {
             record::rkyv_record(b, scratch, fields)
         }),
     };
@@ -239,7 +239,9 @@ impl Pipeline {
         for env in batch.into_envelopes() {
             o.envelopes += 1;
             match opener.open(env) {
-                Ok(opened) => parts.route(&mut o, &opened.payload, false),
+                Ok(opened) => {
+                    parts.route(&mut o, &opened.payload, opened.header.partition_key, false)
+                }
                 Err(rejected) => parts.dead_letter(&mut o, &rejected),
             }
         }
@@ -274,7 +276,7 @@ impl Pipeline {
                     for event in opened.payload.iter() {
                         parts.tables.probe(&event);
                     }
-                    envelopes.push(opened.payload);
+                    envelopes.push((opened.payload, opened.header.partition_key));
                 }
                 Err(rejected) => parts.dead_letter(&mut o, &rejected),
             }
@@ -306,8 +308,8 @@ impl Pipeline {
     pub fn finish(&mut self, batch: OpenedBatch<'_>) -> BatchOutcome {
         let mut o = batch.outcome;
         let (_, mut parts) = self.parts();
-        for payload in &batch.envelopes {
-            parts.route(&mut o, payload, true);
+        for (payload, key) in &batch.envelopes {
+            parts.route(&mut o, payload, *key, true);
         }
         parts.end(&o, batch.frame_len);
         o
@@ -358,7 +360,7 @@ impl Pipeline {
 /// A batch between its two passes: the validated payloads of its opened envelopes (read
 /// where they lie in the frame) and what the first pass counted.
 pub struct OpenedBatch<'a> {
-    envelopes: Vec<Payload<'a>>,
+    envelopes: Vec<(Payload<'a>, u64)>,
     outcome: BatchOutcome,
     frame_len: usize,
 }
@@ -378,12 +380,12 @@ struct Parts<'p> {
 }
 
 impl Parts<'_> {
-    /// Enriches and routes the events of one opened envelope (`probed`: the first pass saw
-    /// them).
+    /// Enriches and routes the events of one opened envelope, whose partition key is `key`
+    /// (`probed`: the first pass saw them).
     #[inline]
-    fn route(&mut self, o: &mut BatchOutcome, payload: &Payload<'_>, probed: bool) {
+    fn route(&mut self, o: &mut BatchOutcome, payload: &Payload<'_>, key: u64, probed: bool) {
         o.accepted += 1;
-        let partition = o.partition;
+        let at = (o.partition, key);
         let Parts {
             tables,
             routes,
@@ -421,7 +423,7 @@ impl Parts<'_> {
                     emit(
                         &mut out[stream],
                         formats[stream],
-                        partition,
+                        at,
                         scratch,
                         &ctx,
                         rule.fields.iter().map(|f| (f.name(), ctx.get(*f))),
@@ -435,7 +437,7 @@ impl Parts<'_> {
                     emit(
                         &mut out[stream],
                         formats[stream],
-                        partition,
+                        at,
                         scratch,
                         &ctx,
                         Field::ALL
@@ -454,7 +456,8 @@ impl Parts<'_> {
         let d = self.dead_letter;
         let format = self.formats[d];
         let s = &mut self.out[d];
-        let n = append_record(&mut s.buf, o.partition, |b| {
+        let key = rejected.header.partition_key;
+        let n = append_record(&mut s.buf, o.partition, key, |b| {
             record::dead_letter_record(b, format, &rejected.error, &rejected.header, rejected.raw)
         });
         s.records += 1;

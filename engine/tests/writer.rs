@@ -4,7 +4,9 @@
 
 use glommio::LocalExecutorBuilder;
 use sluice::sink::record::RecordFormat;
-use sluice::sink::segment::{SegmentKind, append_record, find_segments, read_segment};
+use sluice::sink::segment::{
+    RECORD_HEADER_BYTES, SegmentKind, append_record, find_segments, read_segment,
+};
 use sluice::sink::writer::{Durable, SegmentWriter, WriterSpec, sync_round};
 
 fn spec(dir: &std::path::Path, stream: &str, prefill_bytes: u64) -> WriterSpec {
@@ -57,7 +59,7 @@ fn write_rounds(
                         x ^= x << 17;
                         let len = 1 + (x % 3000) as usize;
                         let payload: Vec<u8> = (0..len).map(|k| (k as u64 ^ x) as u8).collect();
-                        append_record(&mut out, round as u32, |o| o.extend_from_slice(&payload));
+                        append_record(&mut out, round as u32, 7, |o| o.extend_from_slice(&payload));
                         sent[i].push(payload);
                     }
                     let need = w.append(&out).await.unwrap();
@@ -88,7 +90,7 @@ fn read_back(dir: &std::path::Path, stream: &str) -> (Vec<Vec<u8>>, usize) {
         let seg = read_segment(&bytes).unwrap();
         assert_eq!(seg.torn, None, "{}", f.display());
         let end = seg.records.last().map_or(32, |r| {
-            (r.offset as usize + 16 + r.payload.len()).next_multiple_of(8)
+            (r.offset as usize + RECORD_HEADER_BYTES + r.payload.len()).next_multiple_of(8)
         });
         assert_eq!(
             bytes.len(),

@@ -73,16 +73,21 @@ fn config(workload: Workload, seed: u64, sources: Sources, data_dir: &str) -> St
         Workload::W3 => (generated_streams(W3_STREAMS), w3_routes(seed)),
         _ => (STREAMS.map(String::from).to_vec(), w1_routes(seed)),
     };
+    // Retention: each stream keeps its newest segments up to 1 GiB (over all shards), so that
+    // a long run on the default does not fill the disk.
     for (i, s) in streams.iter().enumerate() {
         let format = if i % 2 == 0 { "rkyv" } else { "json" };
-        let _ = writeln!(o, "[streams.{s}]\nformat = \"{format}\"\n");
+        let _ = writeln!(o, "[streams.{s}]\nformat = \"{format}\"\n{RETENTION}\n");
     }
-    o.push_str("[streams.dead-letter]\nformat = \"json\"\n\n");
+    let _ = writeln!(o, "[streams.dead-letter]\nformat = \"json\"\n{RETENTION}\n");
     o.push_str(&routes_toml(&routes));
     o
 }
 
 /// The engine's embedded default config.
+/// Each stream's retention in the generated configs (a TOML line).
+pub const RETENTION: &str = "retain_bytes_max = 1073741824 # 1 GiB";
+
 pub fn default_config() -> String {
     config(
         Workload::W1,

@@ -2,7 +2,28 @@
 
 use std::fmt::Write as _;
 
-use super::Config;
+use super::{Config, StreamSpec};
+
+/// What a stream keeps of its segments.
+fn keeps(s: &StreamSpec) -> String {
+    if !s.sinks.is_empty() {
+        return "; keeps segments until every sink delivered them".to_owned();
+    }
+    let r = &s.retention;
+    match (r.retain_ms, r.retain_bytes_max) {
+        (None, None) => "; keeps every segment".to_owned(),
+        (ms, bytes) => {
+            let mut parts = Vec::new();
+            if let Some(ms) = ms {
+                parts.push(format!("retain_ms {ms}"));
+            }
+            if let Some(b) = bytes {
+                parts.push(format!("retain_bytes_max {b}"));
+            }
+            format!("; {}", parts.join(", "))
+        }
+    }
+}
 
 impl Config {
     /// What the config compiled to, for `sluice check`.
@@ -56,7 +77,30 @@ impl Config {
             } else {
                 format!("{rules} routes")
             };
-            let _ = writeln!(o, "  {} ({}): {what}", s.name, s.format);
+            let _ = writeln!(o, "  {} ({}): {what}{}", s.name, s.format, keeps(s));
+            for k in &s.sinks {
+                let q = &k.kafka;
+                let _ = writeln!(
+                    o,
+                    "    sink {}: kafka topic {} at {}; linger_ms {}, batch_bytes_max {}, \
+                     compression {}, acks all, idempotent; backlog_bytes_max {}, when_full {}{}",
+                    k.name,
+                    q.topic,
+                    q.brokers,
+                    q.linger_ms,
+                    q.batch_bytes_max,
+                    q.compression.name(),
+                    k.backlog_bytes_max,
+                    k.when_full.name(),
+                    if q.client.is_empty() {
+                        String::new()
+                    } else {
+                        let set: Vec<String> =
+                            q.client.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        format!("; client {}", set.join(" "))
+                    }
+                );
+            }
         }
         let _ = writeln!(o, "routes: {}", self.routes.rules().len());
         for r in self.routes.rules() {

@@ -22,10 +22,13 @@ use sluice_protocol::{Keyring, Limits};
 
 use crate::enrich::Tables;
 use crate::route::RouteSet;
+use crate::sink::kafka::SinkSpec;
+use crate::sink::log::Retention;
 use crate::sink::record::RecordFormat;
 
 pub use enrich::{FileStamp, TableSpec, TableSpecs};
 pub use raw::{MMDB_CACHE_ENTRIES, ShardTuning};
+pub use sections::valid_name;
 
 /// The embedded default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
@@ -92,6 +95,10 @@ impl fmt::Display for Durability {
 pub struct StreamSpec {
     pub name: String,
     pub format: RecordFormat,
+    /// What a stream without network sinks keeps (nothing set: everything).
+    pub retention: Retention,
+    /// Network sinks (`[[streams.NAME.sink]]`), each reading the stream's segments.
+    pub sinks: Vec<SinkSpec>,
 }
 
 /// Where the engine listens.
@@ -259,6 +266,7 @@ impl Config {
         let routes = sections::routes(&src, &raw.route, &streams)?;
         streams.push(dead_letter);
         let sinks = sections::sinks(&src, &raw.sinks)?;
+        sections::check_backlogs(&src, &streams, &sinks)?;
         Ok(Config {
             source: file.to_owned(),
             shards: engine.shards,

@@ -245,6 +245,67 @@ pub enum RawDurability {
 pub struct RawStream {
     #[serde(default = "stream_format")]
     pub format: String,
+    /// Retention of a stream without network sinks: sealed segments older than this go.
+    pub retain_ms: Option<u64>,
+    /// Retention of a stream without network sinks: the oldest sealed segments go while
+    /// the stream's segments hold more than this (split evenly over the shards).
+    pub retain_bytes_max: Option<u64>,
+    /// `[[streams.NAME.sink]]`: network sinks, each reading the stream's segments.
+    #[serde(default)]
+    pub sink: Vec<Spanned<RawSink>>,
+}
+
+/// `[[streams.NAME.sink]]`; what each kind takes is checked by the sink (`sink::kafka`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub kind: String,
+    /// Names the sink's cursor files and metrics; unique in its stream. Default: the kind.
+    pub name: Option<String>,
+    #[serde(default = "backlog_bytes_max")]
+    pub backlog_bytes_max: u64,
+    #[serde(default = "when_full")]
+    pub when_full: String,
+    // kind = "kafka"
+    pub brokers: Option<String>,
+    /// Default: the stream's name.
+    pub topic: Option<String>,
+    #[serde(default = "linger_ms")]
+    pub linger_ms: u64,
+    #[serde(default = "batch_bytes_max")]
+    pub batch_bytes_max: u64,
+    #[serde(default = "compression")]
+    pub compression: String,
+    /// Further librdkafka settings, passed as they are.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+/// A network sink's disk backlog, unless set: 1 GiB.
+pub const BACKLOG_BYTES_MAX: u64 = 1 << 30;
+pub const WHEN_FULL: &str = "block";
+pub const LINGER_MS: u64 = 5;
+pub const BATCH_BYTES_MAX: u64 = 1 << 20;
+pub const COMPRESSION: &str = "lz4";
+
+fn backlog_bytes_max() -> u64 {
+    BACKLOG_BYTES_MAX
+}
+
+fn when_full() -> String {
+    WHEN_FULL.into()
+}
+
+fn linger_ms() -> u64 {
+    LINGER_MS
+}
+
+fn batch_bytes_max() -> u64 {
+    BATCH_BYTES_MAX
+}
+
+fn compression() -> String {
+    COMPRESSION.into()
 }
 
 fn stream_format() -> String {

@@ -18,6 +18,8 @@ use super::{
     UNMATCHED_STREAM,
 };
 use crate::route::{RouteSet, RulePart, RuleSource};
+use crate::sink::kafka::{self, SinkSpec};
+use crate::sink::log::Retention;
 use crate::sink::record::RecordFormat;
 
 /// `[engine]` compiled: how many shards, where, and who owns each partition.
@@ -222,18 +224,16 @@ pub fn keys(src: &Source, k: &RawKeys, backend: Backend) -> Result<Keyring, Conf
 }
 
 /// `[streams]`: the output streams in name order, and the dead-letter stream (JSON unless
-/// `[streams.dead-letter]` sets its format).
+/// `[streams.dead-letter]` sets its format), each with its retention and network sinks.
 pub fn streams(
     src: &Source,
     raw: &BTreeMap<String, Spanned<RawStream>>,
 ) -> Result<(Vec<StreamSpec>, StreamSpec), ConfigError> {
     let mut streams = Vec::new();
-    let mut dead_letter = StreamSpec {
-        name: DEAD_LETTER_STREAM.into(),
-        format: RecordFormat::Json,
-    };
+    let mut dead_letter = None;
     for (name, s) in raw {
-        let format = RecordFormat::from_str(&s.get_ref().format)
+        let r = s.get_ref();
+        let format = RecordFormat::from_str(&r.format)
             .map_err(|why| src.err(s.span(), format!("streams.{name}: {why}")))?;
         if !valid_name(name) {
             return Err(src.err(
@@ -241,19 +241,73 @@ pub fn streams(
                 format!("streams.{name}: a stream name is 1-64 of [a-z0-9_-]"),
             ));
         }
+        let mut sinks: Vec<SinkSpec> = Vec::new();
+        for k in &r.sink {
+            let spec = kafka::sink_spec(name, k.get_ref())
+                .map_err(|why| src.err(k.span(), format!("streams.{name}.sink: {why}")))?;
+            if sinks.iter().any(|o| o.name == spec.name) {
+                return Err(src.err(
+                    k.span(),
+                    format!(
+                        "streams.{name}.sink: two sinks named {:?} (give each a `name`)",
+                        spec.name
+                    ),
+                ));
+            }
+            sinks.push(spec);
+        }
+        let retention = kafka::retention(r.retain_ms, r.retain_bytes_max, &sinks)
+            .map_err(|why| src.err(s.span(), format!("streams.{name}: {why}")))?;
+        let spec = StreamSpec {
+            name: name.clone(),
+            format,
+            retention,
+            sinks,
+        };
         if name == DEAD_LETTER_STREAM {
-            dead_letter.format = format;
+            dead_letter = Some(spec);
         } else {
-            streams.push(StreamSpec {
-                name: name.clone(),
-                format,
-            });
+            streams.push(spec);
         }
     }
+    let dead_letter = dead_letter.unwrap_or_else(|| StreamSpec {
+        name: DEAD_LETTER_STREAM.into(),
+        format: RecordFormat::Json,
+        retention: Retention::default(),
+        sinks: Vec::new(),
+    });
     Ok((streams, dead_letter))
 }
 
-fn valid_name(name: &str) -> bool {
+/// A sink's backlog holds at least two segments, so that `drop_oldest` always has a sealed
+/// segment to give up before the backlog passes its bound.
+pub fn check_backlogs(
+    src: &Source,
+    streams: &[StreamSpec],
+    sinks: &Sinks,
+) -> Result<(), ConfigError> {
+    for s in streams {
+        for k in &s.sinks {
+            if k.backlog_bytes_max < 2 * sinks.segment_bytes_max {
+                return Err(src.err(
+                    0..0,
+                    format!(
+                        "streams.{}.sink {:?}: backlog_bytes_max {} is below two segments \
+                         (2 x sinks.segment_bytes_max = {})",
+                        s.name,
+                        k.name,
+                        k.backlog_bytes_max,
+                        2 * sinks.segment_bytes_max
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` may name a stream or a sink: 1-64 of `[a-z0-9_-]`.
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()

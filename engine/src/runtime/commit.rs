@@ -9,7 +9,9 @@ use sluice_protocol::AckStatus;
 
 use super::shard::{Shard, record_us};
 use crate::commit::Step;
+use crate::config::Durability;
 use crate::metrics::LATENCY_US_MAX;
+use crate::sink::log::Pos;
 use crate::sink::writer::{Durable, SegmentWriter, sync_round};
 
 /// Counts a failed write of stream `i` and logs it when the stream's state changed (another
@@ -52,6 +54,16 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
     // Each stream's failing write (by errno), and the failing sync round, as last logged.
     let mut failing: Vec<Option<String>> = writers.iter().map(|_| None).collect();
     let mut sync_failing: Option<String> = None;
+    // Where each stream's writes end and its records since start, as of the last write round;
+    // the network sinks may read that far once a sync made it durable.
+    let mut written: Vec<(Pos, u64)> = writers
+        .iter()
+        .map(|w| {
+            let (seq, offset) = w.position();
+            (Pos { seq, offset }, 0)
+        })
+        .collect();
+    let synced_by_write = shard.cfg.sinks.durability == Durability::None;
     loop {
         let now = Instant::now();
         let step = shard.committer.borrow_mut().next(now);
@@ -62,6 +74,9 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
                     let mut p = shard.pipeline.borrow_mut();
                     for (out, d) in p.out.iter_mut().zip(drained.iter_mut()) {
                         std::mem::swap(&mut out.buf, d);
+                    }
+                    for (w, records) in written.iter_mut().zip(&p.counters.records) {
+                        w.1 = *records;
                     }
                 }
                 let bytes = drained.iter().map(Vec::len).sum();
@@ -79,6 +94,13 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
                 for d in &mut drained {
                     d.clear();
                 }
+                for (w, out) in writers.iter().zip(written.iter_mut()) {
+                    let (seq, offset) = w.position();
+                    out.0 = Pos { seq, offset };
+                }
+                if synced_by_write {
+                    publish(&shard, &written);
+                }
                 record_us(&shard.write_us, now);
             }
             Step::Sync => {
@@ -94,6 +116,9 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
                     sync_failing = now_failing;
                 }
                 record_us(&shard.sync_us, now);
+                if errors.is_empty() {
+                    publish(&shard, &written);
+                }
                 shard.committer.borrow_mut().synced(errors.is_empty());
             }
             Step::Wait(Some(due)) => {
@@ -121,6 +146,15 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
             .map_err(|e| format!("shard {}: closing stream {name}: {e}", shard.id))?;
     }
     Ok(())
+}
+
+/// Tells the network sinks how far each stream is durable.
+fn publish(shard: &Shard, written: &[(Pos, u64)]) {
+    for (i, &(pos, records)) in written.iter().enumerate() {
+        if pos != shard.outbound.logs[i].borrow().head() {
+            shard.outbound.durable(i, pos, records);
+        }
+    }
 }
 
 /// Acks the batches the committer released and refunds their bytes.

@@ -32,6 +32,7 @@
 //! beside [`commit`]: it reads what the segment writers wrote, never the shard's buffers.
 
 mod commit;
+mod deliver;
 mod forward;
 mod ingest;
 pub mod lookup;
@@ -50,6 +51,7 @@ use crate::config::Config;
 use crate::consts::{CONNECTIONS_MAX, SHARD_START_TIMEOUT};
 use crate::control::Control;
 use crate::metrics::Registry;
+use crate::sink::kafka::Producer;
 use forward::Forward;
 
 /// A running engine: its shard threads and admin endpoint.
@@ -73,6 +75,8 @@ struct ShardInit {
     control: Arc<Control>,
     /// Connections the shard serves at once (`shard.connections_max`, or what fits).
     connections_max: usize,
+    /// The producer of each network sink of each stream, shared by the shards.
+    producers: Arc<Vec<Vec<Producer>>>,
 }
 
 /// One bounded channel per ordered pair of shards: each shard's senders (indexed by the
@@ -106,9 +110,10 @@ fn mesh(
 /// below (accepts past it fail with EMFILE) or when the default was lowered to fit.
 fn connections_max(cfg: &Config) -> usize {
     // Besides its connections, a shard holds two listeners, two segment files per stream
-    // (the current and the next) and a few for its executor and a lookup client; the admin
-    // port holds some, and a few are spare.
-    let per_shard = 2 + 2 * cfg.streams.len() as u64 + 16;
+    // (the current and the next), a segment and a cursor file per network sink, and a few
+    // for its executor and a lookup client; the admin port holds some, and a few are spare.
+    let sinks: usize = cfg.streams.iter().map(|s| s.sinks.len()).sum();
+    let per_shard = 2 + 2 * cfg.streams.len() as u64 + 2 * sinks as u64 + 16;
     let spare = 64;
     let shards = cfg.shards as u64;
     let wanted = cfg.tuning.connections_max.unwrap_or(CONNECTIONS_MAX) as u64;
@@ -179,12 +184,26 @@ fn remove_empty_segments(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// One producer per network sink of each stream, shared by the shards.
+fn producers(cfg: &Config) -> Result<Vec<Vec<Producer>>, String> {
+    cfg.streams
+        .iter()
+        .map(|s| {
+            s.sinks
+                .iter()
+                .map(|k| crate::sink::kafka::producer(&s.name, k))
+                .collect()
+        })
+        .collect()
+}
+
 impl Engine {
     /// Starts every shard and the admin endpoint; returns once all listen. Reloads read the
     /// config again from `source` (the embedded default when `None`).
     pub fn start(config: Config, source: Option<PathBuf>) -> Result<Engine, String> {
         remove_empty_segments(&config)?;
         let connections_max = connections_max(&config);
+        let producers = Arc::new(producers(&config)?);
         let control = Arc::new(Control::new(&config, source));
         let cfg = Arc::new(config);
         let n = cfg.shards;
@@ -204,6 +223,7 @@ impl Engine {
                 ready: ready_tx.clone(),
                 control: control.clone(),
                 connections_max,
+                producers: producers.clone(),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cfg.cores[shard]))
                 .name(&format!("sluice-shard-{shard}"))

@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 use sluice_protocol::{Ack, AckStatus, AlignedBuf, Error, HelloReply, ShardAddr};
 
 use super::ShardInit;
+use super::deliver::{self, Outbound};
 use super::forward::{self, Forward};
 use super::ingest;
 use super::lookup::LookupClient;
@@ -24,7 +25,8 @@ use super::two_pass::{self, Order};
 use crate::commit::{Budget, Committer};
 use crate::config::Config;
 use crate::consts::{
-    ACCEPT_DOWN_HOLD, METRICS_INTERVAL_MIN, SHARD_TICK, TRIM_AFTER_CONNECTIONS, TRIM_INTERVAL_MIN,
+    ACCEPT_DOWN_HOLD, METRICS_INTERVAL_MIN, SHARD_TICK, SINK_BLOCKED_POLL, TRIM_AFTER_CONNECTIONS,
+    TRIM_INTERVAL_MIN,
 };
 use crate::control::Control;
 use crate::enrich::Tables;
@@ -173,6 +175,8 @@ pub(super) struct Shard {
     pub two_pass: Cell<usize>,
     /// Connections served at once; one more is refused.
     pub connections_max: usize,
+    /// The streams' logs, network sinks and retention.
+    pub outbound: Outbound,
 }
 
 impl Shard {
@@ -220,6 +224,12 @@ impl Shard {
     ) {
         let bytes = frame.len() as u64;
         debug_assert!(prepaid == 0 || prepaid == bytes, "a frame is charged whole");
+        // A `block` sink's backlog is full: take nothing new until it drains (the reader
+        // waits here, so TCP windows fill).
+        while self.outbound.blocked.get() && !self.stopping.get() {
+            glommio::timer::sleep(SINK_BLOCKED_POLL).await;
+            self.outbound.update_blocked();
+        }
         if prepaid == 0 {
             self.inflight.charge(bytes).await;
         }
@@ -335,6 +345,8 @@ impl Shard {
             latency_us: self.latency_us.borrow().clone(),
             write_us: self.write_us.borrow().clone(),
             sync_us: self.sync_us.borrow().clone(),
+            sinks: self.outbound.snapshot(&self.cfg),
+            segments_deleted: self.outbound.deleted.borrow().clone(),
         }
     }
 }
@@ -420,14 +432,17 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
         ready,
         control,
         connections_max,
+        producers,
     } = init;
     let started = async {
         let writers = open_writers(&cfg, id).await?;
+        let current: Vec<u32> = writers.iter().map(|w| w.position().0).collect();
+        let outbound = Outbound::open(&cfg, id, &current, &producers)?;
         let listeners = ingest::listen(&cfg, id)?;
-        Ok::<_, String>((writers, listeners))
+        Ok::<_, String>((writers, outbound, listeners))
     }
     .await;
-    let (writers, listeners) = match started {
+    let (writers, outbound, listeners) = match started {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(e.clone()));
@@ -460,11 +475,19 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
         lookup: RefCell::new(None),
         two_pass: Cell::new(0),
         connections_max,
+        outbound,
         cfg,
     });
     forward::connect(&shard, inbox, peers).await;
     ingest::accept(&shard, listeners);
     let committer = spawn_local(super::commit::run(shard.clone(), writers));
+    let deliveries: Vec<_> = shard
+        .outbound
+        .sinks
+        .iter()
+        .map(|k| spawn_local(deliver::deliver(shard.clone(), k.clone())))
+        .collect();
+    let retention = spawn_local(deliver::retain(shard.clone()));
     let _ = ready.send(Ok(()));
 
     let interval = METRICS_INTERVAL_MIN.max(std::time::Duration::from_millis(
@@ -496,6 +519,13 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
     shard.committer.borrow_mut().stop();
     shard.wake.signal(1);
     let result = committer.await;
+    // The sinks send what the last commit made durable, for at most shutdown_timeout_ms,
+    // and save their cursors.
+    shard.outbound.wake_all();
+    for d in deliveries {
+        d.await;
+    }
+    retention.await;
     let deadline =
         Instant::now() + std::time::Duration::from_millis(shard.cfg.tuning.shutdown_timeout_ms);
     while shard.stats.borrow().connections > 0 && Instant::now() < deadline {

@@ -4,9 +4,13 @@
 //! segment := header(32) record*
 //! header  := "SLSG" version:u8 kind:u8 format:u8 0:u8 shard:u16 0:u16 seq:u32
 //!            created_ms:u64 0:u32 crc32c(bytes 0..28):u32
-//! record  := len:u32 crc:u32 partition:u32 0:u32 payload[len] zero-pad to 8
-//!            crc = CRC32C(bytes 8..16 of the record, then payload)
+//! record  := len:u32 crc:u32 partition:u32 0:u32 key:u64 payload[len] zero-pad to 8
+//!            crc = CRC32C(bytes 8..24 of the record, then payload)
 //! ```
+//!
+//! `key` is the partition key of the envelope the record came from (PROTOCOL.md §4); network
+//! sinks send it as the message key. Version 1 segments (written before the key was kept)
+//! have 16-byte record headers without it; readers take both, with key 0 for version 1.
 //!
 //! Integers are little-endian. Records start 8-byte aligned in the file. Writers use O_DIRECT
 //! (glommio's DMA files), so a file cut short by a crash may end in zeros: a record length of
@@ -26,9 +30,11 @@ use std::path::{Path, PathBuf};
 use super::record::RecordFormat;
 
 pub const SEGMENT_MAGIC: [u8; 4] = *b"SLSG";
-pub const SEGMENT_VERSION: u8 = 1;
+pub const SEGMENT_VERSION: u8 = 2;
 pub const SEGMENT_HEADER_BYTES: usize = 32;
-pub const RECORD_HEADER_BYTES: usize = 16;
+pub const RECORD_HEADER_BYTES: usize = 24;
+/// The record header of version 1 segments (no key).
+const RECORD_HEADER_BYTES_V1: usize = 16;
 /// Largest record payload a reader accepts.
 pub const RECORD_BYTES_MAX: usize = 16 << 20;
 
@@ -43,6 +49,8 @@ pub enum SegmentKind {
 /// A segment's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// The format version: [`SEGMENT_VERSION`] for what this build writes, 1 for older files.
+    pub version: u8,
     pub kind: SegmentKind,
     pub format: RecordFormat,
     pub shard: u16,
@@ -86,7 +94,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut b = [0u8; SEGMENT_HEADER_BYTES];
         b[0..4].copy_from_slice(&SEGMENT_MAGIC);
-        b[4] = SEGMENT_VERSION;
+        b[4] = self.version;
         b[5] = self.kind as u8;
         b[6] = self.format as u8;
         b[8..10].copy_from_slice(&self.shard.to_le_bytes());
@@ -104,8 +112,11 @@ impl SegmentHeader {
         if b[0..4] != SEGMENT_MAGIC {
             return Err("not a sluice segment (bad magic)".into());
         }
-        if b[4] != SEGMENT_VERSION {
-            return Err(format!("segment version {} is not {SEGMENT_VERSION}", b[4]));
+        if !(1..=SEGMENT_VERSION).contains(&b[4]) {
+            return Err(format!(
+                "segment version {} is not 1 to {SEGMENT_VERSION}",
+                b[4]
+            ));
         }
         if crc32c(&b[..28]) != u32_at(b, 28) {
             return Err("segment header CRC mismatch".into());
@@ -118,6 +129,7 @@ impl SegmentHeader {
         let format =
             RecordFormat::from_u8(b[6]).ok_or_else(|| format!("unknown format {}", b[6]))?;
         Ok(SegmentHeader {
+            version: b[4],
             kind,
             format,
             shard: u16::from_le_bytes([b[8], b[9]]),
@@ -137,6 +149,7 @@ fn u32_at(b: &[u8], i: usize) -> u32 {
 pub fn append_record(
     out: &mut Vec<u8>,
     partition: u32,
+    key: u64,
     payload: impl FnOnce(&mut Vec<u8>),
 ) -> usize {
     let start = out.len();
@@ -145,6 +158,7 @@ pub fn append_record(
     payload(out);
     let len = out.len() - start - RECORD_HEADER_BYTES;
     out[start + 8..start + 12].copy_from_slice(&partition.to_le_bytes());
+    out[start + 16..start + 24].copy_from_slice(&key.to_le_bytes());
     let crc = crc32c(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -157,6 +171,8 @@ pub fn append_record(
 pub struct ReadRecord<'a> {
     pub offset: u64,
     pub partition: u32,
+    /// The partition key (0 in version 1 segments).
+    pub key: u64,
     pub payload: &'a [u8],
 }
 
@@ -169,45 +185,90 @@ pub struct Segment<'a> {
     pub torn: Option<(u64, String)>,
 }
 
+/// What follows at an offset of a segment's bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next<'a> {
+    /// A whole record, and where the one after it starts.
+    Record(ReadRecord<'a>, usize),
+    /// The records end here: the bytes end, or nothing but zeros follows.
+    End,
+    /// A record starts here but the bytes end inside it (a reader of a growing file reads on).
+    Partial,
+    /// What is here is not a record: a torn tail, and why.
+    Torn(String),
+}
+
+/// The record at `at` in `bytes`, whose offset 0 is the segment's offset `base`, in a segment
+/// of format `version`. Zeros are the end only when nothing but zeros follow in `bytes`.
+pub fn record_at(bytes: &[u8], at: usize, base: u64, version: u8) -> Next<'_> {
+    let header_bytes = if version == 1 {
+        RECORD_HEADER_BYTES_V1
+    } else {
+        RECORD_HEADER_BYTES
+    };
+    if at >= bytes.len() {
+        return Next::End;
+    }
+    let Some(h) = bytes.get(at..at + header_bytes) else {
+        if bytes[at..].iter().all(|b| *b == 0) {
+            return Next::End;
+        }
+        return Next::Partial;
+    };
+    let len = u32_at(h, 0) as usize;
+    if len == 0 {
+        if bytes[at..].iter().all(|b| *b == 0) {
+            return Next::End;
+        }
+        return Next::Torn("a zero-length record before more data".to_owned());
+    }
+    if len > RECORD_BYTES_MAX {
+        return Next::Torn(format!("a record length of {len} bytes"));
+    }
+    let end = at + header_bytes + len;
+    let Some(payload) = bytes.get(at + header_bytes..end) else {
+        return Next::Partial;
+    };
+    // The CRC covers the record header's second part and the payload, which are adjacent.
+    if crc32c(&bytes[at + 8..end]) != u32_at(h, 4) {
+        return Next::Torn("record CRC mismatch".to_owned());
+    }
+    let key = if version == 1 {
+        0
+    } else {
+        u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"))
+    };
+    let record = ReadRecord {
+        offset: base + at as u64,
+        partition: u32_at(h, 8),
+        key,
+        payload,
+    };
+    Next::Record(record, end.next_multiple_of(8))
+}
+
 /// Parses a whole segment file's bytes.
 pub fn read_segment(bytes: &[u8]) -> Result<Segment<'_>, String> {
     let header = SegmentHeader::decode(bytes)?;
     let mut records = Vec::new();
     let mut at = SEGMENT_HEADER_BYTES;
     let torn = loop {
-        if at == bytes.len() {
-            break None;
-        }
-        let Some(h) = bytes.get(at..at + RECORD_HEADER_BYTES) else {
-            break Some((at as u64, "a partial record header".to_owned()));
-        };
-        let len = u32_at(h, 0) as usize;
-        if len == 0 {
-            if bytes[at..].iter().all(|b| *b == 0) {
-                break None;
+        match record_at(bytes, at, 0, header.version) {
+            Next::Record(r, next) => {
+                records.push(r);
+                at = next;
             }
-            break Some((
-                at as u64,
-                "a zero-length record before more data".to_owned(),
-            ));
+            Next::End => break None,
+            Next::Partial => {
+                let why = if bytes.len() - at < RECORD_HEADER_BYTES_V1 {
+                    "a partial record header"
+                } else {
+                    "a record cut short"
+                };
+                break Some((at as u64, why.to_owned()));
+            }
+            Next::Torn(why) => break Some((at as u64, why)),
         }
-        if len > RECORD_BYTES_MAX {
-            break Some((at as u64, format!("a record length of {len} bytes")));
-        }
-        let end = at + RECORD_HEADER_BYTES + len;
-        let Some(payload) = bytes.get(at + RECORD_HEADER_BYTES..end) else {
-            break Some((at as u64, "a record cut short".to_owned()));
-        };
-        // The CRC covers the record header's second half and the payload, which are adjacent.
-        if crc32c(&bytes[at + 8..end]) != u32_at(h, 4) {
-            break Some((at as u64, "record CRC mismatch".to_owned()));
-        }
-        records.push(ReadRecord {
-            offset: at as u64,
-            partition: u32_at(h, 8),
-            payload,
-        });
-        at = end.next_multiple_of(8).min(bytes.len());
     };
     Ok(Segment {
         header,
@@ -305,6 +366,7 @@ mod tests {
 
     fn segment(records: &[&[u8]]) -> Vec<u8> {
         let h = SegmentHeader {
+            version: SEGMENT_VERSION,
             kind: SegmentKind::Records,
             format: RecordFormat::Json,
             shard: 1,
@@ -313,7 +375,9 @@ mod tests {
         };
         let mut out = h.encode().to_vec();
         for (i, r) in records.iter().enumerate() {
-            append_record(&mut out, i as u32, |o| o.extend_from_slice(r));
+            append_record(&mut out, i as u32, 1000 + i as u64, |o| {
+                o.extend_from_slice(r)
+            });
         }
         out
     }
@@ -327,7 +391,67 @@ mod tests {
         assert_eq!(seg.records.len(), 3);
         assert_eq!(seg.records[2].payload, b"{\"bb\":\"x\"}");
         assert_eq!(seg.records[1].partition, 1);
+        assert_eq!(seg.records[1].key, 1001);
         assert!(seg.torn.is_none());
+    }
+
+    #[test]
+    fn version_1_segments_read_without_keys() {
+        // A version 1 segment: 16-byte record headers, the CRC over bytes 8..16 and payload.
+        let mut h = SegmentHeader {
+            version: 1,
+            kind: SegmentKind::Records,
+            format: RecordFormat::Json,
+            shard: 0,
+            seq: 0,
+            created_ms: 1,
+        }
+        .encode()
+        .to_vec();
+        let payload = b"{\"a\":1}";
+        let mut r = vec![0u8; 16];
+        r[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        r[8..12].copy_from_slice(&5u32.to_le_bytes());
+        r.extend_from_slice(payload);
+        let crc = crc32c(&r[8..]);
+        r[4..8].copy_from_slice(&crc.to_le_bytes());
+        r.resize(r.len().next_multiple_of(8), 0);
+        h.extend_from_slice(&r);
+        let seg = read_segment(&h).unwrap();
+        assert_eq!(seg.header.version, 1);
+        assert_eq!(seg.records.len(), 1);
+        assert_eq!(seg.records[0].payload, payload);
+        assert_eq!((seg.records[0].partition, seg.records[0].key), (5, 0));
+        assert!(seg.torn.is_none());
+    }
+
+    #[test]
+    fn a_growing_segment_reads_record_by_record() {
+        let s = segment(&[b"{\"a\":1}", b"{\"b\":2}"]);
+        let mut at = SEGMENT_HEADER_BYTES;
+        let Next::Record(first, next) = record_at(&s, at, 0, SEGMENT_VERSION) else {
+            panic!("a record")
+        };
+        assert_eq!(first.offset, at as u64);
+        at = next;
+        assert_eq!(
+            record_at(&s[..s.len() - 2], at, 0, SEGMENT_VERSION),
+            Next::Partial
+        );
+        assert_eq!(
+            record_at(&s[..at + 3], at, 0, SEGMENT_VERSION),
+            Next::Partial
+        );
+        // Read from a buffer that starts at the record: offsets are the segment's.
+        let Next::Record(second, end) = record_at(&s[at..], 0, at as u64, SEGMENT_VERSION) else {
+            panic!("a record")
+        };
+        assert_eq!(
+            (second.offset, second.payload),
+            (at as u64, &b"{\"b\":2}"[..])
+        );
+        assert_eq!(at + end, s.len());
+        assert_eq!(record_at(&s, s.len(), 0, SEGMENT_VERSION), Next::End);
     }
 
     #[test]

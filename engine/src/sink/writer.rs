@@ -169,6 +169,7 @@ async fn create(s: &WriterSpec, seq: u32) -> io::Result<(Rc<DmaFile>, [u8; SEGME
         .map_err(|e| named(io::Error::from(e), &path))?;
     crate::failpoint::reach("segment_created");
     let header = SegmentHeader {
+        version: super::segment::SEGMENT_VERSION,
         kind: s.kind,
         format: s.format,
         shard: s.shard as u16,
@@ -591,6 +592,11 @@ impl SegmentWriter {
 
     pub fn stream(&self) -> &str {
         &self.lane.spec.stream
+    }
+
+    /// Where the records written so far end: the current segment and its length.
+    pub fn position(&self) -> (u32, u64) {
+        (self.lane.seq.get(), self.lane.end.get())
     }
 
     fn device(&self) -> (u32, u32) {

@@ -1,0 +1,647 @@
+//! Network sinks on a shard, and retention: the glue around each stream's
+//! [`StreamLog`](crate::sink::log::StreamLog).
+//!
+//! - The commit task reports how far each stream is durable after every round
+//!   ([`Outbound::durable`]) and wakes the stream's sinks.
+//! - Each sink of each stream runs one **delivery task** per shard ([`deliver`]): it reads the
+//!   shard's segments of the stream from its read position with O_DIRECT reads through
+//!   io_uring, hands each record to the producer (`send_result` only enqueues: librdkafka's
+//!   own threads talk to the brokers, so the reactor never blocks), and confirms records in
+//!   order as the broker acknowledges them. Its cursor, the position after the last confirmed
+//!   record, is persisted atomically (a temporary file, fdatasync, rename) at most every
+//!   [`CURSOR_INTERVAL`] and when the shard stops. A failed delivery sends again from the
+//!   failed record, after a back-off: at least once, in order.
+//! - A sink whose backlog reaches `backlog_bytes_max` either holds the shard's intake
+//!   (`block`: [`Outbound::blocked`], which `Shard::take_owned` waits on) or gives up its oldest
+//!   sealed segments (`drop_oldest`, counted with their records).
+//! - The **retention task** ([`retain`]) deletes, once a second, the segments every sink
+//!   delivered, or for a stream without sinks those past its `retain_ms` or
+//!   `retain_bytes_max`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot::Canceled;
+use futures::future::{Either, select};
+use glommio::io::{DmaFile, OpenOptions};
+use glommio::sync::Semaphore;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+
+use super::shard::Shard;
+use crate::consts::{
+    CURSOR_INTERVAL, DELIVERY_BACKOFF_MAX, DELIVERY_BACKOFF_MIN, DELIVERY_INFLIGHT_MAX,
+    DELIVERY_READ_BYTES, RETENTION_INTERVAL,
+};
+use crate::metrics::SinkSnapshot;
+use crate::sink::kafka::{Producer, SinkSpec, WhenFull};
+use crate::sink::log::{Pos, StreamLog, load_cursor, store_cursor_text};
+use crate::sink::segment::{
+    Next, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentHeader, record_at, segment_path,
+};
+
+/// What a sink did, for `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct SinkStats {
+    pub delivered_records: u64,
+    pub delivered_bytes: u64,
+    pub errors: u64,
+    pub retries: u64,
+    pub dropped_records: u64,
+}
+
+/// One network sink of one stream on this shard.
+pub(super) struct SinkRun {
+    pub stream: usize,
+    /// Its index among the stream's sinks (and the log's cursors).
+    pub index: usize,
+    pub spec: SinkSpec,
+    pub producer: Producer,
+    pub wake: Semaphore,
+    pub stats: RefCell<SinkStats>,
+}
+
+/// The shard's stream logs, network sinks and retention figures.
+pub(super) struct Outbound {
+    pub logs: Vec<RefCell<StreamLog>>,
+    pub sinks: Vec<Rc<SinkRun>>,
+    /// A `block` sink's backlog is full: the shard takes no new batch.
+    pub blocked: Cell<bool>,
+    /// Segments deleted, per stream.
+    pub deleted: RefCell<Vec<u64>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The segments of `stream` that `shard` wrote before `current`: `(seq, length, mtime ms)`.
+fn existing_segments(dir: &Path, stream: &str, shard: usize, current: u32) -> Vec<(u32, u64, u64)> {
+    let prefix = format!("{shard:03}-");
+    let Ok(entries) = std::fs::read_dir(dir.join(stream)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let seq = name
+                .strip_prefix(&prefix)?
+                .strip_suffix(".seg")?
+                .parse::<u32>()
+                .ok()?;
+            let meta = e.metadata().ok()?;
+            let mtime = meta
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_millis() as u64;
+            (seq < current).then_some((seq, meta.len(), mtime))
+        })
+        .collect()
+}
+
+impl Outbound {
+    /// The shard's logs (its writers opened segment `current[i]` of stream `i`) with each
+    /// sink's persisted cursor, and a run per sink with its process-wide producer.
+    pub fn open(
+        cfg: &crate::config::Config,
+        shard: usize,
+        current: &[u32],
+        producers: &[Vec<Producer>],
+    ) -> Result<Outbound, String> {
+        let dir = &cfg.sinks.dir;
+        let now = Instant::now();
+        let mut logs = Vec::new();
+        let mut sinks = Vec::new();
+        for (i, s) in cfg.streams.iter().enumerate() {
+            let mut cursors = Vec::new();
+            for (j, k) in s.sinks.iter().enumerate() {
+                let path = cursor_path(dir, &s.name, shard, &k.name);
+                cursors.push(load_cursor(&path).map_err(|e| format!("shard {shard}: {e}"))?);
+                sinks.push(Rc::new(SinkRun {
+                    stream: i,
+                    index: j,
+                    spec: k.clone(),
+                    producer: producers[i][j].clone(),
+                    wake: Semaphore::new(0),
+                    stats: RefCell::new(SinkStats::default()),
+                }));
+            }
+            let existing = existing_segments(dir, &s.name, shard, current[i]);
+            logs.push(RefCell::new(StreamLog::new(
+                existing, &cursors, current[i], now,
+            )));
+        }
+        Ok(Outbound {
+            deleted: RefCell::new(vec![0; logs.len()]),
+            logs,
+            sinks,
+            blocked: Cell::new(false),
+        })
+    }
+
+    /// Stream `i` is durable to `pos`, `records` since start: its sinks may read that far.
+    pub fn durable(&self, i: usize, pos: Pos, records: u64) {
+        self.logs[i]
+            .borrow_mut()
+            .durable(pos.seq, pos.offset, records, Instant::now(), now_ms());
+        for k in self.sinks.iter().filter(|k| k.stream == i) {
+            k.wake.signal(1);
+        }
+        self.update_blocked();
+    }
+
+    /// Whether any `block` sink's backlog is full, as of now.
+    pub fn update_blocked(&self) {
+        let blocked = self.sinks.iter().any(|k| {
+            k.spec.when_full == WhenFull::Block
+                && self.logs[k.stream]
+                    .borrow()
+                    .full(k.index, k.spec.backlog_bytes_max)
+        });
+        self.blocked.set(blocked);
+    }
+
+    /// Each sink's figures for `/metrics`.
+    pub fn snapshot(&self, cfg: &crate::config::Config) -> Vec<SinkSnapshot> {
+        let now = Instant::now();
+        self.sinks
+            .iter()
+            .map(|k| {
+                let log = self.logs[k.stream].borrow();
+                let st = k.stats.borrow();
+                let backlog_bytes = log.backlog_bytes(k.index);
+                SinkSnapshot {
+                    stream: cfg.streams[k.stream].name.clone(),
+                    sink: k.spec.name.clone(),
+                    delivered_records: st.delivered_records,
+                    delivered_bytes: st.delivered_bytes,
+                    backlog_bytes,
+                    backlog_records: log.backlog_records(k.index),
+                    lag_seconds: log.lag(k.index, now).as_secs_f64(),
+                    errors: st.errors,
+                    retries: st.retries,
+                    dropped_records: st.dropped_records,
+                    blocking: k.spec.when_full == WhenFull::Block
+                        && backlog_bytes >= k.spec.backlog_bytes_max,
+                }
+            })
+            .collect()
+    }
+
+    /// Wakes every delivery task (the shard stops).
+    pub fn wake_all(&self) {
+        for k in &self.sinks {
+            k.wake.signal(1);
+        }
+    }
+}
+
+/// Where sink `sink` of `stream` keeps its cursor on `shard`.
+pub fn cursor_path(dir: &Path, stream: &str, shard: usize, sink: &str) -> PathBuf {
+    dir.join(stream).join(format!("{shard:03}.{sink}.cursor"))
+}
+
+/// Writes a cursor atomically: a temporary file, made durable, renamed over the old one.
+async fn persist(path: &Path, pos: Pos) -> std::io::Result<()> {
+    let tmp = path.with_extension("cursor.tmp");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .buffered_open(&tmp)
+        .await?;
+    file.write_at(store_cursor_text(pos).into_bytes(), 0)
+        .await?;
+    file.fdatasync().await?;
+    file.close().await?;
+    glommio::io::rename(&tmp, path).await?;
+    Ok(())
+}
+
+/// A record handed to the producer and not yet confirmed.
+struct Sent {
+    from: Pos,
+    to: Pos,
+    bytes: u64,
+    delivery: DeliveryFuture,
+}
+
+/// An open segment being read.
+struct Reading {
+    seq: u32,
+    version: u8,
+    file: DmaFile,
+}
+
+/// What a chunk read ended with.
+enum Chunk {
+    /// Records were sent (or there was nothing to send).
+    Sent(usize),
+    /// The producer's queue is full: wait for deliveries.
+    QueueFull,
+    /// The producer refused a record.
+    Failed(String),
+}
+
+/// One delivery task's state.
+struct Delivery {
+    shard: Rc<Shard>,
+    sink: Rc<SinkRun>,
+    cursor_file: PathBuf,
+    /// Where the next record to send starts.
+    read: Pos,
+    inflight: VecDeque<Sent>,
+    reading: Option<Reading>,
+    /// The cursor as last persisted.
+    persisted: Pos,
+    persisted_at: Instant,
+    backoff: Duration,
+    /// The delivery error as last logged.
+    failing: Option<String>,
+}
+
+impl Delivery {
+    fn log(&self) -> &RefCell<StreamLog> {
+        &self.shard.outbound.logs[self.sink.stream]
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "shard {}: stream {}: sink {}",
+            self.shard.id, self.shard.cfg.streams[self.sink.stream].name, self.sink.spec.name
+        )
+    }
+
+    /// Opens segment `seq` for reading, unless it is open.
+    async fn open(&mut self, seq: u32) -> std::io::Result<()> {
+        if self.reading.as_ref().is_some_and(|r| r.seq == seq) {
+            return Ok(());
+        }
+        if let Some(old) = self.reading.take() {
+            let _ = old.file.close().await;
+        }
+        let s = &self.shard.cfg.streams[self.sink.stream];
+        let path = segment_path(&self.shard.cfg.sinks.dir, &s.name, self.shard.id, seq);
+        let file = OpenOptions::new().read(true).dma_open(&path).await?;
+        let head = file.read_at(0, SEGMENT_HEADER_BYTES).await?;
+        let header = SegmentHeader::decode(&head)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+        self.reading = Some(Reading {
+            seq,
+            version: header.version,
+            file,
+        });
+        Ok(())
+    }
+
+    /// Reads the next durable bytes and hands their records to the producer.
+    async fn send_chunk(&mut self) -> std::io::Result<Chunk> {
+        let next = self.log().borrow().next_read(self.read);
+        let Some((seq, from, to)) = next else {
+            return Ok(Chunk::Sent(0));
+        };
+        self.read = Pos { seq, offset: from };
+        self.open(seq).await?;
+        let reading = self.reading.as_ref().expect("opened");
+        let mut want = (to - from).min(DELIVERY_READ_BYTES);
+        let buf = loop {
+            let buf = reading.file.read_at(from, want as usize).await?;
+            // A record larger than one read: read it whole.
+            if buf.len() >= 4 {
+                let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as u64;
+                let whole = (RECORD_HEADER_BYTES as u64 + len).min(to - from);
+                if whole > want {
+                    want = whole;
+                    continue;
+                }
+            }
+            break buf;
+        };
+        let topic = &self.sink.spec.kafka.topic;
+        let mut at = 0usize;
+        let mut sent = 0usize;
+        let outcome = loop {
+            if self.inflight.len() >= DELIVERY_INFLIGHT_MAX {
+                break Chunk::Sent(sent);
+            }
+            match record_at(&buf, at, from, reading.version) {
+                Next::Record(r, next) => {
+                    let key = r.key.to_be_bytes();
+                    let record = FutureRecord::to(topic).key(&key[..]).payload(r.payload);
+                    match self.sink.producer.send_result(record) {
+                        Ok(delivery) => {
+                            self.inflight.push_back(Sent {
+                                from: Pos {
+                                    seq,
+                                    offset: r.offset,
+                                },
+                                to: Pos {
+                                    seq,
+                                    offset: (from + next as u64).min(to),
+                                },
+                                bytes: r.payload.len() as u64,
+                                delivery,
+                            });
+                            sent += 1;
+                            at = next;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            break Chunk::QueueFull;
+                        }
+                        Err((e, _)) => break Chunk::Failed(e.to_string()),
+                    }
+                }
+                Next::Partial if at > 0 => break Chunk::Sent(sent),
+                Next::Partial => {
+                    // A whole read holds less than its first record: the record runs past the
+                    // segment's end, a tail a crash cut short. The next segment follows.
+                    eprintln!(
+                        "{}: segment {seq}: a record cut short at offset {from}: skipping the \
+                         rest of the segment",
+                        self.name()
+                    );
+                    at = (to - from) as usize;
+                    break Chunk::Sent(sent);
+                }
+                Next::End => {
+                    // Zeros where the durable records should go on: a segment a crash cut
+                    // short (its length counted its zeros). The next segment follows.
+                    at = (to - from) as usize;
+                    break Chunk::Sent(sent);
+                }
+                Next::Torn(why) => {
+                    eprintln!(
+                        "{}: segment {seq}: {why} at offset {}: skipping the rest of the segment",
+                        self.name(),
+                        from + at as u64
+                    );
+                    at = (to - from) as usize;
+                    break Chunk::Sent(sent);
+                }
+            }
+        };
+        self.read = Pos {
+            seq,
+            offset: (from + at as u64).min(to),
+        };
+        // A sealed segment read to its end: on to the next one.
+        let next = self.log().borrow().skip_sealed(self.read);
+        self.read = next;
+        Ok(outcome)
+    }
+
+    /// Takes the outcome of the oldest send: confirms it, or starts over from it.
+    async fn settle(&mut self, result: Result<(), String>) {
+        let sent = self.inflight.pop_front().expect("a send to settle");
+        match result {
+            Ok(()) => {
+                self.log().borrow_mut().confirm(self.sink.index, sent.to);
+                let mut st = self.sink.stats.borrow_mut();
+                st.delivered_records += 1;
+                st.delivered_bytes += sent.bytes;
+                drop(st);
+                self.backoff = DELIVERY_BACKOFF_MIN;
+                if self.failing.take().is_some() {
+                    eprintln!("{}: delivers again", self.name());
+                }
+            }
+            Err(e) => self.failed(e, sent.from).await,
+        }
+    }
+
+    /// A send failed: counts it, logs it when the error changed, and sends again from `from`
+    /// (or the cursor, if records were given up past it) after a back-off. Sends after it
+    /// may have succeeded: they are sent again (at least once).
+    async fn failed(&mut self, e: String, from: Pos) {
+        {
+            let mut st = self.sink.stats.borrow_mut();
+            st.errors += 1;
+            st.retries += 1;
+        }
+        if self.failing.as_deref() != Some(e.as_str()) {
+            eprintln!(
+                "{}: delivery failed: {e}; sending again from segment {} offset {} \
+                 (logged again when this changes; counted in sluice_sink_delivery_errors_total)",
+                self.name(),
+                from.seq,
+                from.offset
+            );
+            self.failing = Some(e);
+        }
+        self.inflight.clear();
+        let cursor = self.log().borrow().cursor(self.sink.index);
+        self.read = from.max(cursor);
+        glommio::timer::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(DELIVERY_BACKOFF_MAX);
+    }
+
+    /// `drop_oldest`: gives up whole sealed segments while the backlog is full, counting their
+    /// records.
+    async fn drop_if_full(&mut self) {
+        let sink = self.sink.clone();
+        let spec = &sink.spec;
+        if spec.when_full != WhenFull::DropOldest {
+            return;
+        }
+        let dropped = self
+            .log()
+            .borrow_mut()
+            .drop_oldest(self.sink.index, spec.backlog_bytes_max);
+        if dropped.is_empty() {
+            return;
+        }
+        let mut records = 0;
+        for &(seq, from, end) in &dropped {
+            records += self.count_records(seq, from, end).await;
+        }
+        let cursor = self.log().borrow().cursor(self.sink.index);
+        self.read = self.read.max(cursor);
+        self.sink.stats.borrow_mut().dropped_records += records;
+        eprintln!(
+            "{}: backlog reached backlog_bytes_max ({} bytes): gave up segments {:?} \
+             ({records} records; counted in sluice_sink_dropped_records_total)",
+            self.name(),
+            spec.backlog_bytes_max,
+            dropped.iter().map(|d| d.0).collect::<Vec<_>>()
+        );
+    }
+
+    /// Records in `[from, end)` of segment `seq` (0 when it cannot be read).
+    async fn count_records(&mut self, seq: u32, from: u64, end: u64) -> u64 {
+        if self.open(seq).await.is_err() {
+            return 0;
+        }
+        let reading = self.reading.as_ref().expect("opened");
+        let mut n = 0;
+        let mut pos = from;
+        while pos < end {
+            let want = (end - pos).min(DELIVERY_READ_BYTES);
+            let Ok(buf) = reading.file.read_at(pos, want as usize).await else {
+                break;
+            };
+            let mut at = 0;
+            while let Next::Record(_, next) = record_at(&buf, at, pos, reading.version) {
+                n += 1;
+                at = next;
+            }
+            if at == 0 {
+                // A record larger than a read, or the end.
+                break;
+            }
+            pos += at as u64;
+        }
+        n
+    }
+
+    /// Persists the cursor if it moved and `force` or the interval passed.
+    async fn persist_cursor(&mut self, force: bool) {
+        let cursor = self.log().borrow().cursor(self.sink.index);
+        if cursor == self.persisted || (!force && self.persisted_at.elapsed() < CURSOR_INTERVAL) {
+            return;
+        }
+        match persist(&self.cursor_file, cursor).await {
+            Ok(()) => self.persisted = cursor,
+            Err(e) => eprintln!(
+                "{}: saving the cursor {}: {e} (tried again; a restart sends again from the \
+                 last saved one)",
+                self.name(),
+                self.cursor_file.display()
+            ),
+        }
+        self.persisted_at = Instant::now();
+    }
+
+    /// Waits for the oldest send's outcome, a wake, or `wait`, and settles what came.
+    async fn wait(&mut self, wait: Duration) {
+        let sink = self.sink.clone();
+        let outcome = {
+            let timer = std::pin::pin!(glommio::timer::sleep(wait));
+            let wake = std::pin::pin!(sink.wake.acquire(1));
+            let woken = select(timer, wake);
+            match self.inflight.front_mut() {
+                Some(front) => match select(&mut front.delivery, woken).await {
+                    Either::Left((r, _)) => Some(r),
+                    Either::Right(_) => None,
+                },
+                None => {
+                    woken.await;
+                    None
+                }
+            }
+        };
+        if let Some(r) = outcome {
+            self.settle(delivery_result(r)).await;
+        }
+    }
+
+    /// Settles every send already confirmed or failed, without waiting.
+    async fn settle_ready(&mut self) {
+        use futures::FutureExt;
+        while let Some(front) = self.inflight.front_mut() {
+            match (&mut front.delivery).now_or_never() {
+                Some(r) => self.settle(delivery_result(r)).await,
+                None => break,
+            }
+        }
+    }
+}
+
+/// A delivery's outcome: confirmed, or why not.
+fn delivery_result(r: Result<OwnedDeliveryResult, Canceled>) -> Result<(), String> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e.to_string()),
+        Err(_) => Err("the producer went away".to_owned()),
+    }
+}
+
+/// The delivery task of one sink on one shard: until the shard stops, then until what was
+/// sent is confirmed (at most `shard.shutdown_timeout_ms`), and the cursor is saved.
+pub(super) async fn deliver(shard: Rc<Shard>, sink: Rc<SinkRun>) {
+    let stream = &shard.cfg.streams[sink.stream].name;
+    let cursor_file = cursor_path(&shard.cfg.sinks.dir, stream, shard.id, &sink.spec.name);
+    let start = shard.outbound.logs[sink.stream].borrow().cursor(sink.index);
+    let mut d = Delivery {
+        shard: shard.clone(),
+        sink,
+        cursor_file,
+        read: start,
+        inflight: VecDeque::new(),
+        reading: None,
+        persisted: start,
+        persisted_at: Instant::now(),
+        backoff: DELIVERY_BACKOFF_MIN,
+        failing: None,
+    };
+    let mut stop_by: Option<Instant> = None;
+    loop {
+        d.settle_ready().await;
+        d.drop_if_full().await;
+        d.shard.outbound.update_blocked();
+        if d.shard.stopping.get() {
+            let by = *stop_by.get_or_insert_with(|| {
+                Instant::now() + Duration::from_millis(d.shard.cfg.tuning.shutdown_timeout_ms)
+            });
+            // What is durable is sent before the end, while the downstream keeps up.
+            let caught_up = d.log().borrow().next_read(d.read).is_none();
+            if (d.inflight.is_empty() && caught_up) || Instant::now() >= by {
+                break;
+            }
+        }
+        let chunk = match d.send_chunk().await {
+            Ok(c) => c,
+            Err(e) => Chunk::Failed(format!("reading segment {}: {e}", d.read.seq)),
+        };
+        match chunk {
+            Chunk::Sent(n) if n > 0 => {}
+            Chunk::Failed(e) => {
+                let from = d.inflight.front().map_or(d.read, |s| s.from);
+                d.failed(e, from).await;
+            }
+            Chunk::Sent(_) | Chunk::QueueFull => d.wait(CURSOR_INTERVAL).await,
+        }
+        d.persist_cursor(false).await;
+    }
+    d.persist_cursor(true).await;
+    if let Some(r) = d.reading.take() {
+        let _ = r.file.close().await;
+    }
+}
+
+/// The retention task: once a second, deletes the segments each stream's log lets go.
+pub(super) async fn retain(shard: Rc<Shard>) {
+    let cfg = shard.cfg.clone();
+    loop {
+        let tick = std::pin::pin!(glommio::timer::sleep(RETENTION_INTERVAL));
+        if let Either::Right(_) = select(tick, shard.stopped.clone()).await {
+            return;
+        }
+        for (i, s) in cfg.streams.iter().enumerate() {
+            let expired =
+                shard.outbound.logs[i]
+                    .borrow_mut()
+                    .expired(&s.retention, cfg.shards, now_ms());
+            for seq in expired {
+                let path = segment_path(&cfg.sinks.dir, &s.name, shard.id, seq);
+                match glommio::io::remove(&path).await {
+                    Ok(()) => shard.outbound.deleted.borrow_mut()[i] += 1,
+                    Err(e) => eprintln!(
+                        "shard {}: stream {}: deleting {}: {e}",
+                        shard.id,
+                        s.name,
+                        path.display()
+                    ),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Streams out to Kafka: the real `sluice` and `loadgen` binaries, a real broker (tansu), and
+//! an independent client (confluent-kafka, `kafka_tool.py`) reading the topics. Every test's
+//! name says kafka: `cargo test kafka` runs them.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_e2e::{
+    Broker, EngineProc, engine_config, expected_records, http, loadgen, metric, temp_dir,
+    with_kafka_sinks, without_ts,
+};
+use sluice_workload::routes::STREAMS;
+
+/// Every stream of the W1 route set, and the dead letters.
+fn topics() -> Vec<&'static str> {
+    STREAMS.iter().copied().chain(["dead-letter"]).collect()
+}
+
+/// Waits until every sink of the engine delivered all it holds (backlogs empty), for at most
+/// `limit`.
+fn wait_delivered(admin: u16, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (code, metrics) = http(admin, "GET", "/metrics");
+        if code == 200
+            && metrics.contains("sluice_sink_backlog_bytes{")
+            && metric(&metrics, "sluice_sink_backlog_bytes", &[]) == 0
+        {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sinks still hold a backlog after {limit:?}:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("sluice_sink_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Checks that every record the route set implies for the first `n` events of `seed` (W1)
+/// is in its topic, at least once, with a partition key; returns the duplicates.
+fn check_topics(broker: &Broker, expected: &BTreeMap<String, Vec<Value>>) -> usize {
+    let mut all: BTreeMap<String, Vec<Value>> = expected.clone();
+    for t in topics() {
+        all.entry(t.to_owned()).or_default();
+    }
+    check_topics_of(broker, &all)
+}
+
+/// The same for the topics of `expected`'s streams alone.
+fn check_topics_of(broker: &Broker, expected: &BTreeMap<String, Vec<Value>>) -> usize {
+    let names: Vec<&str> = expected.keys().map(String::as_str).collect();
+    let messages = broker.messages(&names);
+    let mut got: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for (topic, key, value) in &messages {
+        let key = key.as_deref().expect("every message has a key");
+        assert_eq!(key.len(), 16, "the key is the 8-byte partition key");
+        let v: Value = serde_json::from_str(value).expect("a JSON record");
+        *got.entry((topic.clone(), without_ts(v).to_string()))
+            .or_default() += 1;
+    }
+    let mut want_total = 0;
+    let mut known = std::collections::BTreeSet::new();
+    for (stream, records) in expected {
+        for r in records {
+            want_total += 1;
+            let k = (stream.clone(), without_ts(r.clone()).to_string());
+            let n = got.entry(k.clone()).or_default();
+            assert!(*n > 0, "missing from topic {stream}: {}", k.1);
+            *n -= 1;
+            known.insert(k);
+        }
+    }
+    let unknown: Vec<_> = got.keys().filter(|k| !known.contains(*k)).take(3).collect();
+    assert!(unknown.is_empty(), "records no event implies: {unknown:?}");
+    let extra: i64 = got.values().sum();
+    assert_eq!(messages.len() as i64, want_total + extra);
+    extra as usize
+}
+
+/// An engine with a Kafka sink on every stream, its data under `dir`.
+fn engine_with_sinks(
+    dir: &std::path::Path,
+    broker: &Broker,
+    extra: &str,
+) -> (std::path::PathBuf, u16) {
+    let (config, port) = engine_config(dir, 2, "{ interval_us = 1000 }");
+    with_kafka_sinks(&config, &broker.address(), &topics(), extra);
+    (config, port)
+}
+
+#[test]
+fn kafka_sinks_deliver_every_w1_record_at_least_once() {
+    const EVENTS: usize = 20_000;
+    let broker = Broker::start("deliver");
+    broker.create_topics(&topics(), 4);
+    let dir = temp_dir("kafka-deliver");
+    let (config, port) = engine_with_sinks(&dir, &broker, "");
+    let engine = EngineProc::start(&config, port);
+    let report = loadgen(
+        &engine.target(),
+        &[
+            "--events",
+            &EVENTS.to_string(),
+            "--seed",
+            "31",
+            "--rate",
+            "20000",
+        ],
+    );
+    assert_eq!(report["events_acked"], json!(EVENTS));
+    let metrics = wait_delivered(port + 3, Duration::from_secs(60));
+    let delivered = metric(&metrics, "sluice_sink_delivered_records_total", &[]);
+    engine.stop();
+    let expected = expected_records(31, EVENTS);
+    let want: usize = expected.values().map(Vec::len).sum();
+    assert!(
+        delivered as usize >= want,
+        "{delivered} delivered, {want} routed"
+    );
+    let dups = check_topics(&broker, &expected);
+    eprintln!("kafka: {want} records in their topics, {dups} duplicates");
+    assert_eq!(dups, 0, "no failure, no duplicate");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kafka_sinks_resume_from_their_cursors_after_a_kill_9() {
+    const EVENTS: usize = 6_000;
+    let broker = Broker::start("kill");
+    broker.create_topics(&topics(), 2);
+    let dir = temp_dir("kafka-kill");
+    let (config, port) = engine_with_sinks(&dir, &broker, "");
+    let engine = EngineProc::start(&config, port);
+    // A first part delivered (and its cursors saved), then the broker stops answering: the
+    // second part is acked into segments but not delivered when the engine is killed.
+    let r = loadgen(
+        &engine.target(),
+        &["--events", &EVENTS.to_string(), "--seed", "41"],
+    );
+    assert_eq!(r["events_acked"], json!(EVENTS));
+    let first = wait_delivered(port + 3, Duration::from_secs(60));
+    let first = metric(&first, "sluice_sink_delivered_records_total", &[]);
+    std::thread::sleep(Duration::from_millis(600)); // a cursor save
+    broker.signal(libc::SIGSTOP);
+    let r = loadgen(
+        &engine.target(),
+        &["--events", &EVENTS.to_string(), "--seed", "42"],
+    );
+    assert_eq!(r["events_acked"], json!(EVENTS));
+    std::thread::sleep(Duration::from_millis(500));
+    engine.signal(libc::SIGKILL);
+    engine.stop_waiting();
+    broker.signal(libc::SIGCONT);
+    let engine = EngineProc::start(&config, port);
+    let after = wait_delivered(port + 3, Duration::from_secs(90));
+    let again = metric(&after, "sluice_sink_delivered_records_total", &[]);
+    engine.stop();
+    let mut expected = expected_records(41, EVENTS);
+    for (stream, mut v) in expected_records(42, EVENTS) {
+        expected.entry(stream).or_default().append(&mut v);
+    }
+    let dups = check_topics(&broker, &expected);
+    let second: usize = expected_records(42, EVENTS).values().map(Vec::len).sum();
+    eprintln!(
+        "kafka: {first} delivered before the kill; {again} after the restart; {dups} duplicates"
+    );
+    // The restart sends what was not confirmed: the second part (some of it may have reached
+    // the broker before the kill), not the first again.
+    assert!(
+        again as usize >= second,
+        "{again} sent after the restart, {second} undelivered"
+    );
+    assert!(
+        dups <= second,
+        "{dups} duplicates: more than the undelivered part"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kafka_sinks_ride_out_a_broker_restart_under_load() {
+    const EVENTS: usize = 40_000;
+    let mut broker = Broker::start("restart");
+    broker.create_topics(&topics(), 2);
+    let dir = temp_dir("kafka-restart");
+    let (config, port) = engine_with_sinks(&dir, &broker, "");
+    let engine = EngineProc::start(&config, port);
+    let target = engine.target();
+    let load = std::thread::spawn(move || {
+        loadgen(
+            &target,
+            &[
+                "--events",
+                &EVENTS.to_string(),
+                "--seed",
+                "51",
+                "--rate",
+                "8000",
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    broker.restart();
+    let r = load.join().expect("loadgen");
+    assert_eq!(r["events_acked"], json!(EVENTS));
+    let metrics = wait_delivered(port + 3, Duration::from_secs(120));
+    let errors = metric(&metrics, "sluice_sink_delivery_errors_total", &[]);
+    engine.stop();
+    let dups = check_topics(&broker, &expected_records(51, EVENTS));
+    eprintln!("kafka: broker restarted under load: {errors} delivery errors, {dups} duplicates");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Records a stream's sink confirmed, over all shards.
+fn delivered(admin: u16, stream: &str) -> u64 {
+    let m = http(admin, "GET", "/metrics").1;
+    metric(
+        &m,
+        "sluice_sink_delivered_records_total",
+        &[&format!("stream=\"{stream}\"")],
+    )
+}
+
+/// Records per second a stream's sink confirms, over `span`.
+fn delivery_rate(admin: u16, stream: &str, span: Duration) -> f64 {
+    let a = delivered(admin, stream);
+    std::thread::sleep(span);
+    (delivered(admin, stream) - a) as f64 / span.as_secs_f64()
+}
+
+/// Stream `errors` goes to broker `slow` with a 4 MiB backlog and `when_full`, every other
+/// stream to `fast`; 1 MiB segments. Broker `slow` stops (SIGSTOP) under load, then resumes.
+/// Returns what the run saw: `(fast rate before, fast rate during, the slow sink's metrics
+/// while stopped, the acked events)`.
+fn isolation_run(when_full: &str, seed: u64) -> (f64, f64, String, u64, Broker, Broker) {
+    const RATE: u64 = 10_000;
+    const SECONDS: u64 = 14;
+    let fast = Broker::start("fast");
+    let slow = Broker::start("slow");
+    fast.create_topics(&topics(), 2);
+    slow.create_topics(&["errors"], 2);
+    let dir = temp_dir(&format!("kafka-isolation-{when_full}"));
+    let (config, port) = engine_config(&dir, 2, "{ interval_us = 1000 }");
+    let others: Vec<&str> = topics().into_iter().filter(|t| *t != "errors").collect();
+    with_kafka_sinks(&config, &fast.address(), &others, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "segment_bytes_max = 268435456",
+        "segment_bytes_max = 1048576",
+    );
+    let text = format!(
+        "{text}\n[[streams.errors.sink]]\nkind = \"kafka\"\nbrokers = \"{}\"\nbacklog_bytes_max = 4194304\nwhen_full = \"{when_full}\"\n",
+        slow.address()
+    );
+    std::fs::write(&config, text).unwrap();
+    let engine = EngineProc::start(&config, port);
+    let admin = port + 3;
+    let target = engine.target();
+    let load = std::thread::spawn(move || {
+        loadgen(
+            &target,
+            &[
+                "--rate",
+                &RATE.to_string(),
+                "--duration",
+                &SECONDS.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let before = delivery_rate(admin, "playback", Duration::from_secs(2));
+    slow.signal(libc::SIGSTOP);
+    // The slow sink's backlog fills (about 1 MB of `errors` records a second), then its
+    // policy applies.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut stopped_metrics;
+    loop {
+        stopped_metrics = http(admin, "GET", "/metrics").1;
+        let backlog = metric(
+            &stopped_metrics,
+            "sluice_sink_backlog_bytes",
+            &["stream=\"errors\""],
+        );
+        let dropped = metric(&stopped_metrics, "sluice_sink_dropped_records_total", &[]);
+        let blocking = metric(&stopped_metrics, "sluice_sink_blocking", &[]);
+        if dropped > 0 || blocking > 0 || Instant::now() > deadline {
+            eprintln!(
+                "kafka isolation ({when_full}): errors backlog {backlog} bytes, dropped {dropped}, blocking {blocking}"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let during = delivery_rate(admin, "playback", Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
+    slow.signal(libc::SIGCONT);
+    let report = load.join().expect("loadgen");
+    let acked = report["events_acked"].as_u64().expect("acked");
+    wait_delivered(admin, Duration::from_secs(120));
+    engine.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    (before, during, stopped_metrics, acked, fast, slow)
+}
+
+/// The records of the first `acked` events of `seed`, split into `errors` and the rest.
+fn expected_split(
+    seed: u64,
+    acked: u64,
+) -> (BTreeMap<String, Vec<Value>>, BTreeMap<String, Vec<Value>>) {
+    let mut rest = expected_records(seed, acked as usize);
+    let mut errors = BTreeMap::new();
+    if let Some(v) = rest.remove("errors") {
+        errors.insert("errors".to_owned(), v);
+    }
+    (errors, rest)
+}
+
+#[test]
+fn kafka_a_stopped_broker_stalls_only_its_stream_until_drop_oldest_gives_up_segments() {
+    let (before, during, stopped, acked, fast, slow) = isolation_run("drop_oldest", 61);
+    eprintln!(
+        "kafka isolation (drop_oldest): playback {before:.0} records/s before, {during:.0} while errors' broker was stopped"
+    );
+    assert!(during >= 0.9 * before, "{during} < 90% of {before}");
+    let dropped = metric(
+        &stopped,
+        "sluice_sink_dropped_records_total",
+        &["stream=\"errors\""],
+    );
+    assert!(dropped > 0, "the full backlog gave up its oldest segments");
+    // Open loop at a fixed rate: every event was sent and acked; the fast streams hold all
+    // their records, the slow one all but what it dropped.
+    let (errors, rest) = expected_split(61, acked);
+    let _ = check_topics_of(&fast, &rest);
+    let got = slow.messages(&["errors"]).len() as u64;
+    let want = errors.values().map(Vec::len).sum::<usize>() as u64;
+    assert!(
+        got + dropped >= want,
+        "{got} delivered + {dropped} dropped < {want}"
+    );
+}
+
+#[test]
+fn kafka_a_full_block_sink_holds_ingest_and_loses_nothing() {
+    let (before, during, stopped, acked, fast, slow) = isolation_run("block", 62);
+    eprintln!(
+        "kafka isolation (block): playback {before:.0} records/s before, {during:.0} once errors' backlog was full"
+    );
+    assert!(metric(&stopped, "sluice_sink_blocking", &["stream=\"errors\""]) > 0);
+    assert_eq!(
+        metric(&stopped, "sluice_sink_dropped_records_total", &[]),
+        0
+    );
+    let (errors, rest) = expected_split(62, acked);
+    let _ = check_topics_of(&fast, &rest);
+    let _ = check_topics_of(&slow, &errors);
+}
