@@ -18,6 +18,7 @@
 #   env ENGINE_PREFIX, LOADGEN_PREFIX   run each under e.g. `taskset -c 14,15`
 #   env CONNS   generator connections (default 4)
 #   env JSON    append the figures to this file as one JSON line
+#   env EXTRA   TOML appended to the config (a `[[streams.NAME.sink]]`, say)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:?usage: scripts/bench-engine.sh RATE [SINKS_TOML] [LABEL]}
@@ -27,14 +28,19 @@ bin=${BIN:-target/release}
 work=${DATA:-target/bench-engine}
 run="$work/$(date +%s%N)"
 mkdir -p "$run"
-python3 - "$sinks" "$run/data" engine/src/default.toml "$run/sluice.toml" "${CORES:-}" <<'PY'
+python3 - "$sinks" "$run/data" engine/src/default.toml "$run/sluice.toml" "${CORES:-}" "${EXTRA:-}" <<'PY'
 import re, sys
-sinks, data, src, dst, cores = sys.argv[1:]
+sinks, data, src, dst, cores, extra = sys.argv[1:]
 s = open(src).read()
 s = re.sub(r'(?m)^durability = .*$', sinks.replace('\\n', '\n'), s)
 s = re.sub(r'(?m)^dir = .*$', 'dir = "%s"' % data, s)
 if cores:
     s = re.sub(r'(?m)^shards = .*$', 'shards = %d\ncores = [%s]' % (len(cores.split(',')), cores), s)
+if extra:
+    # A stream with a network sink keeps its segments by the sink, not by retention.
+    for stream in re.findall(r'\[\[streams\.([a-z0-9_-]+)\.sink\]\]', extra):
+        s = re.sub(r'(\[streams\.%s\]\nformat = "\w+"\n)retain_bytes_max = .*\n' % re.escape(stream), r'\1', s)
+    s += '\n' + extra.replace('\\n', '\n') + '\n'
 open(dst, 'w').write(s)
 PY
 ${ENGINE_PREFIX:-} "$bin/sluice" run --config "$run/sluice.toml" > "$run/engine.log" 2>&1 &

@@ -362,3 +362,96 @@ fn kafka_a_full_block_sink_holds_ingest_and_loses_nothing() {
     let _ = check_topics_of(&fast, &rest);
     let _ = check_topics_of(&slow, &errors);
 }
+
+/// Bytes of the files under `dir`.
+fn du(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn kafka_and_retention_keep_the_disk_under_its_bound() {
+    const SEGMENT: u64 = 1 << 20;
+    const RETAIN: u64 = 8 << 20;
+    let broker = Broker::start("retention");
+    broker.create_topics(&["playback"], 2);
+    let dir = temp_dir("kafka-retention");
+    let (config, port) = engine_config(&dir, 2, "{ interval_us = 1000 }");
+    // `playback` goes to Kafka (its segments go once delivered); every other stream keeps
+    // RETAIN bytes.
+    with_kafka_sinks(&config, &broker.address(), &["playback"], "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "segment_bytes_max = 268435456",
+        &format!("segment_bytes_max = {SEGMENT}\nprefill_bytes = {SEGMENT}"),
+    );
+    let mut text = text;
+    for s in STREAMS.iter().filter(|s| **s != "playback") {
+        text = text.replace(
+            &format!("[streams.{s}]\n"),
+            &format!("[streams.{s}]\nretain_bytes_max = {RETAIN}\n"),
+        );
+    }
+    std::fs::write(&config, text).unwrap();
+    let engine = EngineProc::start(&config, port);
+    let admin = port + 3;
+    let target = engine.target();
+    let load = std::thread::spawn(move || {
+        loadgen(
+            &target,
+            &["--rate", "40000", "--duration", "10", "--seed", "71"],
+        )
+    });
+    let data = dir.join("data");
+    // Each shard keeps RETAIN / 2 of a stream, plus the segment being written and the one
+    // prepared ahead (each at most a segment and a block), checked once a second (about a
+    // megabyte a second of each stream comes in between).
+    let bound = RETAIN + 2 * 2 * (SEGMENT + 4096) + (2 << 20);
+    let mut peak = BTreeMap::new();
+    while !load.is_finished() {
+        for s in STREAMS.iter().filter(|s| **s != "playback") {
+            let used = du(&data.join(s));
+            let p = peak.entry(*s).or_insert(0);
+            *p = used.max(*p);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let r = load.join().expect("loadgen");
+    let written: u64 = STREAMS
+        .iter()
+        .map(|s| {
+            let m = http(admin, "GET", "/metrics").1;
+            metric(
+                &m,
+                "sluice_record_bytes_total",
+                &[&format!("stream=\"{s}\"")],
+            )
+        })
+        .sum();
+    wait_delivered(admin, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(2500)); // a retention pass
+    let m = http(admin, "GET", "/metrics").1;
+    let deleted = metric(&m, "sluice_segments_deleted_total", &[]);
+    let playback = du(&data.join("playback"));
+    engine.stop();
+    eprintln!(
+        "kafka retention: {} events acked, {written} record bytes written, {deleted} segments deleted; peak bytes per stream {peak:?} (bound {bound}); playback holds {playback} bytes once delivered",
+        r["events_acked"]
+    );
+    assert!(deleted > 0, "segments were deleted");
+    for (s, p) in &peak {
+        assert!(*p <= bound, "{s} held {p} bytes, over {bound}");
+    }
+    // Delivered segments are gone: what stays is each shard's current (and prepared) segment.
+    assert!(
+        playback <= 2 * 2 * (SEGMENT + 4096) + 4096,
+        "playback holds {playback} bytes"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

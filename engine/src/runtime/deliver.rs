@@ -4,8 +4,9 @@
 //! - The commit task reports how far each stream is durable after every round
 //!   ([`Outbound::durable`]) and wakes the stream's sinks.
 //! - Each sink of each stream runs one **delivery task** per shard ([`deliver`]): it reads the
-//!   shard's segments of the stream from its read position with O_DIRECT reads through
-//!   io_uring, hands each record to the producer (`send_result` only enqueues: librdkafka's
+//!   shard's segments of the stream from its read position with reads through io_uring
+//!   (buffered: the kernel keeps the page cache coherent with the writer's O_DIRECT writes),
+//!   hands each record to the producer (`send_result` only enqueues: librdkafka's
 //!   own threads talk to the brokers, so the reactor never blocks), and confirms records in
 //!   order as the broker acknowledges them. Its cursor, the position after the last confirmed
 //!   record, is persisted atomically (a temporary file, fdatasync, rename) at most every
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot::Canceled;
 use futures::future::{Either, select};
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, OpenOptions};
 use glommio::sync::Semaphore;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
@@ -71,6 +72,8 @@ pub(super) struct Outbound {
     pub sinks: Vec<Rc<SinkRun>>,
     /// A `block` sink's backlog is full: the shard takes no new batch.
     pub blocked: Cell<bool>,
+    /// The shard stopped and made its last commit: sinks send what is durable, then end.
+    pub closing: Cell<bool>,
     /// Segments deleted, per stream.
     pub deleted: RefCell<Vec<u64>>,
 }
@@ -145,6 +148,7 @@ impl Outbound {
             logs,
             sinks,
             blocked: Cell::new(false),
+            closing: Cell::new(false),
         })
     }
 
@@ -197,8 +201,15 @@ impl Outbound {
             .collect()
     }
 
-    /// Wakes every delivery task (the shard stops).
-    pub fn wake_all(&self) {
+    /// The shard made its last commit: each delivery task sends what is durable (for at
+    /// most `shutdown_timeout_ms`) and ends.
+    pub fn close(&self) {
+        self.closing.set(true);
+        self.wake_all();
+    }
+
+    /// Wakes every delivery task.
+    fn wake_all(&self) {
         for k in &self.sinks {
             k.wake.signal(1);
         }
@@ -239,7 +250,7 @@ struct Sent {
 struct Reading {
     seq: u32,
     version: u8,
-    file: DmaFile,
+    file: BufferedFile,
 }
 
 /// What a chunk read ended with.
@@ -248,8 +259,9 @@ enum Chunk {
     Sent(usize),
     /// The producer's queue is full: wait for deliveries.
     QueueFull,
-    /// The producer refused a record.
-    Failed(String),
+    /// The producer refused a record, or the segment could not be read: what happened, and
+    /// the state it is logged by (the same state is logged once).
+    Failed(String, String),
 }
 
 /// One delivery task's state.
@@ -291,7 +303,7 @@ impl Delivery {
         }
         let s = &self.shard.cfg.streams[self.sink.stream];
         let path = segment_path(&self.shard.cfg.sinks.dir, &s.name, self.shard.id, seq);
-        let file = OpenOptions::new().read(true).dma_open(&path).await?;
+        let file = OpenOptions::new().read(true).buffered_open(&path).await?;
         let head = file.read_at(0, SEGMENT_HEADER_BYTES).await?;
         let header = SegmentHeader::decode(&head)
             .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
@@ -357,7 +369,7 @@ impl Delivery {
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                             break Chunk::QueueFull;
                         }
-                        Err((e, _)) => break Chunk::Failed(e.to_string()),
+                        Err((e, _)) => break Chunk::Failed(e.to_string(), e.to_string()),
                     }
                 }
                 Next::Partial if at > 0 => break Chunk::Sent(sent),
@@ -414,20 +426,20 @@ impl Delivery {
                     eprintln!("{}: delivers again", self.name());
                 }
             }
-            Err(e) => self.failed(e, sent.from).await,
+            Err(e) => self.failed(e.clone(), e, sent.from).await,
         }
     }
 
-    /// A send failed: counts it, logs it when the error changed, and sends again from `from`
+    /// A send failed: counts it, logs it when its state changed, and sends again from `from`
     /// (or the cursor, if records were given up past it) after a back-off. Sends after it
     /// may have succeeded: they are sent again (at least once).
-    async fn failed(&mut self, e: String, from: Pos) {
+    async fn failed(&mut self, e: String, state: String, from: Pos) {
         {
             let mut st = self.sink.stats.borrow_mut();
             st.errors += 1;
             st.retries += 1;
         }
-        if self.failing.as_deref() != Some(e.as_str()) {
+        if self.failing.as_deref() != Some(state.as_str()) {
             eprintln!(
                 "{}: delivery failed: {e}; sending again from segment {} offset {} \
                  (logged again when this changes; counted in sluice_sink_delivery_errors_total)",
@@ -435,7 +447,7 @@ impl Delivery {
                 from.seq,
                 from.offset
             );
-            self.failing = Some(e);
+            self.failing = Some(state);
         }
         self.inflight.clear();
         let cursor = self.log().borrow().cursor(self.sink.index);
@@ -587,7 +599,7 @@ pub(super) async fn deliver(shard: Rc<Shard>, sink: Rc<SinkRun>) {
         d.settle_ready().await;
         d.drop_if_full().await;
         d.shard.outbound.update_blocked();
-        if d.shard.stopping.get() {
+        if d.shard.outbound.closing.get() {
             let by = *stop_by.get_or_insert_with(|| {
                 Instant::now() + Duration::from_millis(d.shard.cfg.tuning.shutdown_timeout_ms)
             });
@@ -597,15 +609,27 @@ pub(super) async fn deliver(shard: Rc<Shard>, sink: Rc<SinkRun>) {
                 break;
             }
         }
-        let chunk = match d.send_chunk().await {
-            Ok(c) => c,
-            Err(e) => Chunk::Failed(format!("reading segment {}: {e}", d.read.seq)),
+        // Reads go on while fewer than half the sends allowed wait for their confirmation,
+        // so that a read fills many sends rather than one.
+        let chunk = if d.inflight.len() >= DELIVERY_INFLIGHT_MAX / 2 {
+            Chunk::Sent(0)
+        } else {
+            match d.send_chunk().await {
+                Ok(c) => c,
+                Err(e) => Chunk::Failed(
+                    format!("reading segment {}: {e}", d.read.seq),
+                    format!(
+                        "read: {}",
+                        crate::os_error::describe(&std::io::Error::from(e.kind()))
+                    ),
+                ),
+            }
         };
         match chunk {
             Chunk::Sent(n) if n > 0 => {}
-            Chunk::Failed(e) => {
+            Chunk::Failed(e, state) => {
                 let from = d.inflight.front().map_or(d.read, |s| s.from);
-                d.failed(e, from).await;
+                d.failed(e, state, from).await;
             }
             Chunk::Sent(_) | Chunk::QueueFull => d.wait(CURSOR_INTERVAL).await,
         }

@@ -521,7 +521,7 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
     let result = committer.await;
     // The sinks send what the last commit made durable, for at most shutdown_timeout_ms,
     // and save their cursors.
-    shard.outbound.wake_all();
+    shard.outbound.close();
     for d in deliveries {
         d.await;
     }

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The Kafka sink's figures (W1): one JSON line per measure.
+#
+#   scripts/bench-kafka.sh
+#
+# 1. `tansu`: the broker's own produce rate, measured with the tests' independent client
+#    (confluent-kafka, tests/kafka_tool.py: acks=all, idempotent, lz4, linger 5 ms) sending
+#    records of the size of W1's JSON records.
+# 2. `sluice`: sluice's segments into tansu. The engine on the embedded default first takes
+#    EVENTS W1 events with no sink; then it restarts on the same data with a Kafka sink on
+#    every stream, which delivers every segment from the oldest: records/s from that start
+#    until every backlog is empty.
+# 3. `ingest`: the cost on ingest, `scripts/bench-engine.sh max` with the `ads` stream also
+#    going to Kafka, and files only, back to back.
+#
+#   env EVENTS   events for the delivery run (default 300000)
+#   env BIN      where the release binaries are (default: target/release)
+#   env PYTHON   a python3 with confluent-kafka (default: target/test-venv/bin/python3)
+# The engine, the broker and the client share this machine's cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${BIN:-target/release}
+py=${PYTHON:-target/test-venv/bin/python3}
+events=${EVENTS:-300000}
+tansu=${TANSU:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
+work="target/bench-kafka/$(date +%s%N)"
+mkdir -p "$work/broker"
+work=$(cd "$work" && pwd)
+port=19092
+brokers="127.0.0.1:$port"
+(cd "$work/broker" && exec "$tansu" broker --storage-engine sqlite://tansu.db \
+    --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers") \
+    > "$work/broker.log" 2>&1 &
+broker=$!
+engine=
+trap 'kill $broker ${engine:-} 2>/dev/null || true' EXIT
+for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+streams=$(grep -oE '^\[streams\.[a-z0-9_-]+\]' engine/src/default.toml | sed -E 's/\[streams\.(.*)\]/\1/')
+"$py" tests/kafka_tool.py create "$brokers" $(for s in $streams; do echo "$s:4"; done) raw:4
+
+metrics() { curl -s "http://127.0.0.1:9180/metrics"; }
+sum() { metrics | awk -v n="$1" 'index($0, n "{") == 1 {s += $NF} END {printf "%d\n", s}'; }
+start_engine() {
+    "$bin/sluice" run --config "$1" > "$work/engine.log" 2>&1 &
+    engine=$!
+    for _ in $(seq 300); do grep -qs ready "$work/engine.log" && break; sleep 0.1; done
+}
+stop_engine() { kill -INT "$engine"; wait "$engine" || true; engine=; }
+
+# 2. Segments first, then a restart with a sink on every stream.
+sed -e "s|^dir = .*|dir = \"$work/data\"|" engine/src/default.toml > "$work/files.toml"
+start_engine "$work/files.toml"
+"$bin/loadgen" run --quiet --rate max --workload w1 --events "$events" > "$work/load.json"
+stop_engine
+python3 - "$work/files.toml" "$work/kafka.toml" "$brokers" <<'PY'
+import re, sys
+src, dst, brokers = sys.argv[1:]
+s = open(src).read()
+s = re.sub(r'(?m)^retain_bytes_max = .*\n', '', s)
+for stream in re.findall(r'(?m)^\[streams\.([a-z0-9_-]+)\]', s):
+    s += '\n[[streams.%s.sink]]\nkind = "kafka"\nbrokers = "%s"\n' % (stream, brokers)
+open(dst, 'w').write(s)
+PY
+t0=$(date +%s.%N)
+start_engine "$work/kafka.toml"
+while :; do
+    sleep 0.5
+    m=$(metrics)
+    backlog=$(echo "$m" | awk 'index($0, "sluice_sink_backlog_bytes{") == 1 {s += $NF} END {printf "%d\n", s}')
+    [ "$backlog" -eq 0 ] && break
+done
+t1=$(date +%s.%N)
+records=$(sum sluice_sink_delivered_records_total)
+bytes=$(sum sluice_sink_delivered_bytes_total)
+stop_engine
+python3 -c "
+import json; r, b, s = $records, $bytes, $t1 - $t0
+print(json.dumps({'measure': 'sluice', 'workload': 'w1', 'events': $events, 'records': r, 'seconds': round(s, 2), 'records_per_sec': round(r / s), 'record_bytes_avg': round(b / r)}))"
+size=$(( bytes / records ))
+
+# 1. The broker's own produce rate, same client settings and record size.
+"$py" tests/kafka_tool.py produce-rate "$brokers" raw "$records" "$size" | \
+    python3 -c "import json,sys; d=json.load(sys.stdin); d['measure']='tansu'; print(json.dumps(d))"
+
+# 3. The cost on ingest, back to back.
+for label in files kafka; do
+    extra=""
+    [ "$label" = kafka ] && extra=$'[[streams.ads.sink]]\nkind = "kafka"\nbrokers = "'"$brokers"'"'
+    EXTRA="$extra" JSON="$work/ingest.json" scripts/bench-engine.sh max \
+        'durability = { interval_us = 1000 }' "ingest-$label" > /dev/null
+done
+python3 -c "
+import json
+for l in open('$work/ingest.json'):
+    d = json.loads(l); r = d['report']
+    print(json.dumps({'measure': 'ingest', 'label': d['label'], 'events_per_sec': round(r['events_per_sec']), 'p99_us': r['latency_us']['p99']}))"
