@@ -238,12 +238,14 @@ async fn persist(path: &Path, pos: Pos) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A record handed to the producer and not yet confirmed.
+/// A record handed to the producer and not yet confirmed; or, without a delivery, the
+/// passage from a sealed segment's end (or its torn or zero tail) to the next segment,
+/// which the cursor takes once everything before it is confirmed.
 struct Sent {
     from: Pos,
     to: Pos,
     bytes: u64,
-    delivery: DeliveryFuture,
+    delivery: Option<DeliveryFuture>,
 }
 
 /// An open segment being read.
@@ -315,8 +317,30 @@ impl Delivery {
         Ok(())
     }
 
+    /// Moves the read position past sealed segments read to their end (and gone ones); the
+    /// cursor follows once the records before are confirmed.
+    fn skip_sealed(&mut self) {
+        let from = self.read;
+        loop {
+            let next = self.log().borrow().skip_sealed(self.read);
+            if next == self.read {
+                break;
+            }
+            self.read = next;
+        }
+        if self.read != from {
+            self.inflight.push_back(Sent {
+                from,
+                to: self.read,
+                bytes: 0,
+                delivery: None,
+            });
+        }
+    }
+
     /// Reads the next durable bytes and hands their records to the producer.
     async fn send_chunk(&mut self) -> std::io::Result<Chunk> {
+        self.skip_sealed();
         let next = self.log().borrow().next_read(self.read);
         let Some((seq, from, to)) = next else {
             return Ok(Chunk::Sent(0));
@@ -361,7 +385,7 @@ impl Delivery {
                                     offset: (from + next as u64).min(to),
                                 },
                                 bytes: r.payload.len() as u64,
-                                delivery,
+                                delivery: Some(delivery),
                             });
                             sent += 1;
                             at = next;
@@ -405,9 +429,7 @@ impl Delivery {
             seq,
             offset: (from + at as u64).min(to),
         };
-        // A sealed segment read to its end: on to the next one.
-        let next = self.log().borrow().skip_sealed(self.read);
-        self.read = next;
+        self.skip_sealed();
         Ok(outcome)
     }
 
@@ -417,16 +439,22 @@ impl Delivery {
         match result {
             Ok(()) => {
                 self.log().borrow_mut().confirm(self.sink.index, sent.to);
-                let mut st = self.sink.stats.borrow_mut();
-                st.delivered_records += 1;
-                st.delivered_bytes += sent.bytes;
-                drop(st);
+                if sent.delivery.is_some() {
+                    let mut st = self.sink.stats.borrow_mut();
+                    st.delivered_records += 1;
+                    st.delivered_bytes += sent.bytes;
+                }
                 self.backoff = DELIVERY_BACKOFF_MIN;
                 if self.failing.take().is_some() {
                     eprintln!("{}: delivers again", self.name());
                 }
             }
-            Err(e) => self.failed(e.clone(), e, sent.from).await,
+            Err(e) => {
+                let from = sent.from;
+                // Back in line, so that `failed` sees it with the sends after it.
+                self.inflight.push_front(sent);
+                self.failed(e.clone(), e, from).await;
+            }
         }
     }
 
@@ -434,10 +462,18 @@ impl Delivery {
     /// (or the cursor, if records were given up past it) after a back-off. Sends after it
     /// may have succeeded: they are sent again (at least once).
     async fn failed(&mut self, e: String, state: String, from: Pos) {
+        // Sends that `drop_oldest` gave up (behind the cursor) are not sent again: lost here.
+        let cursor = self.log().borrow().cursor(self.sink.index);
+        let given_up = self
+            .inflight
+            .iter()
+            .filter(|s| s.delivery.is_some() && s.from < cursor)
+            .count() as u64;
         {
             let mut st = self.sink.stats.borrow_mut();
             st.errors += 1;
             st.retries += 1;
+            st.dropped_records += given_up;
         }
         if self.failing.as_deref() != Some(state.as_str()) {
             eprintln!(
@@ -450,14 +486,14 @@ impl Delivery {
             self.failing = Some(state);
         }
         self.inflight.clear();
-        let cursor = self.log().borrow().cursor(self.sink.index);
         self.read = from.max(cursor);
         glommio::timer::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(DELIVERY_BACKOFF_MAX);
     }
 
-    /// `drop_oldest`: gives up whole sealed segments while the backlog is full, counting their
-    /// records.
+    /// `drop_oldest`: gives up whole sealed segments while the backlog is full, counting the
+    /// records of theirs not yet handed to the producer (those in flight may still be
+    /// delivered; one that fails afterwards is counted then, in `failed`).
     async fn drop_if_full(&mut self) {
         let sink = self.sink.clone();
         let spec = &sink.spec;
@@ -473,14 +509,26 @@ impl Delivery {
         }
         let mut records = 0;
         for &(seq, from, end) in &dropped {
-            records += self.count_records(seq, from, end).await;
+            let unsent = if seq == self.read.seq {
+                from.max(self.read.offset)
+            } else if seq < self.read.seq {
+                end
+            } else {
+                from
+            };
+            if unsent < end {
+                records += self.count_records(seq, unsent, end).await;
+            }
         }
         let cursor = self.log().borrow().cursor(self.sink.index);
-        self.read = self.read.max(cursor);
+        if self.read < cursor {
+            // Nothing in flight lies past the new cursor: sending starts over there.
+            self.read = cursor;
+        }
         self.sink.stats.borrow_mut().dropped_records += records;
         eprintln!(
             "{}: backlog reached backlog_bytes_max ({} bytes): gave up segments {:?} \
-             ({records} records; counted in sluice_sink_dropped_records_total)",
+             ({records} records not yet sent; counted in sluice_sink_dropped_records_total)",
             self.name(),
             spec.backlog_bytes_max,
             dropped.iter().map(|d| d.0).collect::<Vec<_>>()
@@ -539,11 +587,12 @@ impl Delivery {
             let timer = std::pin::pin!(glommio::timer::sleep(wait));
             let wake = std::pin::pin!(sink.wake.acquire(1));
             let woken = select(timer, wake);
-            match self.inflight.front_mut() {
-                Some(front) => match select(&mut front.delivery, woken).await {
-                    Either::Left((r, _)) => Some(r),
+            match self.inflight.front_mut().map(|f| f.delivery.as_mut()) {
+                Some(Some(delivery)) => match select(delivery, woken).await {
+                    Either::Left((r, _)) => Some(delivery_result(r)),
                     Either::Right(_) => None,
                 },
+                Some(None) => Some(Ok(())),
                 None => {
                     woken.await;
                     None
@@ -551,7 +600,7 @@ impl Delivery {
             }
         };
         if let Some(r) = outcome {
-            self.settle(delivery_result(r)).await;
+            self.settle(r).await;
         }
     }
 
@@ -559,8 +608,12 @@ impl Delivery {
     async fn settle_ready(&mut self) {
         use futures::FutureExt;
         while let Some(front) = self.inflight.front_mut() {
-            match (&mut front.delivery).now_or_never() {
-                Some(r) => self.settle(delivery_result(r)).await,
+            let ready = match front.delivery.as_mut() {
+                Some(delivery) => delivery.now_or_never().map(delivery_result),
+                None => Some(Ok(())),
+            };
+            match ready {
+                Some(r) => self.settle(r).await,
                 None => break,
             }
         }

@@ -240,12 +240,14 @@ impl StreamLog {
         None
     }
 
-    /// The position a reader at `from` stands at once `from`'s segment is read out: the start
-    /// of the next segment on disk, if `from`'s is sealed and read to its end.
+    /// Where a reader at `from` goes on: the start of the next segment on disk once `from`'s
+    /// segment is sealed and read to its end (or gone), else `from`.
     pub fn skip_sealed(&self, from: Pos) -> Pos {
-        match self.next_read(from) {
-            Some((seq, offset, _)) if seq != from.seq || offset != from.offset => {
-                Pos { seq, offset }
+        let mut at = self.segments.iter().skip_while(|s| s.seq < from.seq);
+        match at.next() {
+            Some(s) if s.seq > from.seq => Pos::start(s.seq),
+            Some(s) if s.sealed_ms.is_some() && from.offset >= s.end => {
+                at.next().map_or(from, |n| Pos::start(n.seq))
             }
             _ => from,
         }
