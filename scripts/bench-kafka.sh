@@ -8,12 +8,14 @@
 #    records of the size of W1's JSON records.
 # 2. `sluice`: sluice's segments into tansu. The engine on the embedded default first takes
 #    EVENTS W1 events with no sink; then it restarts on the same data with a Kafka sink on
-#    every stream, which delivers every segment from the oldest: records/s from that start
-#    until every backlog is empty.
-# 3. `ingest`: the cost on ingest, `scripts/bench-engine.sh max` with the `ads` stream also
-#    going to Kafka, and files only, back to back.
+#    STREAM (W1's busiest, `playback`; JSON records), which delivers its segments from the
+#    oldest: records/s from the first confirmation until the backlog is empty. The topic has
+#    4 partitions, as the broker's own run's does.
+# 3. `ingest`: the cost on ingest, `scripts/bench-engine.sh max` with STREAM also going to
+#    Kafka, and files only, back to back.
 #
 #   env EVENTS   events for the delivery run (default 300000)
+#   env STREAM   the stream that goes to Kafka (default playback)
 #   env BIN      where the release binaries are (default: target/release)
 #   env PYTHON   a python3 with confluent-kafka (default: target/test-venv/bin/python3)
 # The engine, the broker and the client share this machine's cores.
@@ -22,6 +24,7 @@ cd "$(dirname "$0")/.."
 bin=${BIN:-target/release}
 py=${PYTHON:-target/test-venv/bin/python3}
 events=${EVENTS:-300000}
+stream=${STREAM:-playback}
 tansu=${TANSU:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
 work="target/bench-kafka/$(date +%s%N)"
 mkdir -p "$work/broker"
@@ -35,8 +38,7 @@ broker=$!
 engine=
 trap 'kill $broker ${engine:-} 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-streams=$(grep -oE '^\[streams\.[a-z0-9_-]+\]' engine/src/default.toml | sed -E 's/\[streams\.(.*)\]/\1/')
-"$py" tests/kafka_tool.py create "$brokers" $(for s in $streams; do echo "$s:4"; done) raw:4
+"$py" tests/kafka_tool.py create "$brokers" "$stream:4" raw:4
 
 metrics() { curl -s "http://127.0.0.1:9180/metrics"; }
 sum() { metrics | awk -v n="$1" 'index($0, n "{") == 1 {s += $NF} END {printf "%d\n", s}'; }
@@ -52,21 +54,22 @@ sed -e "s|^dir = .*|dir = \"$work/data\"|" engine/src/default.toml > "$work/file
 start_engine "$work/files.toml"
 "$bin/loadgen" run --quiet --rate max --workload w1 --events "$events" > "$work/load.json"
 stop_engine
-python3 - "$work/files.toml" "$work/kafka.toml" "$brokers" <<'PY'
+python3 - "$work/files.toml" "$work/kafka.toml" "$brokers" "$stream" <<'PY'
 import re, sys
-src, dst, brokers = sys.argv[1:]
+src, dst, brokers, stream = sys.argv[1:]
 s = open(src).read()
-s = re.sub(r'(?m)^retain_bytes_max = .*\n', '', s)
-for stream in re.findall(r'(?m)^\[streams\.([a-z0-9_-]+)\]', s):
-    s += '\n[[streams.%s.sink]]\nkind = "kafka"\nbrokers = "%s"\n' % (stream, brokers)
+s = re.sub(r'(\[streams\.%s\]\n)format = "\w+"\nretain_bytes_max = .*\n' % re.escape(stream),
+           r'\1format = "json"\n', s)
+s += '\n[[streams.%s.sink]]\nkind = "kafka"\nbrokers = "%s"\n' % (stream, brokers)
 open(dst, 'w').write(s)
 PY
-t0=$(date +%s.%N)
 start_engine "$work/kafka.toml"
+while [ "$(sum sluice_sink_delivered_records_total)" -eq 0 ]; do sleep 0.05; done
+t0=$(date +%s.%N)
+first=$(sum sluice_sink_delivered_records_total)
 while :; do
-    sleep 0.5
-    m=$(metrics)
-    backlog=$(echo "$m" | awk 'index($0, "sluice_sink_backlog_bytes{") == 1 {s += $NF} END {printf "%d\n", s}')
+    sleep 0.2
+    backlog=$(sum sluice_sink_backlog_bytes)
     [ "$backlog" -eq 0 ] && break
 done
 t1=$(date +%s.%N)
@@ -75,7 +78,7 @@ bytes=$(sum sluice_sink_delivered_bytes_total)
 stop_engine
 python3 -c "
 import json; r, b, s = $records, $bytes, $t1 - $t0
-print(json.dumps({'measure': 'sluice', 'workload': 'w1', 'events': $events, 'records': r, 'seconds': round(s, 2), 'records_per_sec': round(r / s), 'record_bytes_avg': round(b / r)}))"
+print(json.dumps({'measure': 'sluice', 'workload': 'w1', 'stream': '$stream', 'events': $events, 'records': r, 'seconds': round(s, 2), 'records_per_sec': round((r - $first) / s), 'record_bytes_avg': round(b / r)}))"
 size=$(( bytes / records ))
 
 # 1. The broker's own produce rate, same client settings and record size.
@@ -85,7 +88,7 @@ size=$(( bytes / records ))
 # 3. The cost on ingest, back to back.
 for label in files kafka; do
     extra=""
-    [ "$label" = kafka ] && extra=$'[[streams.ads.sink]]\nkind = "kafka"\nbrokers = "'"$brokers"'"'
+    [ "$label" = kafka ] && extra="[[streams.$stream.sink]]"$'\nkind = "kafka"\nbrokers = "'"$brokers"'"'
     EXTRA="$extra" JSON="$work/ingest.json" scripts/bench-engine.sh max \
         'durability = { interval_us = 1000 }' "ingest-$label" > /dev/null
 done

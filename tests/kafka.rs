@@ -12,6 +12,13 @@ use sluice_e2e::{
 };
 use sluice_workload::routes::STREAMS;
 
+/// One Kafka test at a time: each runs an engine, a generator and one or two brokers, which
+/// is all these 2 cores hold (the isolation tests measure throughput).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Every stream of the W1 route set, and the dead letters.
 fn topics() -> Vec<&'static str> {
     STREAMS.iter().copied().chain(["dead-letter"]).collect()
@@ -96,6 +103,7 @@ fn engine_with_sinks(
 
 #[test]
 fn kafka_sinks_deliver_every_w1_record_at_least_once() {
+    let _serial = serial();
     const EVENTS: usize = 20_000;
     let broker = Broker::start("deliver");
     broker.create_topics(&topics(), 4);
@@ -131,6 +139,7 @@ fn kafka_sinks_deliver_every_w1_record_at_least_once() {
 
 #[test]
 fn kafka_sinks_resume_from_their_cursors_after_a_kill_9() {
+    let _serial = serial();
     const EVENTS: usize = 6_000;
     let broker = Broker::start("kill");
     broker.create_topics(&topics(), 2);
@@ -185,6 +194,7 @@ fn kafka_sinks_resume_from_their_cursors_after_a_kill_9() {
 
 #[test]
 fn kafka_sinks_ride_out_a_broker_restart_under_load() {
+    let _serial = serial();
     const EVENTS: usize = 40_000;
     let mut broker = Broker::start("restart");
     broker.create_topics(&topics(), 2);
@@ -243,8 +253,9 @@ struct Isolation {
     /// FAST's delivery rate before SLOW's broker stopped, and once SLOW's backlog was full.
     before: f64,
     during: f64,
-    /// `/metrics` once SLOW's policy applied.
+    /// `/metrics` once SLOW's policy applied, and at the end.
     stopped: String,
+    end: String,
     acked: u64,
     fast: Broker,
     slow: Broker,
@@ -320,13 +331,14 @@ fn isolation_run(when_full: &str, seed: u64) -> Isolation {
     let report = load.join().expect("loadgen");
     let acked = report["events_acked"].as_u64().expect("acked");
     assert_eq!(acked, RATE * SECONDS, "every event acked: {report}");
-    wait_delivered(admin, Duration::from_secs(120));
+    let end = wait_delivered(admin, Duration::from_secs(120));
     engine.stop();
     let _ = std::fs::remove_dir_all(&dir);
     Isolation {
         before,
         during,
         stopped,
+        end,
         acked,
         fast,
         slow,
@@ -343,6 +355,7 @@ fn expected_in(stream: &str, seed: u64, acked: u64) -> BTreeMap<String, Vec<Valu
 
 #[test]
 fn kafka_a_stopped_broker_stalls_only_its_stream_until_drop_oldest_gives_up_segments() {
+    let _serial = serial();
     let r = isolation_run("drop_oldest", 61);
     eprintln!(
         "kafka isolation (drop_oldest): {FAST} {:.0} records/s before, {:.0} while {SLOW}'s broker was stopped",
@@ -354,8 +367,11 @@ fn kafka_a_stopped_broker_stalls_only_its_stream_until_drop_oldest_gives_up_segm
         r.during,
         r.before
     );
-    let dropped = metric(&r.stopped, "sluice_sink_dropped_records_total", &[]);
-    assert!(dropped > 0, "the full backlog gave up its oldest segments");
+    assert!(
+        metric(&r.stopped, "sluice_sink_dropped_records_total", &[]) > 0,
+        "the full backlog gave up its oldest segments"
+    );
+    let dropped = metric(&r.end, "sluice_sink_dropped_records_total", &[]);
     // Every event was acked: FAST holds all its records; SLOW all but what it gave up
     // (and those given up while the drained ones were in flight may be there too).
     let _ = check_topics_of(&r.fast, &expected_in(FAST, 61, r.acked));
@@ -372,6 +388,7 @@ fn kafka_a_stopped_broker_stalls_only_its_stream_until_drop_oldest_gives_up_segm
 
 #[test]
 fn kafka_a_full_block_sink_holds_ingest_and_loses_nothing() {
+    let _serial = serial();
     let r = isolation_run("block", 62);
     eprintln!(
         "kafka isolation (block): {FAST} {:.0} records/s before, {:.0} once {SLOW}'s backlog was full",
@@ -402,6 +419,7 @@ fn du(dir: &std::path::Path) -> u64 {
 
 #[test]
 fn kafka_and_retention_keep_the_disk_under_its_bound() {
+    let _serial = serial();
     const SEGMENT: u64 = 1 << 20;
     const RETAIN: u64 = 8 << 20;
     let broker = Broker::start("retention");
