@@ -14,8 +14,8 @@
 #
 # The maximum is measured first (`loadgen run --rate max`, 10 s). "Flat" means the last
 # third's median is within 20% of the first third's (RSS: within 20% or 32 MB); a soak whose
-# disk fills is not flat either, so the data directory is given retention by hand: the
-# segments behind each writer's newest two are removed every sample.
+# disk fills is not flat either, so each stream keeps 64 MiB (`retain_bytes_max`: the
+# engine's retention) and the data directory's size is sampled too (`du`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${BIN:-target/release}
@@ -33,6 +33,7 @@ s = open(src).read()
 s = re.sub(r'(?m)^durability = .*$', sinks.replace('\\}', '}'), s)
 s = re.sub(r'(?m)^dir = .*$', 'dir = "%s"' % data, s)
 s = re.sub(r'(?m)^segment_bytes_max = .*$', 'segment_bytes_max = 16777216', s)
+s = re.sub(r'(?m)^retain_bytes_max = .*$', 'retain_bytes_max = 67108864', s)
 open(dst, 'w').write(s)
 PY
 "$bin/sluice" run --config "$run/sluice.toml" > "$run/engine.log" 2>&1 &
@@ -52,13 +53,8 @@ t0=$(date +%s)
 while kill -0 $gen 2>/dev/null; do
     sleep "$every"
     rss=$(awk '/VmRSS/ {print $2 * 1024}' "/proc/$engine/status")
-    echo "$(( $(date +%s) - t0 )) $rss" >> "$run/samples.txt"
-    # Retention by hand: keep each writer's newest two segments.
-    for d in "$run"/data/*/; do
-        for shard in $(ls "$d" | cut -d- -f1 | sort -u); do
-            ls "$d" | grep "^$shard-" | sort | head -n -2 | sed "s|^|$d|" | xargs -r rm -f
-        done
-    done
+    disk=$(du -sb "$run/data" | cut -f1)
+    echo "$(( $(date +%s) - t0 )) $rss $disk" >> "$run/samples.txt"
 done
 wait $gen || true
 python3 - "$run" "$every" "$rate" "$dur" <<'PY'
@@ -66,7 +62,9 @@ import json, re, statistics, sys
 run, every, rate, dur = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 lines = open(f"{run}/loadgen.log").read().splitlines()
 per_s = [(int(m[1]), int(m[2])) for m in (re.search(r"(\d+) events/s .* p99\s+(\d+) µs", l) for l in lines) if m]
-rss = [int(l.split()[1]) for l in open(f"{run}/samples.txt")]
+samples = [l.split() for l in open(f"{run}/samples.txt")]
+rss = [int(x[1]) for x in samples]
+disk = [int(x[2]) for x in samples]
 def windows(xs, k):
     return [xs[i:i + k] for i in range(0, len(xs) - k + 1, k)]
 tput = [statistics.mean(x for x, _ in w) for w in windows(per_s, every)]
@@ -82,7 +80,9 @@ out = {
     "events_per_sec": [round(x) for x in tput],
     "p99_us": p99,
     "rss_mb": [r >> 20 for r in rss],
-    "flat": {"events_per_sec": flat(tput), "p99_us": flat(p99, 0.5), "rss": flat(rss, 0.2, 32 << 20)},
+    "disk_mb": [d >> 20 for d in disk],
+    "flat": {"events_per_sec": flat(tput), "p99_us": flat(p99, 0.5), "rss": flat(rss, 0.2, 32 << 20),
+             "disk": flat(disk, 0.2, 64 << 20)},
     "report": json.load(open(f"{run}/report.json")),
 }
 print(json.dumps(out))

@@ -104,13 +104,16 @@ impl Control {
         if config.streams != self.streams {
             let names = |s: &[StreamSpec]| {
                 s.iter()
-                    .map(|s| format!("{} ({})", s.name, s.format))
+                    .map(|s| {
+                        let sinks: Vec<&str> = s.sinks.iter().map(|k| k.name.as_str()).collect();
+                        format!("{} ({}; sinks [{}])", s.name, s.format, sinks.join(", "))
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             };
             return Err(format!(
                 "the streams differ from the running ones: {} instead of {}; adding, removing or \
-                 reformatting streams needs a restart",
+                 reformatting streams, or changing their sinks or retention, needs a restart",
                 names(&config.streams),
                 names(&self.streams)
             ));
