@@ -12,7 +12,7 @@ use crate::commit::Step;
 use crate::config::Durability;
 use crate::metrics::LATENCY_US_MAX;
 use crate::sink::log::Pos;
-use crate::sink::writer::{Durable, SegmentWriter, sync_round};
+use crate::sink::writer::{Durable, SegmentWriter, join_each, sync_round};
 
 /// Counts a failed write of stream `i` and logs it when the stream's state changed (another
 /// kind of error, or writes that succeed again); gives what the committer takes.
@@ -84,7 +84,7 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
                     .iter_mut()
                     .zip(&drained)
                     .map(|(w, d)| async move { (w.stream().to_owned(), w.append(d).await) });
-                let results = futures::future::join_all(appends).await;
+                let results = join_each(appends).await;
                 let results: Vec<_> = results
                     .into_iter()
                     .enumerate()

@@ -605,6 +605,32 @@ impl SegmentWriter {
     }
 }
 
+/// Awaits every future and returns their outputs in order. Unlike `join_all` (which, for a
+/// few futures, polls every pending one whenever any is woken), each future here is polled
+/// only when its own waker fires. That matters with glommio: each poll of a pending file
+/// operation keeps one more clone of the waker it was polled with until the operation
+/// completes, and a task's waker count is 16 bits. With `join_all`, a writer waiting out a
+/// zero-fill in 50 µs sleeps re-polled the other writers' pending writes 20,000 times a
+/// second with the commit task's own waker, which overflowed that count during a slow full
+/// disk (a panic in glommio's `increment_references`).
+pub async fn join_each<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    use futures::StreamExt;
+    let mut pending: futures::stream::FuturesUnordered<_> = futs
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| async move { (i, f.await) })
+        .collect();
+    let mut out: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    while let Some((i, r)) = pending.next().await {
+        out[i] = Some(r);
+    }
+    out.into_iter()
+        .map(|r| r.expect("every future completed"))
+        .collect()
+}
+
 /// Makes a round's writes durable: fdatasyncs every file whose metadata changed and, per
 /// device, one file written over zeros unless a sync on that device already flushes it. All
 /// writes have completed (each `append` awaited its write), so each fdatasync issued now
@@ -633,7 +659,7 @@ pub async fn sync_round(writers: &[SegmentWriter], needs: &[Durable]) -> Vec<Str
                 .map_err(|e| format!("stream {}: sync: {e}", writers[i].stream()))
         }
     });
-    let errors: Vec<String> = futures::future::join_all(syncs)
+    let errors: Vec<String> = join_each(syncs)
         .await
         .into_iter()
         .filter_map(Result::err)
