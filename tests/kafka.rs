@@ -91,13 +91,9 @@ fn check_topics_of(broker: &Broker, expected: &BTreeMap<String, Vec<Value>>) -> 
 }
 
 /// An engine with a Kafka sink on every stream, its data under `dir`.
-fn engine_with_sinks(
-    dir: &std::path::Path,
-    broker: &Broker,
-    extra: &str,
-) -> (std::path::PathBuf, u16) {
+fn engine_with_sinks(dir: &std::path::Path, broker: &Broker) -> (std::path::PathBuf, u16) {
     let (config, port) = engine_config(dir, 2, "{ interval_us = 1000 }");
-    with_kafka_sinks(&config, &broker.address(), &topics(), extra);
+    with_kafka_sinks(&config, &broker.address(), &topics());
     (config, port)
 }
 
@@ -108,7 +104,7 @@ fn kafka_sinks_deliver_every_w1_record_at_least_once() {
     let broker = Broker::start("deliver");
     broker.create_topics(&topics(), 4);
     let dir = temp_dir("kafka-deliver");
-    let (config, port) = engine_with_sinks(&dir, &broker, "");
+    let (config, port) = engine_with_sinks(&dir, &broker);
     let engine = EngineProc::start(&config, port);
     let report = loadgen(
         &engine.target(),
@@ -144,7 +140,7 @@ fn kafka_sinks_resume_from_their_cursors_after_a_kill_9() {
     let broker = Broker::start("kill");
     broker.create_topics(&topics(), 2);
     let dir = temp_dir("kafka-kill");
-    let (config, port) = engine_with_sinks(&dir, &broker, "");
+    let (config, port) = engine_with_sinks(&dir, &broker);
     let engine = EngineProc::start(&config, port);
     // A first part delivered (and its cursors saved), then the broker stops answering: the
     // second part is acked into segments but not delivered when the engine is killed.
@@ -199,7 +195,7 @@ fn kafka_sinks_ride_out_a_broker_restart_under_load() {
     let mut broker = Broker::start("restart");
     broker.create_topics(&topics(), 2);
     let dir = temp_dir("kafka-restart");
-    let (config, port) = engine_with_sinks(&dir, &broker, "");
+    let (config, port) = engine_with_sinks(&dir, &broker);
     let engine = EngineProc::start(&config, port);
     let target = engine.target();
     let load = std::thread::spawn(move || {
@@ -273,7 +269,7 @@ fn isolation_run(when_full: &str, seed: u64) -> Isolation {
     slow.create_topics(&[SLOW], 2);
     let dir = temp_dir(&format!("kafka-isolation-{when_full}"));
     let (config, port) = engine_config(&dir, 2, "{ interval_us = 1000 }");
-    with_kafka_sinks(&config, &fast.address(), &[FAST], "");
+    with_kafka_sinks(&config, &fast.address(), &[FAST]);
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "segment_bytes_max = 268435456",
         "segment_bytes_max = 1048576",
@@ -428,7 +424,7 @@ fn kafka_and_retention_keep_the_disk_under_its_bound() {
     let (config, port) = engine_config(&dir, 2, "{ interval_us = 1000 }");
     // `playback` goes to Kafka (its segments go once delivered); every other stream keeps
     // RETAIN bytes.
-    with_kafka_sinks(&config, &broker.address(), &["playback"], "");
+    with_kafka_sinks(&config, &broker.address(), &["playback"]);
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "segment_bytes_max = 268435456",
         &format!("segment_bytes_max = {SEGMENT}\nprefill_bytes = {SEGMENT}"),

@@ -600,8 +600,8 @@ pub fn kafka_tool(args: &[&str], rest: &[String]) -> Output {
 }
 
 /// `config` with a Kafka sink on each of `streams` (topic: the stream's name), every stream's
-/// records in JSON; `extra` is added to each sink's table.
-pub fn with_kafka_sinks(config: &Path, brokers: &str, streams: &[&str], extra: &str) {
+/// records in JSON.
+pub fn with_kafka_sinks(config: &Path, brokers: &str, streams: &[&str]) {
     // Streams with network sinks keep what the sinks have not delivered, not by retention.
     let mut text = std::fs::read_to_string(config)
         .expect("config")
@@ -609,7 +609,7 @@ pub fn with_kafka_sinks(config: &Path, brokers: &str, streams: &[&str], extra: &
         .replace(sluice_workload::fixtures::RETENTION, "");
     for s in streams {
         text.push_str(&format!(
-            "\n[[streams.{s}.sink]]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\nlinger_ms = 5\n{extra}\n"
+            "\n[[streams.{s}.sink]]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\nlinger_ms = 5\n"
         ));
     }
     std::fs::write(config, text).expect("config written");

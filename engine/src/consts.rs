@@ -33,8 +33,11 @@ pub const DELIVERY_BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const DELIVERY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Records a sink's delivery task has sent and not yet seen confirmed, at most.
 pub const DELIVERY_INFLIGHT_MAX: usize = 50_000;
+/// Records a delivery task hands to the producer before it lets the shard's other tasks run
+/// (about 0.5-1 ms of produce calls).
+pub const DELIVERY_CHUNK_RECORDS: usize = 512;
 /// Bytes a delivery task reads from a segment at once (more for a larger record).
-pub const DELIVERY_READ_BYTES: u64 = 1 << 20;
+pub const DELIVERY_READ_BYTES: u64 = 256 << 10;
 /// How often a shard held by a full `block` sink looks whether it drained.
 pub const SINK_BLOCKED_POLL: Duration = Duration::from_millis(1);
 /// How often each shard deletes the segments retention lets go.
