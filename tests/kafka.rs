@@ -3,6 +3,7 @@
 //! name says kafka: `cargo test kafka` runs them.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -90,21 +91,22 @@ fn check_topics_of(broker: &Broker, expected: &BTreeMap<String, Vec<Value>>) -> 
     extra as usize
 }
 
-/// An engine with a Kafka sink on every stream, its data under `dir`.
-fn engine_with_sinks(dir: &std::path::Path, broker: &Broker) -> (std::path::PathBuf, u16) {
-    let (config, port) = engine_config(dir, 2, "{ interval_us = 1000 }");
+/// A broker with a topic of `partitions` partitions per stream, and an engine config with a
+/// Kafka sink on every stream: `(broker, data dir, config, port)`.
+fn with_sinks(tag: &str, partitions: u32) -> (Broker, PathBuf, PathBuf, u16) {
+    let broker = Broker::start(tag);
+    broker.create_topics(&topics(), partitions);
+    let dir = temp_dir(&format!("kafka-{tag}"));
+    let (config, port) = engine_config(&dir, 2, "{ interval_us = 1000 }");
     with_kafka_sinks(&config, &broker.address(), &topics());
-    (config, port)
+    (broker, dir, config, port)
 }
 
 #[test]
 fn kafka_sinks_deliver_every_w1_record_at_least_once() {
     let _serial = serial();
     const EVENTS: usize = 20_000;
-    let broker = Broker::start("deliver");
-    broker.create_topics(&topics(), 4);
-    let dir = temp_dir("kafka-deliver");
-    let (config, port) = engine_with_sinks(&dir, &broker);
+    let (broker, dir, config, port) = with_sinks("deliver", 4);
     let engine = EngineProc::start(&config, port);
     let report = loadgen(
         &engine.target(),
@@ -137,10 +139,7 @@ fn kafka_sinks_deliver_every_w1_record_at_least_once() {
 fn kafka_sinks_resume_from_their_cursors_after_a_kill_9() {
     let _serial = serial();
     const EVENTS: usize = 6_000;
-    let broker = Broker::start("kill");
-    broker.create_topics(&topics(), 2);
-    let dir = temp_dir("kafka-kill");
-    let (config, port) = engine_with_sinks(&dir, &broker);
+    let (broker, dir, config, port) = with_sinks("kill", 2);
     let engine = EngineProc::start(&config, port);
     // A first part delivered (and its cursors saved), then the broker stops answering: the
     // second part is acked into segments but not delivered when the engine is killed.
@@ -192,10 +191,7 @@ fn kafka_sinks_resume_from_their_cursors_after_a_kill_9() {
 fn kafka_sinks_ride_out_a_broker_restart_under_load() {
     let _serial = serial();
     const EVENTS: usize = 40_000;
-    let mut broker = Broker::start("restart");
-    broker.create_topics(&topics(), 2);
-    let dir = temp_dir("kafka-restart");
-    let (config, port) = engine_with_sinks(&dir, &broker);
+    let (mut broker, dir, config, port) = with_sinks("restart", 2);
     let engine = EngineProc::start(&config, port);
     let target = engine.target();
     let load = std::thread::spawn(move || {

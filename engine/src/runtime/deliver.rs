@@ -195,7 +195,7 @@ impl Outbound {
                     retries: st.retries,
                     dropped_records: st.dropped_records,
                     blocking: k.spec.when_full == WhenFull::Block
-                        && backlog_bytes >= k.spec.backlog_bytes_max,
+                        && log.full(k.index, k.spec.backlog_bytes_max),
                 }
             })
             .collect()
