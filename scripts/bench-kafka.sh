@@ -11,11 +11,14 @@
 #    STREAM (W1's busiest, `playback`; JSON records), which delivers its segments from the
 #    oldest: records/s from the first confirmation until the backlog is empty. The topic has
 #    4 partitions, as the broker's own run's does.
+#    Once per way in PRODUCERS, each with a sink of its own (its own cursor).
 # 3. `ingest`: the cost on ingest, `scripts/bench-engine.sh max` with STREAM also going to
-#    Kafka, and files only, back to back.
+#    Kafka (once per way in PRODUCERS), and files only, back to back.
 #
 #   env EVENTS   events for the delivery run (default 300000)
 #   env STREAM   the stream that goes to Kafka (default playback)
+#   env PRODUCERS  the sink's ways to call librdkafka measured, each in 2 and 3 (default
+#                "shard thread": tuning.md, `producer`)
 #   env BIN      where the release binaries are (default: target/release)
 #   env PYTHON   a python3 with confluent-kafka (default: target/test-venv/bin/python3)
 # The engine, the broker and the client share this machine's cores.
@@ -25,6 +28,7 @@ bin=${BIN:-target/release}
 py=${PYTHON:-target/test-venv/bin/python3}
 events=${EVENTS:-300000}
 stream=${STREAM:-playback}
+producers=${PRODUCERS:-shard thread}
 tansu=${TANSU:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
 work="target/bench-kafka/$(date +%s%N)"
 mkdir -p "$work/broker"
@@ -54,13 +58,16 @@ sed -e "s|^dir = .*|dir = \"$work/data\"|" engine/src/default.toml > "$work/file
 start_engine "$work/files.toml"
 "$bin/loadgen" run --quiet --rate max --workload w1 --events "$events" > "$work/load.json"
 stop_engine
-python3 - "$work/files.toml" "$work/kafka.toml" "$brokers" "$stream" <<'PY'
+for producer in $producers; do
+python3 - "$work/files.toml" "$work/kafka.toml" "$brokers" "$stream" "$producer" <<'PY'
 import re, sys
-src, dst, brokers, stream = sys.argv[1:]
+src, dst, brokers, stream, producer = sys.argv[1:]
 s = open(src).read()
 s = re.sub(r'(\[streams\.%s\]\n)format = "\w+"\nretain_bytes_max = .*\n' % re.escape(stream),
            r'\1format = "json"\n', s)
-s += '\n[[streams.%s.sink]]\nkind = "kafka"\nbrokers = "%s"\n' % (stream, brokers)
+# A sink of its own per way (its own cursor): each delivers the backlog from the oldest.
+s += ('\n[[streams.%s.sink]]\nkind = "kafka"\nname = "%s"\nbrokers = "%s"\nproducer = "%s"\n'
+      % (stream, producer, brokers, producer))
 open(dst, 'w').write(s)
 PY
 start_engine "$work/kafka.toml"
@@ -78,7 +85,8 @@ bytes=$(sum sluice_sink_delivered_bytes_total)
 stop_engine
 python3 -c "
 import json; r, b, s = $records, $bytes, $t1 - $t0
-print(json.dumps({'measure': 'sluice', 'workload': 'w1', 'stream': '$stream', 'events': $events, 'records': r, 'seconds': round(s, 2), 'records_per_sec': round((r - $first) / s), 'record_bytes_avg': round(b / r)}))"
+print(json.dumps({'measure': 'sluice', 'producer': '$producer', 'workload': 'w1', 'stream': '$stream', 'events': $events, 'records': r, 'seconds': round(s, 2), 'records_per_sec': round((r - $first) / s), 'record_bytes_avg': round(b / r)}))"
+done
 size=$(( bytes / records ))
 
 # 1. The broker's own produce rate, same client settings and record size.
@@ -86,9 +94,9 @@ size=$(( bytes / records ))
     python3 -c "import json,sys; d=json.load(sys.stdin); d['measure']='tansu'; print(json.dumps(d))"
 
 # 3. The cost on ingest, back to back.
-for label in files kafka; do
+for label in files $producers; do
     extra=""
-    [ "$label" = kafka ] && extra="[[streams.$stream.sink]]"$'\nkind = "kafka"\nbrokers = "'"$brokers"'"'
+    [ "$label" != files ] && extra="[[streams.$stream.sink]]"$'\nkind = "kafka"\nbrokers = "'"$brokers"'"\nproducer = "'"$label"'"'
     EXTRA="$extra" JSON="$work/ingest.json" scripts/bench-engine.sh max \
         'durability = { interval_us = 1000 }' "ingest-$label" > /dev/null
 done

@@ -253,10 +253,10 @@ struct Isolation {
     slow: Broker,
 }
 
-/// SLOW goes to broker `slow` with a 2 MiB backlog (1 MiB segments) and `when_full`, FAST to
-/// broker `fast`; the other streams stay on disk. Broker `slow` stops (SIGSTOP) under W1 at
+/// SLOW goes to broker `slow` with a 2 MiB backlog (1 MiB segments), `when_full` and
+/// `producer`, FAST to broker `fast`; the other streams stay on disk. Broker `slow` stops (SIGSTOP) under W1 at
 /// 20,000 events/s until SLOW's policy applies, then resumes (SIGCONT).
-fn isolation_run(when_full: &str, seed: u64) -> Isolation {
+fn isolation_run(when_full: &str, producer: &str, seed: u64) -> Isolation {
     const RATE: u64 = 20_000;
     const SECONDS: u64 = 16;
     let fast = Broker::start("fast");
@@ -271,7 +271,8 @@ fn isolation_run(when_full: &str, seed: u64) -> Isolation {
         "segment_bytes_max = 1048576",
     );
     let text = format!(
-        "{text}\n[[streams.{SLOW}.sink]]\nkind = \"kafka\"\nbrokers = \"{}\"\nbacklog_bytes_max = 2097152\nwhen_full = \"{when_full}\"\n",
+        "{text}\n[[streams.{SLOW}.sink]]\nkind = \"kafka\"\nbrokers = \"{}\"\nbacklog_bytes_max = 2097152\nwhen_full = \"{when_full}\"\n\
+         producer = \"{producer}\"\n",
         slow.address()
     );
     std::fs::write(&config, text).unwrap();
@@ -348,7 +349,7 @@ fn expected_in(stream: &str, seed: u64, acked: u64) -> BTreeMap<String, Vec<Valu
 #[test]
 fn kafka_a_stopped_broker_stalls_only_its_stream_until_drop_oldest_gives_up_segments() {
     let _serial = serial();
-    let r = isolation_run("drop_oldest", 61);
+    let r = isolation_run("drop_oldest", "shard", 61);
     eprintln!(
         "kafka isolation (drop_oldest): {FAST} {:.0} records/s before, {:.0} while {SLOW}'s broker was stopped",
         r.before, r.during
@@ -381,7 +382,7 @@ fn kafka_a_stopped_broker_stalls_only_its_stream_until_drop_oldest_gives_up_segm
 #[test]
 fn kafka_a_full_block_sink_holds_ingest_and_loses_nothing() {
     let _serial = serial();
-    let r = isolation_run("block", 62);
+    let r = isolation_run("block", "thread", 62);
     eprintln!(
         "kafka isolation (block): {FAST} {:.0} records/s before, {:.0} once {SLOW}'s backlog was full",
         r.before, r.during

@@ -4,6 +4,9 @@ whole, and measures a broker's own produce and consume rates. Never sluice's cod
 
     kafka_tool.py create BROKERS TOPIC:PARTITIONS...
     kafka_tool.py consume BROKERS TOPIC...      every message as a JSON line
+    kafka_tool.py produce BROKERS TOPIC KEYHEX:VALUEHEX...   one message each, in order, to
+                                                 one partition; prints it
+    kafka_tool.py committed BROKERS GROUP TOPIC   the group's committed offsets, one JSON object
     kafka_tool.py produce-rate BROKERS TOPIC COUNT SIZE   one JSON object
     kafka_tool.py consume-rate BROKERS TOPIC    one JSON object
 """
@@ -122,6 +125,32 @@ def produce_rate(brokers, topic, count, size):
                       "records_per_sec": count / s, "failed": failed[0]}))
 
 
+def produce(brokers, topic, specs):
+    """Produces each `KEYHEX:VALUEHEX` message, in order, to partition 0 of `topic`."""
+    p = Producer({"bootstrap.servers": brokers, "acks": "all", "enable.idempotence": True})
+    failed = []
+    for spec in specs:
+        key, _, value = spec.partition(":")
+        p.produce(topic, key=bytes.fromhex(key), value=bytes.fromhex(value), partition=0,
+                  on_delivery=lambda err, msg: err is not None and failed.append(str(err)))
+    p.flush(60)
+    if failed:
+        raise SystemExit(f"produce failed: {failed[0]}")
+    print(json.dumps({"produced": len(specs), "partition": 0}))
+
+
+def committed(brokers, group, topic):
+    """The offsets `group` committed for `topic`, without joining the group."""
+    c = Consumer({"bootstrap.servers": brokers, "group.id": group,
+                  "enable.auto.commit": False})
+    parts = [TopicPartition(topic, p) for p in partitions(c, topic)]
+    offsets = {}
+    for tp in c.committed(parts, timeout=30):
+        offsets[str(tp.partition)] = max(tp.offset, 0)
+    c.close()
+    print(json.dumps({"total": sum(offsets.values()), "partitions": offsets}))
+
+
 def consume_rate(brokers, topic):
     c = reader(brokers)
     n = [0]
@@ -142,6 +171,10 @@ def main():
         create(brokers, rest)
     elif cmd == "consume":
         consume(brokers, rest)
+    elif cmd == "produce":
+        produce(brokers, rest[0], rest[1:])
+    elif cmd == "committed":
+        committed(brokers, rest[0], rest[1])
     elif cmd == "produce-rate":
         produce_rate(brokers, rest[0], int(rest[1]), int(rest[2]))
     elif cmd == "consume-rate":

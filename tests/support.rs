@@ -607,10 +607,25 @@ pub fn with_kafka_sinks(config: &Path, brokers: &str, streams: &[&str]) {
         .expect("config")
         .replace("format = \"rkyv\"", "format = \"json\"")
         .replace(sluice_workload::fixtures::RETENTION, "");
-    for s in streams {
+    // Every other stream's shards hand their records to a producer thread: both ways are in
+    // every test.
+    for (i, s) in streams.iter().enumerate() {
+        let producer = ["shard", "thread"][i % 2];
         text.push_str(&format!(
-            "\n[[streams.{s}.sink]]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\nlinger_ms = 5\n"
+            "\n[[streams.{s}.sink]]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\nlinger_ms = 5\n\
+             producer = \"{producer}\"\n"
         ));
     }
+    std::fs::write(config, text).expect("config written");
+}
+
+/// `config` with a Kafka consumer-group source reading `topic` in group `group`, and `extra`
+/// source settings (TOML lines).
+pub fn with_kafka_source(config: &Path, brokers: &str, topic: &str, group: &str, extra: &str) {
+    let mut text = std::fs::read_to_string(config).expect("config");
+    text.push_str(&format!(
+        "\n[[source]]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n\
+         group_id = \"{group}\"\n{extra}\n"
+    ));
     std::fs::write(config, text).expect("config written");
 }

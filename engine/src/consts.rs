@@ -36,6 +36,13 @@ pub const DELIVERY_INFLIGHT_MAX: usize = 50_000;
 /// Records a delivery task hands to the producer before it lets the shard's other tasks run
 /// (about 0.5-1 ms of produce calls).
 pub const DELIVERY_CHUNK_RECORDS: usize = 512;
+/// Chunks of records a sink's producer thread (`producer = "thread"`) holds in its channel,
+/// from all shards; a shard that finds it full waits like one that finds librdkafka's queue
+/// full.
+pub const HANDOFF_CHUNKS_MAX: usize = 64;
+/// How long a delivery task that found the producer's queue (or its thread's channel) full
+/// waits before it tries again, unless a confirmation comes first.
+pub const QUEUE_FULL_WAIT: Duration = Duration::from_millis(2);
 /// Bytes a delivery task reads from a segment at once (more for a larger record).
 pub const DELIVERY_READ_BYTES: u64 = 256 << 10;
 /// How often a shard held by a full `block` sink looks whether it drained.
@@ -75,3 +82,12 @@ const _: () = assert!(ACCEPT_BACKOFF_MIN.as_nanos() < ACCEPT_BACKOFF_MAX.as_nano
 // A listener failing at the longest back-off stays down between its tries.
 const _: () = assert!(ACCEPT_BACKOFF_MAX.as_nanos() < ACCEPT_DOWN_HOLD.as_nanos());
 const _: () = assert!(REFUSE_LINGER.as_nanos() <= CLOSE_LINGER.as_nanos());
+
+/// A Kafka source ends a round (hands the shards what it dealt) at this many messages or
+/// bytes, or when nothing more is ready.
+pub const ROUND_MESSAGES_MAX: u64 = 4096;
+pub const ROUND_BYTES_MAX: u64 = 1 << 20;
+/// Chunks a shard's channel from a Kafka source's group thread holds.
+pub const SOURCE_CHUNKS_MAX: usize = 4;
+/// How long the group thread waits in librdkafka's poll when it has nothing to hand over.
+pub const SOURCE_IDLE_POLL: Duration = Duration::from_millis(20);

@@ -24,3 +24,4 @@ pub mod pipeline;
 pub mod route;
 pub mod runtime;
 pub mod sink;
+pub mod source;

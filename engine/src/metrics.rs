@@ -122,7 +122,148 @@ pub fn new_histogram() -> Histogram<u64> {
 pub struct Registry {
     pub streams: Arc<Vec<String>>,
     pub slots: Arc<Vec<Mutex<ShardSnapshot>>>,
+    /// Each Kafka source's figures, kept by its group thread.
+    pub sources: Arc<Mutex<Vec<Arc<SourceStats>>>>,
 }
+
+/// A Kafka source's figures: per shard and partition what was consumed, per partition the
+/// lag and the committed offset, commits, rebalances, and how long each shard's intake held
+/// the fetching paused.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub group: String,
+    pub inner: Mutex<SourceFigures>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SourceFigures {
+    /// Messages dealt, by (shard, topic, partition).
+    pub consumed: std::collections::BTreeMap<(usize, String, i32), u64>,
+    /// Consumer lag in messages (librdkafka's statistics), by assigned (topic, partition).
+    pub lag: std::collections::BTreeMap<(String, i32), i64>,
+    /// The offset last committed, by (topic, partition).
+    pub committed: std::collections::BTreeMap<(String, i32), i64>,
+    pub commits: u64,
+    pub commit_errors: u64,
+    pub assigns: u64,
+    pub revokes: u64,
+    /// Seconds the fetching was paused because a shard's intake was full, by shard.
+    pub paused_s: Vec<f64>,
+    /// Partitions assigned now.
+    pub assigned: u64,
+}
+
+impl SourceStats {
+    pub fn new(group: &str, shards: usize) -> SourceStats {
+        SourceStats {
+            group: group.to_owned(),
+            inner: Mutex::new(SourceFigures {
+                paused_s: vec![0.0; shards],
+                ..SourceFigures::default()
+            }),
+        }
+    }
+
+    pub fn figures(&self) -> std::sync::MutexGuard<'_, SourceFigures> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The source's families in Prometheus text, in [`SOURCE_FAMILIES`]' order.
+    fn render(&self, o: &mut String) {
+        let f = self.figures().clone();
+        let g = &self.group;
+        for &(name, kind, help) in SOURCE_FAMILIES {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+            let mut line = |labels: String, v: String| {
+                let _ = writeln!(o, "{name}{{group=\"{g}\"{labels}}} {v}");
+            };
+            match name {
+                "sluice_source_messages_total" => {
+                    for ((shard, topic, p), v) in &f.consumed {
+                        line(
+                            format!(",shard=\"{shard}\",topic=\"{topic}\",partition=\"{p}\""),
+                            v.to_string(),
+                        );
+                    }
+                }
+                "sluice_source_lag_messages" | "sluice_source_committed_offset" => {
+                    let by = if name == "sluice_source_lag_messages" {
+                        &f.lag
+                    } else {
+                        &f.committed
+                    };
+                    for ((topic, p), v) in by {
+                        line(
+                            format!(",topic=\"{topic}\",partition=\"{p}\""),
+                            v.to_string(),
+                        );
+                    }
+                }
+                "sluice_source_commits_total" => line(String::new(), f.commits.to_string()),
+                "sluice_source_commit_errors_total" => {
+                    line(String::new(), f.commit_errors.to_string())
+                }
+                "sluice_source_assigned_partitions" => line(String::new(), f.assigned.to_string()),
+                "sluice_source_rebalances_total" => {
+                    line(",kind=\"assign\"".into(), f.assigns.to_string());
+                    line(",kind=\"revoke\"".into(), f.revokes.to_string());
+                }
+                "sluice_source_paused_seconds_total" => {
+                    for (shard, v) in f.paused_s.iter().enumerate() {
+                        line(format!(",shard=\"{shard}\""), format!("{v:.3}"));
+                    }
+                }
+                other => unreachable!("a source family without its samples: {other}"),
+            }
+        }
+    }
+}
+
+/// A Kafka source's families: name, type, help; served after [`FAMILIES`], once per source
+/// (label `group`); tuning.md's guide lists them after those.
+pub const SOURCE_FAMILIES: &[(&str, &str, &str)] = &[
+    (
+        "sluice_source_messages_total",
+        "counter",
+        "Kafka messages consumed, per shard they went to and partition.",
+    ),
+    (
+        "sluice_source_lag_messages",
+        "gauge",
+        "Messages of an assigned partition not yet consumed (librdkafka's consumer lag).",
+    ),
+    (
+        "sluice_source_committed_offset",
+        "gauge",
+        "The offset last committed for a partition (the next one to read).",
+    ),
+    (
+        "sluice_source_commits_total",
+        "counter",
+        "Offset commits that succeeded.",
+    ),
+    (
+        "sluice_source_commit_errors_total",
+        "counter",
+        "Offset commits that failed.",
+    ),
+    (
+        "sluice_source_assigned_partitions",
+        "gauge",
+        "Partitions the group assigned to this process.",
+    ),
+    (
+        "sluice_source_rebalances_total",
+        "counter",
+        "Rebalances this process took part in, by what they did to it.",
+    ),
+    (
+        "sluice_source_paused_seconds_total",
+        "counter",
+        "Time fetching was paused because a shard's intake was full, per shard.",
+    ),
+];
 
 impl Registry {
     pub fn new(shards: usize, streams: Vec<String>) -> Registry {
@@ -134,6 +275,7 @@ impl Registry {
                     .map(|s| Mutex::new(ShardSnapshot::new(s, n)))
                     .collect(),
             ),
+            sources: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -182,6 +324,9 @@ impl Registry {
         let mut o = String::new();
         for f in FAMILIES {
             f.render(&mut o, &snaps, &self.streams);
+        }
+        for s in self.sources.lock().expect("sources").iter() {
+            s.render(&mut o);
         }
         o
     }
@@ -696,11 +841,19 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("| `sluice_"))
             .collect();
-        assert_eq!(listed.len(), FAMILIES.len(), "one row per family");
-        for (row, f) in listed.iter().zip(FAMILIES) {
-            let want = format!("| `{}` | {} |", f.name, f.kind.name());
+        assert_eq!(
+            listed.len(),
+            FAMILIES.len() + SOURCE_FAMILIES.len(),
+            "one row per family"
+        );
+        let all = FAMILIES
+            .iter()
+            .map(|f| (f.name, f.kind.name(), f.help))
+            .chain(SOURCE_FAMILIES.iter().copied());
+        for (row, (name, kind, help)) in listed.iter().zip(all) {
+            let want = format!("| `{name}` | {kind} |");
             assert!(row.starts_with(&want), "{row} should start with {want}");
-            assert!(row.contains(f.help), "{row}: the help text");
+            assert!(row.contains(help), "{row}: the help text");
         }
     }
 

@@ -18,6 +18,7 @@ use crate::route::compiled::{Matcher, Matches};
 use crate::route::{ATTR_PREFIX, Ctx, Field, RouteSet, Value};
 use crate::sink::record::{self, RecordFormat};
 use crate::sink::segment::append_record;
+use crate::source::Coord;
 
 /// One stream's records since the last drain.
 #[derive(Debug, Default)]
@@ -233,9 +234,19 @@ impl Pipeline {
 
     /// Runs one batch frame (16-byte aligned, at the start of `frame`) through the pipeline.
     pub fn step(&mut self, frame: &mut [u8]) -> Result<BatchOutcome, StepError> {
+        self.step_from(frame, &[])
+    }
+
+    /// [`Pipeline::step`] for a frame built from consumed messages: `sources` holds each
+    /// envelope's coordinates, in order, for its dead letter should it be rejected.
+    pub fn step_from(
+        &mut self,
+        frame: &mut [u8],
+        sources: &[Coord],
+    ) -> Result<BatchOutcome, StepError> {
         let frame_len = frame.len();
         let (batch, mut o) = self.begin(frame)?;
-        let (opener, mut parts) = self.parts();
+        let (opener, mut parts) = self.parts(sources);
         for env in batch.into_envelopes() {
             o.envelopes += 1;
             match opener.open(env) {
@@ -259,15 +270,17 @@ impl Pipeline {
     /// The first pass of a batch: checks the frame, opens (decrypts and validates) every
     /// envelope in place, dead-letters those that fail, and notes the keys the tables lack
     /// ([`Pipeline::wants`]).
+    /// `sources`: as for [`Pipeline::step_from`].
     pub fn open<'a>(
         &mut self,
         frame: &'a mut [u8],
         now: std::time::Instant,
+        sources: &[Coord],
     ) -> Result<OpenedBatch<'a>, StepError> {
         let frame_len = frame.len();
         let (batch, mut o) = self.begin(frame)?;
         self.tables.begin_batch(now);
-        let (opener, mut parts) = self.parts();
+        let (opener, mut parts) = self.parts(sources);
         let mut envelopes = Vec::new();
         for env in batch.into_envelopes() {
             o.envelopes += 1;
@@ -307,11 +320,53 @@ impl Pipeline {
     /// they are now.
     pub fn finish(&mut self, batch: OpenedBatch<'_>) -> BatchOutcome {
         let mut o = batch.outcome;
-        let (_, mut parts) = self.parts();
+        let (_, mut parts) = self.parts(&[]);
         for (payload, key) in &batch.envelopes {
             parts.route(&mut o, payload, *key, true);
         }
         parts.end(&o, batch.frame_len);
+        o
+    }
+
+    /// Dead-letters a consumed message that is not one whole envelope (a Kafka source's
+    /// [`Reject`](crate::source::kafka::Reject)), as the batch of one envelope of
+    /// `partition`: its header as far as it could be read, its raw bytes, and where it came
+    /// from.
+    pub fn reject_message(
+        &mut self,
+        partition: u32,
+        error: &Error,
+        raw: &[u8],
+        partition_key: u64,
+        source: &Coord,
+    ) -> BatchOutcome {
+        let mut header = sluice_protocol::EnvelopeHeader::new(
+            sluice_protocol::PayloadFormat::Rkyv,
+            0,
+            [0; 12],
+            partition_key,
+            0,
+        );
+        header.version = 0;
+        header.format = 0;
+        if let Some(h) = raw.get(..sluice_protocol::envelope::ENVELOPE_HEADER_BYTES) {
+            header = sluice_protocol::EnvelopeHeader::decode(h.try_into().expect("32 bytes"));
+            header.partition_key = partition_key;
+        }
+        let mut o = BatchOutcome {
+            partition,
+            envelopes: 1,
+            ..BatchOutcome::default()
+        };
+        let rejected = Rejected {
+            error: error.clone(),
+            header,
+            raw,
+        };
+        let sources = std::slice::from_ref(source);
+        let (_, mut parts) = self.parts(sources);
+        parts.dead_letter(&mut o, &rejected);
+        parts.end(&o, raw.len());
         o
     }
 
@@ -338,7 +393,7 @@ impl Pipeline {
         Ok((batch, o))
     }
 
-    fn parts(&mut self) -> (&mut Opener, Parts<'_>) {
+    fn parts<'s>(&'s mut self, sources: &'s [Coord]) -> (&'s mut Opener, Parts<'s>) {
         (
             &mut self.opener,
             Parts {
@@ -352,6 +407,7 @@ impl Pipeline {
                 out: &mut self.out,
                 counters: &mut self.counters,
                 dead_letter: self.dead_letter,
+                sources,
             },
         )
     }
@@ -377,6 +433,8 @@ struct Parts<'p> {
     out: &'p mut [StreamOut],
     counters: &'p mut Counters,
     dead_letter: usize,
+    /// Each envelope's coordinates, for a frame built from consumed messages.
+    sources: &'p [Coord],
 }
 
 impl Parts<'_> {
@@ -457,8 +515,17 @@ impl Parts<'_> {
         let format = self.formats[d];
         let s = &mut self.out[d];
         let key = rejected.header.partition_key;
+        // The envelope being rejected is the batch's latest.
+        let source = self.sources.get(o.envelopes as usize - 1);
         let n = append_record(&mut s.buf, o.partition, key, |b| {
-            record::dead_letter_record(b, format, &rejected.error, &rejected.header, rejected.raw)
+            record::dead_letter_record(
+                b,
+                format,
+                &rejected.error,
+                &rejected.header,
+                rejected.raw,
+                source,
+            )
         });
         s.records += 1;
         s.bytes += n as u64;

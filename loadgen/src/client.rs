@@ -214,7 +214,8 @@ impl Nonces {
     }
 }
 
-fn run_prefix() -> u32 {
+/// A nonce prefix for this run: a process never reuses another's nonces.
+pub(crate) fn run_prefix() -> u32 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);

@@ -56,6 +56,13 @@ enum Command {
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
+        /// Produce to Kafka instead (`host:port[,host:port]`): one envelope per message,
+        /// keyed by its partition key, to `--topic`; `--target` is not used.
+        #[arg(long, requires = "topic")]
+        kafka: Option<String>,
+        /// The topic `--kafka` produces to.
+        #[arg(long, requires = "kafka")]
+        topic: Option<String>,
     },
     /// Serve a customer table over HTTP for batch lookups (`POST /lookup` with ids
     /// `1,2,3`), with injected latency and failures.
@@ -152,6 +159,8 @@ fn go(cli: Cli) -> Result<(), String> {
             keys,
             report,
             quiet,
+            kafka,
+            topic,
         } => {
             let keys = match keys {
                 Some(p) => Keyring::load(&p, Backend::default())
@@ -173,7 +182,10 @@ fn go(cli: Cli) -> Result<(), String> {
             opts.window_batches = window;
             opts.pool_events = pool;
             opts.progress = !quiet;
-            let r = run(&opts)?;
+            let r = match (&kafka, &topic) {
+                (Some(brokers), Some(topic)) => sluice_loadgen::kafka::run(&opts, brokers, topic)?,
+                _ => run(&opts)?,
+            };
             let json = serde_json::to_string_pretty(&r).expect("a report serializes");
             println!("{json}");
             if let Some(p) = report {

@@ -364,6 +364,21 @@ impl FrameBuilder {
         self.header.count += 1;
     }
 
+    /// Appends an envelope as a Kafka message carries it, padded here to a multiple of 16
+    /// bytes when it came without its padding (PROTOCOL.md section 4).
+    pub fn push_padded(&mut self, envelope: &[u8]) {
+        self.buf.extend_from_slice(envelope);
+        let pad = (ALIGN - envelope.len() % ALIGN) % ALIGN;
+        self.buf.extend_from_slice(&[0u8; ALIGN][..pad]);
+        self.header.count += 1;
+    }
+
+    /// Writes the header and CRC and hands over the finished frame.
+    pub fn into_frame(mut self) -> AlignedBuf {
+        seal_frame(&mut self.buf, self.header);
+        self.buf
+    }
+
     /// Envelopes so far.
     pub fn count(&self) -> u32 {
         self.header.count

@@ -48,6 +48,27 @@ impl Config {
             "listen: shared {}, admin http://{}",
             self.listen.shared, self.listen.admin
         );
+        for k in &self.sources {
+            let _ = writeln!(
+                o,
+                "source: kafka topics {} at {}, group {}; session_timeout_ms {}, \
+                 commit_interval_ms {}, fetch_queue_bytes_max {}; offsets committed once \
+                 stored{}",
+                k.topics.join(", "),
+                k.brokers,
+                k.group_id,
+                k.session_timeout_ms,
+                k.commit_interval_ms,
+                k.fetch_queue_bytes_max,
+                if k.client.is_empty() {
+                    String::new()
+                } else {
+                    let set: Vec<String> =
+                        k.client.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("; client {}", set.join(" "))
+                }
+            );
+        }
         let _ = writeln!(
             o,
             "keys: {} (ids {:?}), aead {}",
@@ -83,13 +104,15 @@ impl Config {
                 let _ = writeln!(
                     o,
                     "    sink {}: kafka topic {} at {}; linger_ms {}, batch_bytes_max {}, \
-                     compression {}, acks all, idempotent; backlog_bytes_max {}, when_full {}{}",
+                     compression {}, acks all, idempotent, producer {}; backlog_bytes_max {}, \
+                     when_full {}{}",
                     k.name,
                     q.topic,
                     q.brokers,
                     q.linger_ms,
                     q.batch_bytes_max,
                     q.compression.name(),
+                    q.producer.name(),
                     k.backlog_bytes_max,
                     k.when_full.name(),
                     if q.client.is_empty() {

@@ -165,6 +165,8 @@ pub struct Config {
     pub streams: Vec<StreamSpec>,
     pub routes: RouteSet,
     pub sinks: Sinks,
+    /// Sources besides the TCP ingest (`[[source]]`).
+    pub sources: Vec<crate::source::kafka::SourceSpec>,
 }
 
 /// Where a config's text came from, for errors and relative paths.
@@ -267,6 +269,14 @@ impl Config {
         streams.push(dead_letter);
         let sinks = sections::sinks(&src, &raw.sinks)?;
         sections::check_backlogs(&src, &streams, &sinks)?;
+        let sources = raw
+            .source
+            .iter()
+            .map(|s| {
+                crate::source::kafka::source_spec(s.get_ref())
+                    .map_err(|why| src.err(s.span(), format!("source: {why}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             source: file.to_owned(),
             shards: engine.shards,
@@ -284,6 +294,7 @@ impl Config {
             streams,
             routes,
             sinks,
+            sources,
         })
     }
 

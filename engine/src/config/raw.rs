@@ -49,6 +49,9 @@ pub struct RawConfig {
     pub streams: BTreeMap<String, Spanned<RawStream>>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
+    /// `[[source]]`: sources besides the TCP ingest (a Kafka consumer group).
+    #[serde(default)]
+    pub source: Vec<Spanned<RawSource>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,6 +279,10 @@ pub struct RawSink {
     pub batch_bytes_max: u64,
     #[serde(default = "compression")]
     pub compression: String,
+    /// Who calls librdkafka's produce: `shard` (each shard's delivery task) or `thread` (a
+    /// thread of the sink's own, fed by the shards over a bounded channel).
+    #[serde(default = "producer")]
+    pub producer: String,
     /// Further librdkafka settings, passed as they are.
     #[serde(default)]
     pub client: BTreeMap<String, String>,
@@ -287,6 +294,11 @@ pub const WHEN_FULL: &str = "block";
 pub const LINGER_MS: u64 = 5;
 pub const BATCH_BYTES_MAX: u64 = 1 << 20;
 pub const COMPRESSION: &str = "lz4";
+pub const PRODUCER: &str = "shard";
+
+fn producer() -> String {
+    PRODUCER.into()
+}
 
 fn backlog_bytes_max() -> u64 {
     BACKLOG_BYTES_MAX
@@ -321,4 +333,44 @@ pub struct RawRoute {
     pub fields: Spanned<Vec<String>>,
     #[serde(default)]
     pub sample: Option<Spanned<f64>>,
+}
+
+/// `[[source]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub kind: String,
+    // kind = "kafka"
+    pub brokers: Option<String>,
+    #[serde(default)]
+    pub topics: Vec<String>,
+    pub group_id: Option<String>,
+    #[serde(default = "session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    #[serde(default = "commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    #[serde(default = "fetch_queue_bytes_max")]
+    pub fetch_queue_bytes_max: u64,
+    /// Further librdkafka settings, passed as they are.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+/// How long the group waits for a silent member before it gives its partitions to others.
+pub const SESSION_TIMEOUT_MS: u64 = 10_000;
+/// How often stored offsets are committed.
+pub const COMMIT_INTERVAL_MS: u64 = 1000;
+/// Bytes librdkafka may fetch ahead of the shards.
+pub const FETCH_QUEUE_BYTES_MAX: u64 = 16 << 20;
+
+fn session_timeout_ms() -> u64 {
+    SESSION_TIMEOUT_MS
+}
+
+fn commit_interval_ms() -> u64 {
+    COMMIT_INTERVAL_MS
+}
+
+fn fetch_queue_bytes_max() -> u64 {
+    FETCH_QUEUE_BYTES_MAX
 }

@@ -25,21 +25,17 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures::channel::oneshot::Canceled;
 use futures::future::{Either, select};
 use glommio::io::{BufferedFile, OpenOptions};
 use glommio::sync::Semaphore;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
 
 use super::shard::Shard;
 use crate::consts::{
     CURSOR_INTERVAL, DELIVERY_BACKOFF_MAX, DELIVERY_BACKOFF_MIN, DELIVERY_CHUNK_RECORDS,
-    DELIVERY_INFLIGHT_MAX, DELIVERY_READ_BYTES, RETENTION_INTERVAL,
+    DELIVERY_INFLIGHT_MAX, DELIVERY_READ_BYTES, QUEUE_FULL_WAIT, RETENTION_INTERVAL,
 };
 use crate::metrics::SinkSnapshot;
-use crate::sink::kafka::{Producer, SinkSpec, WhenFull};
+use crate::sink::kafka::{Confirmation, Enqueued, SinkClient, SinkSpec, WhenFull};
 use crate::sink::log::{Pos, StreamLog, load_cursor, store_cursor_text};
 use crate::sink::segment::{
     Next, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentHeader, record_at, segment_path,
@@ -61,7 +57,7 @@ pub(super) struct SinkRun {
     /// Its index among the stream's sinks (and the log's cursors).
     pub index: usize,
     pub spec: SinkSpec,
-    pub producer: Producer,
+    pub client: SinkClient,
     pub wake: Semaphore,
     pub stats: RefCell<SinkStats>,
 }
@@ -118,7 +114,7 @@ impl Outbound {
         cfg: &crate::config::Config,
         shard: usize,
         current: &[u32],
-        producers: &[Vec<Producer>],
+        clients: &[Vec<SinkClient>],
     ) -> Result<Outbound, String> {
         let dir = &cfg.sinks.dir;
         let now = Instant::now();
@@ -133,7 +129,7 @@ impl Outbound {
                     stream: i,
                     index: j,
                     spec: k.clone(),
-                    producer: producers[i][j].clone(),
+                    client: clients[i][j].clone(),
                     wake: Semaphore::new(0),
                     stats: RefCell::new(SinkStats::default()),
                 }));
@@ -245,7 +241,7 @@ struct Sent {
     from: Pos,
     to: Pos,
     bytes: u64,
-    delivery: Option<DeliveryFuture>,
+    delivery: Option<Confirmation>,
 }
 
 /// An open segment being read.
@@ -362,43 +358,38 @@ impl Delivery {
             }
             break buf;
         };
-        let topic = &self.sink.spec.kafka.topic;
+        let mut batch = self.sink.client.batch(&self.sink.spec.kafka.topic);
+        let mut sent: Vec<Sent> = Vec::new();
         let mut at = 0usize;
-        let mut sent = 0usize;
         let outcome = loop {
             // A produce call costs about 2 µs of the reactor (`kafka/enqueue/produce`): a chunk
             // hands over at most DELIVERY_CHUNK_RECORDS, then the task yields.
-            if self.inflight.len() >= DELIVERY_INFLIGHT_MAX || sent >= DELIVERY_CHUNK_RECORDS {
-                break Chunk::Sent(sent);
+            if self.inflight.len() + sent.len() >= DELIVERY_INFLIGHT_MAX
+                || sent.len() >= DELIVERY_CHUNK_RECORDS
+            {
+                break Chunk::Sent(sent.len());
             }
             match record_at(&buf, at, from, reading.version) {
-                Next::Record(r, next) => {
-                    let key = r.key.to_be_bytes();
-                    let record = FutureRecord::to(topic).key(&key[..]).payload(r.payload);
-                    match self.sink.producer.send_result(record) {
-                        Ok(delivery) => {
-                            self.inflight.push_back(Sent {
-                                from: Pos {
-                                    seq,
-                                    offset: r.offset,
-                                },
-                                to: Pos {
-                                    seq,
-                                    offset: (from + next as u64).min(to),
-                                },
-                                bytes: r.payload.len() as u64,
-                                delivery: Some(delivery),
-                            });
-                            sent += 1;
-                            at = next;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                            break Chunk::QueueFull;
-                        }
-                        Err((e, _)) => break Chunk::Failed(e.to_string(), e.to_string()),
+                Next::Record(r, next) => match batch.add(r.key, r.payload) {
+                    Ok(delivery) => {
+                        sent.push(Sent {
+                            from: Pos {
+                                seq,
+                                offset: r.offset,
+                            },
+                            to: Pos {
+                                seq,
+                                offset: (from + next as u64).min(to),
+                            },
+                            bytes: r.payload.len() as u64,
+                            delivery: Some(delivery),
+                        });
+                        at = next;
                     }
-                }
-                Next::Partial if at > 0 => break Chunk::Sent(sent),
+                    Err(Enqueued::Full) => break Chunk::QueueFull,
+                    Err(Enqueued::Refused(e)) => break Chunk::Failed(e.clone(), e),
+                },
+                Next::Partial if at > 0 => break Chunk::Sent(sent.len()),
                 Next::Partial => {
                     // A whole read holds less than its first record: the record runs past the
                     // segment's end, a tail a crash cut short. The next segment follows.
@@ -408,13 +399,13 @@ impl Delivery {
                         self.name()
                     );
                     at = (to - from) as usize;
-                    break Chunk::Sent(sent);
+                    break Chunk::Sent(sent.len());
                 }
                 Next::End => {
                     // Zeros where the durable records should go on: a segment a crash cut
                     // short (its length counted its zeros). The next segment follows.
                     at = (to - from) as usize;
-                    break Chunk::Sent(sent);
+                    break Chunk::Sent(sent.len());
                 }
                 Next::Torn(why) => {
                     eprintln!(
@@ -423,10 +414,23 @@ impl Delivery {
                         from + at as u64
                     );
                     at = (to - from) as usize;
-                    break Chunk::Sent(sent);
+                    break Chunk::Sent(sent.len());
                 }
             }
         };
+        // The producer thread takes the chunk whole or not at all.
+        let outcome = match batch.finish() {
+            Ok(()) => outcome,
+            Err(full_or_refused) => {
+                at = 0;
+                sent.clear();
+                match full_or_refused {
+                    Enqueued::Full => Chunk::QueueFull,
+                    Enqueued::Refused(e) => Chunk::Failed(e.clone(), e),
+                }
+            }
+        };
+        self.inflight.extend(sent);
         self.read = Pos {
             seq,
             offset: (from + at as u64).min(to),
@@ -591,7 +595,7 @@ impl Delivery {
             let woken = select(timer, wake);
             match self.inflight.front_mut().map(|f| f.delivery.as_mut()) {
                 Some(Some(delivery)) => match select(delivery, woken).await {
-                    Either::Left((r, _)) => Some(delivery_result(r)),
+                    Either::Left((r, _)) => Some(r),
                     Either::Right(_) => None,
                 },
                 Some(None) => Some(Ok(())),
@@ -611,7 +615,7 @@ impl Delivery {
         use futures::FutureExt;
         while let Some(front) = self.inflight.front_mut() {
             let ready = match front.delivery.as_mut() {
-                Some(delivery) => delivery.now_or_never().map(delivery_result),
+                Some(delivery) => delivery.now_or_never(),
                 None => Some(Ok(())),
             };
             match ready {
@@ -619,15 +623,6 @@ impl Delivery {
                 None => break,
             }
         }
-    }
-}
-
-/// A delivery's outcome: confirmed, or why not.
-fn delivery_result(r: Result<OwnedDeliveryResult, Canceled>) -> Result<(), String> {
-    match r {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(e.to_string()),
-        Err(_) => Err("the producer went away".to_owned()),
     }
 }
 
@@ -686,7 +681,8 @@ pub(super) async fn deliver(shard: Rc<Shard>, sink: Rc<SinkRun>) {
                 let from = d.inflight.front().map_or(d.read, |s| s.from);
                 d.failed(e, state, from).await;
             }
-            Chunk::Sent(_) | Chunk::QueueFull => d.wait(CURSOR_INTERVAL).await,
+            Chunk::Sent(_) => d.wait(CURSOR_INTERVAL).await,
+            Chunk::QueueFull => d.wait(QUEUE_FULL_WAIT).await,
         }
         d.persist_cursor(false).await;
     }

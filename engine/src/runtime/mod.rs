@@ -32,6 +32,7 @@
 //! beside [`commit`]: it reads what the segment writers wrote, never the shard's buffers.
 
 mod commit;
+mod consume;
 mod deliver;
 mod forward;
 mod ingest;
@@ -51,7 +52,7 @@ use crate::config::Config;
 use crate::consts::{CONNECTIONS_MAX, SHARD_START_TIMEOUT};
 use crate::control::Control;
 use crate::metrics::Registry;
-use crate::sink::kafka::Producer;
+use crate::sink::kafka::SinkClient;
 use forward::Forward;
 
 /// A running engine: its shard threads and admin endpoint.
@@ -61,6 +62,8 @@ pub struct Engine {
     admin: Option<std::thread::JoinHandle<()>>,
     registry: Registry,
     stop: Arc<AtomicBool>,
+    /// The Kafka sources' group threads, stopped before the shards.
+    sources: Vec<consume::SourceRun>,
 }
 
 /// What a shard's thread starts from.
@@ -75,8 +78,10 @@ struct ShardInit {
     control: Arc<Control>,
     /// Connections the shard serves at once (`shard.connections_max`, or what fits).
     connections_max: usize,
-    /// The producer of each network sink of each stream, shared by the shards.
-    producers: Arc<Vec<Vec<Producer>>>,
+    /// The client of each network sink of each stream, shared by the shards.
+    clients: Arc<Vec<Vec<SinkClient>>>,
+    /// The shard's end of each Kafka source.
+    sources: Vec<consume::ShardSource>,
 }
 
 /// One bounded channel per ordered pair of shards: each shard's senders (indexed by the
@@ -184,14 +189,14 @@ fn remove_empty_segments(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// One producer per network sink of each stream, shared by the shards.
-fn producers(cfg: &Config) -> Result<Vec<Vec<Producer>>, String> {
+/// One client per network sink of each stream, shared by the shards.
+fn clients(cfg: &Config) -> Result<Vec<Vec<SinkClient>>, String> {
     cfg.streams
         .iter()
         .map(|s| {
             s.sinks
                 .iter()
-                .map(|k| crate::sink::kafka::producer(&s.name, k))
+                .map(|k| crate::sink::kafka::client(&s.name, k))
                 .collect()
         })
         .collect()
@@ -203,7 +208,7 @@ impl Engine {
     pub fn start(config: Config, source: Option<PathBuf>) -> Result<Engine, String> {
         remove_empty_segments(&config)?;
         let connections_max = connections_max(&config);
-        let producers = Arc::new(producers(&config)?);
+        let clients = Arc::new(clients(&config)?);
         let control = Arc::new(Control::new(&config, source));
         let cfg = Arc::new(config);
         let n = cfg.shards;
@@ -211,6 +216,22 @@ impl Engine {
         let stop = Arc::new(AtomicBool::new(false));
         let (senders, inboxes) = mesh(n, cfg.tuning.forward_frames_max);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut sources = Vec::new();
+        let mut ends: Vec<Vec<consume::ShardSource>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, spec) in cfg.sources.iter().enumerate() {
+            let stats = Arc::new(crate::metrics::SourceStats::new(&spec.group_id, n));
+            registry
+                .sources
+                .lock()
+                .expect("sources")
+                .push(stats.clone());
+            let (run, shard_ends) = consume::start(&cfg, i, stats)?;
+            sources.push(run);
+            for (shard, end) in shard_ends.into_iter().enumerate() {
+                ends[shard].push(end);
+            }
+        }
+        let mut ends = ends.into_iter();
         let mut shards = Vec::with_capacity(n);
         for ((shard, peers), inbox) in senders.into_iter().enumerate().zip(inboxes) {
             let init = ShardInit {
@@ -223,7 +244,8 @@ impl Engine {
                 ready: ready_tx.clone(),
                 control: control.clone(),
                 connections_max,
-                producers: producers.clone(),
+                clients: clients.clone(),
+                sources: ends.next().expect("an end per shard"),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cfg.cores[shard]))
                 .name(&format!("sluice-shard-{shard}"))
@@ -239,6 +261,7 @@ impl Engine {
             admin: None,
             registry,
             stop,
+            sources,
         };
         for _ in 0..n {
             match ready_rx.recv_timeout(SHARD_START_TIMEOUT) {
@@ -281,6 +304,9 @@ impl Engine {
     }
 
     fn stop_now(&mut self) {
+        for s in &mut self.sources {
+            s.stop();
+        }
         self.stop.store(true, Ordering::Relaxed);
         for h in self.shards.drain(..) {
             let _ = h.join();
@@ -292,6 +318,11 @@ impl Engine {
 
     /// Stops taking batches, commits what was taken, closes the segments and joins.
     pub fn stop(mut self) -> Result<(), String> {
+        // Sources first: each hands over what it dealt, waits until the shards stored it,
+        // and commits, while the shards still take batches.
+        for s in &mut self.sources {
+            s.stop();
+        }
         self.stop.store(true, Ordering::Relaxed);
         let mut first_err = None;
         for h in self.shards.drain(..) {

@@ -34,18 +34,21 @@ use crate::metrics::{LATENCY_US_MAX, ShardSnapshot, new_histogram};
 use crate::pipeline::{BatchOutcome, Pipeline, StepError};
 use crate::sink::segment::SegmentKind;
 use crate::sink::writer::{SegmentWriter, WriterSpec};
+use crate::source::Coord;
 
 /// A batch frame to take: where it was read, or a copy this shard owns.
 pub(super) enum Frame<'a> {
     InPlace(&'a mut [u8]),
     Owned(AlignedBuf),
+    /// Built from consumed messages, with each envelope's coordinates.
+    Consumed(AlignedBuf, Vec<Coord>),
 }
 
 impl Frame<'_> {
     fn len(&self) -> usize {
         match self {
             Frame::InPlace(f) => f.len(),
-            Frame::Owned(f) => f.len(),
+            Frame::Owned(f) | Frame::Consumed(f, _) => f.len(),
         }
     }
 }
@@ -224,6 +227,38 @@ impl Shard {
     ) {
         let bytes = frame.len() as u64;
         debug_assert!(prepaid == 0 || prepaid == bytes, "a frame is charged whole");
+        if !self.admit(bytes, prepaid).await {
+            let _ = reply.send(rejected(id.0, id.1, AckStatus::ShuttingDown, 0));
+            return;
+        }
+        if self.pipeline.borrow().asks_service() {
+            let (frame, sources) = match frame {
+                Frame::InPlace(f) => {
+                    let mut copy = AlignedBuf::with_capacity(f.len());
+                    copy.extend_from_slice(f);
+                    (copy, Vec::new())
+                }
+                Frame::Owned(f) => (f, Vec::new()),
+                Frame::Consumed(f, sources) => (f, sources),
+            };
+            two_pass::take(self, frame, sources, id, reply, received, order);
+        } else {
+            let mut frame = frame;
+            let (frame, sources): (&mut [u8], &[Coord]) = match &mut frame {
+                Frame::InPlace(f) => (f, &[]),
+                Frame::Owned(f) => (f, &[]),
+                Frame::Consumed(f, sources) => (f, sources),
+            };
+            self.adopt_routes();
+            let result = self.pipeline.borrow_mut().step_from(frame, sources);
+            self.queue(result, id, reply, bytes, received);
+        }
+    }
+
+    /// Waits until the shard may take a batch of `bytes` (a full `block` sink holds it, the
+    /// budget is charged unless its reader did, `prepaid`); false, with the charge refunded,
+    /// when the shard began to stop meanwhile (the batch is to be answered as shutting down).
+    async fn admit(&self, bytes: u64, prepaid: u64) -> bool {
         // A `block` sink's backlog is full: take nothing new until it drains (the reader
         // waits here, so TCP windows fill).
         while self.outbound.blocked.get() && !self.stopping.get() {
@@ -234,32 +269,35 @@ impl Shard {
             self.inflight.charge(bytes).await;
         }
         // A shard that began to stop while this waited for the budget takes nothing more
-        // (its committer may be done): the batch is answered, to be sent again.
+        // (its committer may be done).
         if self.stopping.get() {
             self.inflight.refund(bytes);
-            let _ = reply.send(rejected(id.0, id.1, AckStatus::ShuttingDown, 0));
+            return false;
+        }
+        true
+    }
+
+    /// Takes a consumed message that is not one envelope: dead-letters it, with its
+    /// coordinates, as a batch of its own.
+    pub async fn take_reject(
+        &self,
+        r: crate::source::kafka::Reject,
+        reply: oneshot::Sender<Ack>,
+        received: Instant,
+    ) {
+        let bytes = r.raw.len() as u64;
+        if !self.admit(bytes, 0).await {
+            let _ = reply.send(rejected(0, r.partition, AckStatus::ShuttingDown, 0));
             return;
         }
-        if self.pipeline.borrow().asks_service() {
-            let frame = match frame {
-                Frame::InPlace(f) => {
-                    let mut copy = AlignedBuf::with_capacity(f.len());
-                    copy.extend_from_slice(f);
-                    copy
-                }
-                Frame::Owned(f) => f,
-            };
-            two_pass::take(self, frame, id, reply, received, order);
-        } else {
-            let mut frame = frame;
-            let frame: &mut [u8] = match &mut frame {
-                Frame::InPlace(f) => f,
-                Frame::Owned(f) => f,
-            };
-            self.adopt_routes();
-            let result = self.pipeline.borrow_mut().step(frame);
-            self.queue(result, id, reply, bytes, received);
-        }
+        let o = self.pipeline.borrow_mut().reject_message(
+            r.partition,
+            &r.error,
+            &r.raw,
+            r.partition_key,
+            &r.source,
+        );
+        self.queue(Ok(o), (0, r.partition), reply, bytes, received);
     }
 
     /// Queues a stepped batch for the next commit, or answers a frame refused.
@@ -432,12 +470,13 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
         ready,
         control,
         connections_max,
-        producers,
+        clients,
+        sources,
     } = init;
     let started = async {
         let writers = open_writers(&cfg, id).await?;
         let current: Vec<u32> = writers.iter().map(|w| w.position().0).collect();
-        let outbound = Outbound::open(&cfg, id, &current, &producers)?;
+        let outbound = Outbound::open(&cfg, id, &current, &clients)?;
         let listeners = ingest::listen(&cfg, id)?;
         Ok::<_, String>((writers, outbound, listeners))
     }
@@ -480,6 +519,9 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
     });
     forward::connect(&shard, inbox, peers).await;
     ingest::accept(&shard, listeners);
+    for end in sources {
+        spawn_local(super::consume::take_chunks(shard.clone(), end)).detach();
+    }
     let committer = spawn_local(super::commit::run(shard.clone(), writers));
     let deliveries: Vec<_> = shard
         .outbound

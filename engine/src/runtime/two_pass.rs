@@ -18,6 +18,7 @@ use super::lookup::{Done, LookupClient};
 use super::shard::Shard;
 use crate::enrich::remote::RemoteSpec;
 use crate::pipeline::{BatchOutcome, StepError};
+use crate::source::Coord;
 
 /// The order of one source's batches (a connection, or the frames one other shard forwards):
 /// each waits for the one before it to finish.
@@ -28,6 +29,7 @@ pub(super) struct Order(RefCell<Option<Done>>);
 pub(super) fn take(
     shard: &Rc<Shard>,
     mut frame: AlignedBuf,
+    sources: Vec<Coord>,
     id: (u64, u32),
     reply: oneshot::Sender<Ack>,
     received: Instant,
@@ -40,7 +42,7 @@ pub(super) fn take(
     spawn_local(async move {
         let bytes = frame.len() as u64;
         shard.adopt_routes();
-        let result = step(&shard, &mut frame, before).await;
+        let result = step(&shard, &mut frame, &sources, before).await;
         shard.queue(result, id, reply, bytes, received);
         shard.two_pass.set(shard.two_pass.get() - 1);
         if shard.stopping.get() {
@@ -80,10 +82,14 @@ fn take_answers(shard: &Shard) {
 async fn step(
     shard: &Shard,
     frame: &mut [u8],
+    sources: &[Coord],
     before: Option<Done>,
 ) -> Result<BatchOutcome, StepError> {
     take_answers(shard);
-    let opened = shard.pipeline.borrow_mut().open(frame, Instant::now());
+    let opened = shard
+        .pipeline
+        .borrow_mut()
+        .open(frame, Instant::now(), sources);
     let asked = {
         let pipeline = shard.pipeline.borrow();
         let (misses, refresh) = pipeline.wants();

@@ -6,12 +6,19 @@
 //! only past confirmed messages (see `runtime/deliver.rs`). Neither can be changed.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
+use futures::channel::oneshot;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::NaiveRuntime;
 
 use super::log::Retention;
@@ -54,6 +61,25 @@ impl Compression {
     }
 }
 
+/// Who calls librdkafka's produce for a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handing {
+    /// Each shard's delivery task, on the shard's reactor (about 2 µs a record).
+    Shard,
+    /// One thread per sink per process: shards hand it chunks of records over a bounded
+    /// channel (a copy of each record, tens of ns), and it makes the produce calls.
+    Thread,
+}
+
+impl Handing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Handing::Shard => "shard",
+            Handing::Thread => "thread",
+        }
+    }
+}
+
 /// A Kafka topic sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSpec {
@@ -63,6 +89,7 @@ pub struct KafkaSpec {
     pub linger_ms: u64,
     pub batch_bytes_max: u64,
     pub compression: Compression,
+    pub producer: Handing,
     /// Further librdkafka settings.
     pub client: BTreeMap<String, String>,
 }
@@ -105,6 +132,11 @@ pub fn sink_spec(stream: &str, raw: &RawSink) -> Result<SinkSpec, String> {
         "zstd" => Compression::Zstd,
         c => return Err(format!("compression {c:?}: \"lz4\", \"zstd\" or \"none\"")),
     };
+    let producer = match raw.producer.as_str() {
+        "shard" => Handing::Shard,
+        "thread" => Handing::Thread,
+        p => return Err(format!("producer {p:?}: \"shard\" or \"thread\"")),
+    };
     let brokers = raw
         .brokers
         .clone()
@@ -128,6 +160,7 @@ pub fn sink_spec(stream: &str, raw: &RawSink) -> Result<SinkSpec, String> {
             linger_ms: raw.linger_ms,
             batch_bytes_max: raw.batch_bytes_max,
             compression,
+            producer,
             client: raw.client.clone(),
         },
     })
@@ -219,6 +252,186 @@ impl ClientContext for SinkContext {
     }
 }
 
+/// A sink's client, one per sink per process, shared by the shards: its producer and, with
+/// `producer = "thread"`, the channel to the thread that calls it.
+#[derive(Clone)]
+pub struct SinkClient {
+    pub producer: Producer,
+    handoff: Option<SyncSender<Handoff>>,
+}
+
+/// A chunk of one shard's records for a sink's producer thread: their bytes, and for each
+/// record its key, where its payload lies in `bytes`, and where the thread answers with its
+/// delivery (or why librdkafka refused it).
+struct Handoff {
+    bytes: Vec<u8>,
+    records: Vec<(u64, Range<usize>, oneshot::Sender<Handed>)>,
+}
+
+type Handed = Result<DeliveryFuture, String>;
+
+/// What a produce call answered, or what handing a chunk to the producer thread did.
+pub enum Enqueued {
+    /// librdkafka (or the thread's channel) is full: try again once deliveries are confirmed.
+    Full,
+    /// librdkafka refused the record: why.
+    Refused(String),
+}
+
+/// A record's confirmation to come: librdkafka's delivery report, or first the producer
+/// thread's answer that it handed the record over.
+pub enum Confirmation {
+    Queued(DeliveryFuture),
+    Handed(oneshot::Receiver<Handed>),
+}
+
+impl Future for Confirmation {
+    /// Confirmed by the broker, or why not.
+    type Output = Result<(), String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match &mut *self {
+                Confirmation::Queued(d) => {
+                    return Poll::Ready(match ready!(Pin::new(d).poll(cx)) {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(e.to_string()),
+                        Err(_) => Err("the producer went away".to_owned()),
+                    });
+                }
+                Confirmation::Handed(rx) => match ready!(Pin::new(rx).poll(cx)) {
+                    Ok(Ok(d)) => *self = Confirmation::Queued(d),
+                    Ok(Err(e)) => return Poll::Ready(Err(e)),
+                    Err(_) => return Poll::Ready(Err("the producer thread went away".to_owned())),
+                },
+            }
+        }
+    }
+}
+
+/// Hands records of one chunk to a sink's client: each straight to librdkafka
+/// (`producer = "shard"`), or all of them at once to the producer thread.
+pub struct Batch<'a> {
+    client: &'a SinkClient,
+    topic: &'a str,
+    handoff: Option<Handoff>,
+}
+
+impl SinkClient {
+    pub fn batch<'a>(&'a self, topic: &'a str) -> Batch<'a> {
+        Batch {
+            client: self,
+            topic,
+            handoff: self.handoff.as_ref().map(|_| Handoff {
+                bytes: Vec::new(),
+                records: Vec::new(),
+            }),
+        }
+    }
+}
+
+impl Batch<'_> {
+    /// Enqueues one record, or, for the producer thread, adds it to the chunk.
+    pub fn add(&mut self, key: u64, payload: &[u8]) -> Result<Confirmation, Enqueued> {
+        match &mut self.handoff {
+            None => {
+                produce(&self.client.producer, self.topic, key, payload).map(Confirmation::Queued)
+            }
+            Some(h) => {
+                let (tx, rx) = oneshot::channel();
+                let at = h.bytes.len();
+                h.bytes.extend_from_slice(payload);
+                h.records.push((key, at..h.bytes.len(), tx));
+                Ok(Confirmation::Handed(rx))
+            }
+        }
+    }
+
+    /// Hands the chunk to the producer thread (nothing to do for `producer = "shard"`). When
+    /// its channel is full nothing was handed over: the records are to be added again later.
+    pub fn finish(self) -> Result<(), Enqueued> {
+        let (Some(h), Some(tx)) = (self.handoff, &self.client.handoff) else {
+            return Ok(());
+        };
+        if h.records.is_empty() {
+            return Ok(());
+        }
+        match tx.try_send(h) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Enqueued::Full),
+            Err(TrySendError::Disconnected(_)) => Err(Enqueued::Refused(
+                "the producer thread went away".to_owned(),
+            )),
+        }
+    }
+}
+
+/// One produce call: librdkafka copies the record into its queue and answers at once.
+fn produce(
+    producer: &Producer,
+    topic: &str,
+    key: u64,
+    payload: &[u8],
+) -> Result<DeliveryFuture, Enqueued> {
+    let key = key.to_be_bytes();
+    let record = FutureRecord::to(topic).key(&key[..]).payload(payload);
+    producer.send_result(record).map_err(|(e, _)| match e {
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => Enqueued::Full,
+        e => Enqueued::Refused(e.to_string()),
+    })
+}
+
+/// How long the producer thread waits before it tries a record again that found librdkafka's
+/// queue full.
+const THREAD_QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
+
+/// A sink's producer thread: produces the records of the chunks the shards hand it, in order,
+/// until every shard's sender is gone. A full librdkafka queue holds it (and so, once the
+/// channel fills, the shards); a record whose shard stopped waiting is skipped.
+fn produce_thread(producer: Producer, topic: String, chunks: Receiver<Handoff>) {
+    for chunk in chunks {
+        for (key, range, reply) in chunk.records {
+            let handed = loop {
+                if reply.is_canceled() {
+                    break None;
+                }
+                match produce(&producer, &topic, key, &chunk.bytes[range.clone()]) {
+                    Ok(d) => break Some(Ok(d)),
+                    Err(Enqueued::Full) => std::thread::sleep(THREAD_QUEUE_FULL_WAIT),
+                    Err(Enqueued::Refused(e)) => break Some(Err(e)),
+                }
+            };
+            if let Some(h) = handed {
+                let _ = reply.send(h);
+            }
+        }
+    }
+}
+
+/// The client of sink `spec` of `stream`: its producer, and with `producer = "thread"` the
+/// thread that calls it.
+pub fn client(stream: &str, spec: &SinkSpec) -> Result<SinkClient, String> {
+    let producer = producer(stream, spec)?;
+    let handoff = match spec.kafka.producer {
+        Handing::Shard => None,
+        Handing::Thread => {
+            let (tx, rx) = sync_channel(crate::consts::HANDOFF_CHUNKS_MAX);
+            let (p, topic) = (producer.clone(), spec.kafka.topic.clone());
+            std::thread::Builder::new()
+                .name(format!("kafka-{}", spec.name))
+                .spawn(move || produce_thread(p, topic, rx))
+                .map_err(|e| {
+                    format!(
+                        "stream {stream}: sink {}: a producer thread: {e}",
+                        spec.name
+                    )
+                })?;
+            Some(tx)
+        }
+    };
+    Ok(SinkClient { producer, handoff })
+}
+
 /// The producer of sink `spec` of `stream`.
 pub fn producer(stream: &str, spec: &SinkSpec) -> Result<Producer, String> {
     let mut config = ClientConfig::new();
@@ -253,6 +466,7 @@ mod tests {
         assert_eq!(s.kafka.topic, "ads");
         assert_eq!(s.when_full, WhenFull::Block);
         assert_eq!(s.kafka.compression, Compression::Lz4);
+        assert_eq!(s.kafka.producer, Handing::Shard);
         let settings = s.kafka.client_settings();
         assert!(settings.contains(&("acks".into(), "all".into())));
         assert!(settings.contains(&("enable.idempotence".into(), "true".into())));
@@ -274,6 +488,10 @@ mod tests {
             (
                 "kind = \"kafka\"\nbrokers = \"b:1\"\nname = \"A B\"",
                 "name",
+            ),
+            (
+                "kind = \"kafka\"\nbrokers = \"b:1\"\nproducer = \"pool\"",
+                "producer",
             ),
             (
                 "kind = \"kafka\"\nbrokers = \"b:1\"\nclient = { acks = \"1\" }",

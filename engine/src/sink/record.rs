@@ -144,6 +144,27 @@ pub struct DeadLetter {
     pub partition_key: u64,
     /// The envelope as received: header, ciphertext, tag.
     pub raw: Vec<u8>,
+    /// Where a consumed envelope came from (a Kafka source); `None` for the TCP ingest.
+    pub source: Option<DeadLetterSource>,
+}
+
+/// A dead letter's Kafka coordinates.
+#[derive(Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterSource {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A dead letter as written before sources had coordinates (read by `sluice cat`).
+#[derive(Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterV1 {
+    pub reason: String,
+    pub code: u16,
+    pub detail: String,
+    pub key_id: u32,
+    pub partition_key: u64,
+    pub raw: Vec<u8>,
 }
 
 /// Most fields one record holds: an `_unmatched` record's, every event field, each of the
@@ -313,13 +334,14 @@ pub fn rkyv_record_to_json(bytes: &[u8]) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "record is not UTF-8".into())
 }
 
-/// Appends a dead letter in `format`.
+/// Appends a dead letter in `format`; `source`: where a consumed envelope came from.
 pub fn dead_letter_record(
     out: &mut Vec<u8>,
     format: RecordFormat,
     error: &sluice_protocol::Error,
     header: &sluice_protocol::EnvelopeHeader,
     raw: &[u8],
+    source: Option<&crate::source::Coord>,
 ) {
     match format {
         RecordFormat::Json => {
@@ -342,7 +364,17 @@ pub fn dead_letter_record(
             base64::engine::general_purpose::STANDARD
                 .encode_slice(raw, &mut out[at..])
                 .expect("sized above");
-            out.extend_from_slice(b"\"}");
+            out.push(b'"');
+            if let Some(c) = source {
+                out.extend_from_slice(b",\"source\":{\"topic\":");
+                json_str(out, &c.topic);
+                let _ = write!(
+                    out,
+                    ",\"partition\":{},\"offset\":{}}}",
+                    c.partition, c.offset
+                );
+            }
+            out.push(b'}');
         }
         RecordFormat::Rkyv => {
             let d = DeadLetter {
@@ -352,6 +384,11 @@ pub fn dead_letter_record(
                 key_id: header.key_id,
                 partition_key: header.partition_key,
                 raw: raw.to_vec(),
+                source: source.map(|c| DeadLetterSource {
+                    topic: c.topic.to_string(),
+                    partition: c.partition,
+                    offset: c.offset,
+                }),
             };
             let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&d).expect("serializes");
             out.extend_from_slice(&bytes);
@@ -359,10 +396,30 @@ pub fn dead_letter_record(
     }
 }
 
-/// An rkyv dead letter (16-byte aligned) as a JSON object.
+/// An rkyv dead letter (16-byte aligned) as a JSON object: the layout with a source first,
+/// then the one before it.
 pub fn rkyv_dead_letter_to_json(bytes: &[u8]) -> Result<String, String> {
     use base64::Engine as _;
-    let d = rkyv::access::<ArchivedDeadLetter, rkyv::rancor::Error>(bytes)
+    let b64 = |raw: &[u8]| base64::engine::general_purpose::STANDARD.encode(raw);
+    if let Ok(d) = rkyv::access::<ArchivedDeadLetter, rkyv::rancor::Error>(bytes) {
+        let mut v = serde_json::json!({
+            "reason": d.reason.as_str(),
+            "code": d.code.to_native(),
+            "detail": d.detail.as_str(),
+            "key_id": d.key_id.to_native(),
+            "partition_key": d.partition_key.to_native(),
+            "raw": b64(d.raw.as_slice()),
+        });
+        if let Some(c) = d.source.as_ref() {
+            v["source"] = serde_json::json!({
+                "topic": c.topic.as_str(),
+                "partition": c.partition.to_native(),
+                "offset": c.offset.to_native(),
+            });
+        }
+        return Ok(v.to_string());
+    }
+    let d = rkyv::access::<ArchivedDeadLetterV1, rkyv::rancor::Error>(bytes)
         .map_err(|e| format!("invalid rkyv dead letter: {e}"))?;
     let v = serde_json::json!({
         "reason": d.reason.as_str(),
@@ -370,7 +427,7 @@ pub fn rkyv_dead_letter_to_json(bytes: &[u8]) -> Result<String, String> {
         "detail": d.detail.as_str(),
         "key_id": d.key_id.to_native(),
         "partition_key": d.partition_key.to_native(),
-        "raw": base64::engine::general_purpose::STANDARD.encode(d.raw.as_slice()),
+        "raw": b64(d.raw.as_slice()),
     });
     Ok(v.to_string())
 }
