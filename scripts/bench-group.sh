@@ -22,21 +22,13 @@ bin=${BIN:-target/release}
 py=${PYTHON:-target/test-venv/bin/python3}
 events=${EVENTS:-200000}
 partitions=${PARTITIONS:-12}
-tansu=${TANSU:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
 work="target/bench-group/$(date +%s%N)"
-mkdir -p "$work/broker"
+mkdir -p "$work"
 work=$(cd "$work" && pwd)
-# A port no earlier run's broker still holds.
-port=19093
-while (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null; do port=$((port + 1)); done
-brokers="127.0.0.1:$port"
-(cd "$work/broker" && exec "$tansu" broker --storage-engine sqlite://tansu.db \
-    --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers") \
-    > "$work/broker.log" 2>&1 &
-broker=$!
+. scripts/tansu.sh
 engine=
-trap 'kill $broker ${engine:-} 2>/dev/null || true' EXIT
-for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+trap 'kill ${broker:-} ${engine:-} 2>/dev/null || true' EXIT
+start_tansu "$work" 19093
 "$py" tests/kafka_tool.py create "$brokers" "in:$partitions"
 
 # 1.

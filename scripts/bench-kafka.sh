@@ -29,19 +29,13 @@ py=${PYTHON:-target/test-venv/bin/python3}
 events=${EVENTS:-300000}
 stream=${STREAM:-playback}
 producers=${PRODUCERS:-shard thread}
-tansu=${TANSU:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
 work="target/bench-kafka/$(date +%s%N)"
-mkdir -p "$work/broker"
+mkdir -p "$work"
 work=$(cd "$work" && pwd)
-port=19092
-brokers="127.0.0.1:$port"
-(cd "$work/broker" && exec "$tansu" broker --storage-engine sqlite://tansu.db \
-    --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers") \
-    > "$work/broker.log" 2>&1 &
-broker=$!
+. scripts/tansu.sh
 engine=
-trap 'kill $broker ${engine:-} 2>/dev/null || true' EXIT
-for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+trap 'kill ${broker:-} ${engine:-} 2>/dev/null || true' EXIT
+start_tansu "$work" 19092
 "$py" tests/kafka_tool.py create "$brokers" "$stream:4" raw:4
 
 metrics() { curl -s "http://127.0.0.1:9180/metrics"; }

@@ -9,8 +9,8 @@
 //! routed wholly by one revision. `reload` returns once every shard runs the new revision.
 //!
 //! `[[route]]` and `[enrich.*]` reload (the tables are loaded again only when their specs or
-//! files changed); the streams (and so the sinks), keys, shards and listeners are those the
-//! engine started with. A config whose streams differ is refused, as is one that does not
+//! files changed); the streams (and so the sinks), sources, keys, shards and listeners are
+//! those the engine started with. A config whose streams or sources differ is refused, as is one that does not
 //! compile or whose tables do not load; either way the running rules and tables stay.
 
 use std::path::PathBuf;
@@ -42,6 +42,8 @@ pub struct Control {
     /// The config file reloads read; `None` for the embedded default.
     source: Option<PathBuf>,
     streams: Vec<StreamSpec>,
+    /// The sources the engine started with (a reload cannot change them).
+    sources: Vec<crate::source::kafka::SourceSpec>,
     /// The tables the shards' copies start from, to compile matchers for, their revision, and
     /// what they were loaded from.
     tables: Mutex<(Arc<Tables>, u64, TableSpecs)>,
@@ -61,6 +63,7 @@ impl Control {
         Control {
             source,
             streams: config.streams.clone(),
+            sources: config.sources.clone(),
             tables: Mutex::new((
                 Arc::new(config.tables.clone()),
                 1,
@@ -117,6 +120,13 @@ impl Control {
                 names(&config.streams),
                 names(&self.streams)
             ));
+        }
+        if config.sources != self.sources {
+            return Err(
+                "the [[source]] sections differ from the running ones; changing sources needs \
+                 a restart"
+                    .into(),
+            );
         }
         let started = Instant::now();
         let revision = self.published() + 1;

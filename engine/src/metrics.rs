@@ -138,7 +138,7 @@ pub struct SourceStats {
 #[derive(Debug, Default, Clone)]
 pub struct SourceFigures {
     /// Messages dealt, by (shard, topic, partition).
-    pub consumed: std::collections::BTreeMap<(usize, String, i32), u64>,
+    pub consumed: std::collections::BTreeMap<(usize, Arc<str>, i32), u64>,
     /// Consumer lag in messages (librdkafka's statistics), by assigned (topic, partition).
     pub lag: std::collections::BTreeMap<(String, i32), i64>,
     /// The offset last committed, by (topic, partition).

@@ -100,6 +100,19 @@ pub struct Latency {
     pub max: u64,
 }
 
+impl Latency {
+    /// The percentiles of `h` (µs).
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
 /// What a run did (the JSON report).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -529,13 +542,7 @@ pub fn run(opts: &RunOpts) -> Result<Report, String> {
         batches_failed: totals.batches_failed.load(Ordering::Relaxed),
         duration_s,
         events_per_sec: acked as f64 / duration_s,
-        latency_us: Latency {
-            p50: hist.value_at_quantile(0.5),
-            p90: hist.value_at_quantile(0.9),
-            p99: hist.value_at_quantile(0.99),
-            p999: hist.value_at_quantile(0.999),
-            max: hist.max(),
-        },
+        latency_us: Latency::of(&hist),
         pool_events: pool_events as u64,
         frames_resealed: totals.resealed.load(Ordering::Relaxed),
     })

@@ -238,13 +238,7 @@ pub fn run(opts: &RunOpts, brokers: &str, topic: &str) -> Result<Report, String>
         batches_failed: confirm.messages_failed.load(Ordering::Relaxed),
         duration_s,
         events_per_sec: acked as f64 / duration_s,
-        latency_us: Latency {
-            p50: hist.value_at_quantile(0.5),
-            p90: hist.value_at_quantile(0.9),
-            p99: hist.value_at_quantile(0.99),
-            p999: hist.value_at_quantile(0.999),
-            max: hist.max(),
-        },
+        latency_us: Latency::of(&hist),
         pool_events: pool_events as u64,
         frames_resealed: 0,
     })

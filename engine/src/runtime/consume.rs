@@ -148,9 +148,8 @@ impl ConsumerContext for GroupContext {
                 let mut st = self.state();
                 // What was dealt from them goes to the shards first; then their rounds are
                 // waited for, stored and committed before the partitions are let go.
-                flush(&mut st, &self.stats);
                 let wait = st.settle_wait;
-                let settled = settle_until(&mut st, consumer, &self.stats, wait, |t| {
+                let settled = settle_until(&mut st, consumer, &self.label, wait, |t| {
                     parts.iter().any(|tp| t.in_flight(tp))
                 });
                 if !settled {
@@ -225,9 +224,11 @@ fn commit_now(consumer: &BaseConsumer<GroupContext>, label: &str) {
     }
 }
 
-/// Ends the round: hands each shard its chunk (held when its channel is full).
-fn flush(st: &mut State, stats: &SourceStats) {
-    if st.dealer.messages() == 0 {
+/// Ends the round: hands each shard its chunk (held when its channel is full). A round
+/// still held from before goes first; while it is, the new one waits in the dealer (so each
+/// shard takes its rounds in order).
+fn flush(st: &mut State) {
+    if !send_held(st) || st.dealer.messages() == 0 {
         return;
     }
     let chunks = st.dealer.take();
@@ -244,14 +245,13 @@ fn flush(st: &mut State, stats: &SourceStats) {
             chunk,
             received,
         };
-        debug_assert!(st.held[shard].is_none(), "a round waits for the held one");
         st.held[shard] = Some(work);
     }
-    send_held(st, stats);
+    send_held(st);
 }
 
 /// Tries to hand every held chunk to its shard; whether all went.
-fn send_held(st: &mut State, _stats: &SourceStats) -> bool {
+fn send_held(st: &mut State) -> bool {
     let mut all = true;
     for shard in 0..st.held.len() {
         if let Some(w) = st.held[shard].take() {
@@ -289,23 +289,24 @@ fn store(st: &mut State, consumer: &BaseConsumer<GroupContext>, label: &str) {
     }
 }
 
-/// Sends held chunks and takes answers until `busy` says nothing it waits for is left, or
-/// `wait` passed; whether it settled.
+/// Hands the shards what was dealt (held rounds first) and takes their answers until nothing
+/// is left to hand over and `busy` says nothing it waits for is in flight, or `wait` passed;
+/// whether it settled.
 fn settle_until(
     st: &mut State,
     consumer: &BaseConsumer<GroupContext>,
-    stats: &SourceStats,
+    label: &str,
     wait: Duration,
     busy: impl Fn(&Tracker) -> bool,
 ) -> bool {
     let by = Instant::now() + wait;
     loop {
-        send_held(st, stats);
+        flush(st);
         while let Ok((round, ok)) = st.answers.try_recv() {
             st.tracker.done(round, ok);
         }
-        store(st, consumer, "");
-        if !busy(&st.tracker) && st.held.iter().all(Option::is_none) {
+        store(st, consumer, label);
+        if !busy(&st.tracker) && st.held.iter().all(Option::is_none) && st.dealer.messages() == 0 {
             return true;
         }
         let now = Instant::now();
@@ -398,27 +399,34 @@ pub(super) fn start(
 fn run(consumer: BaseConsumer<GroupContext>, stop: Arc<AtomicBool>, stats: Arc<SourceStats>) {
     let ctx = consumer.context();
     let label = ctx.label.clone();
-    let mut paused: Option<(TopicPartitionList, Instant, Vec<bool>)> = None;
+    // The partitions paused, and when the paused time was last counted.
+    let mut paused: Option<(TopicPartitionList, Instant)> = None;
     while !stop.load(Ordering::Relaxed) {
         // While a shard holds a round, fetching is paused: nothing new is dealt.
         {
             let mut st = ctx.state();
             let holding: Vec<bool> = st.held.iter().map(Option::is_some).collect();
-            if holding.iter().any(|h| *h) && !send_held(&mut st, &stats) {
+            let held = holding.iter().any(|h| *h) && !send_held(&mut st);
+            // The time since the last count goes to the shards that held the fetching.
+            if let Some((_, counted)) = &mut paused {
+                let mut f = stats.figures();
+                let s = counted.elapsed().as_secs_f64();
+                for (shard, h) in holding.iter().enumerate() {
+                    if *h {
+                        f.paused_s[shard] += s;
+                    }
+                }
+                *counted = Instant::now();
+            }
+            if held {
                 if paused.is_none()
                     && let Ok(tpl) = consumer.assignment()
                 {
                     let _ = consumer.pause(&tpl);
-                    paused = Some((tpl, Instant::now(), holding));
+                    paused = Some((tpl, Instant::now()));
                 }
-            } else if let Some((tpl, since, holding)) = paused.take() {
+            } else if let Some((tpl, _)) = paused.take() {
                 let _ = consumer.resume(&tpl);
-                let mut f = stats.figures();
-                for (s, h) in holding.iter().enumerate() {
-                    if *h {
-                        f.paused_s[s] += since.elapsed().as_secs_f64();
-                    }
-                }
             }
             settle(&mut st, &consumer, &label);
         }
@@ -453,31 +461,23 @@ fn run(consumer: BaseConsumer<GroupContext>, stop: Arc<AtomicBool>, stats: Arc<S
                 *stats
                     .figures()
                     .consumed
-                    .entry((shard, topic.to_string(), m.partition()))
+                    .entry((shard, topic, m.partition()))
                     .or_default() += 1;
-                let full = st.dealer.messages() >= ROUND_MESSAGES_MAX
-                    || st.dealer.bytes() >= ROUND_BYTES_MAX;
-                if full && st.held.iter().all(Option::is_none) {
-                    flush(&mut st, &stats);
+                if st.dealer.messages() >= ROUND_MESSAGES_MAX
+                    || st.dealer.bytes() >= ROUND_BYTES_MAX
+                {
+                    flush(&mut st);
                 }
             }
             Some(Err(e)) => ctx.error(e, "poll"),
-            None => {
-                let mut st = ctx.state();
-                if st.held.iter().all(Option::is_none) {
-                    flush(&mut st, &stats);
-                }
-            }
+            None => flush(&mut ctx.state()),
         }
     }
     // Stop: what was dealt goes to the shards, every round is waited for, stored and
     // committed; then the consumer leaves the group.
     let mut st = ctx.state();
     let wait = st.settle_wait;
-    if st.held.iter().all(Option::is_none) {
-        flush(&mut st, &stats);
-    }
-    if !settle_until(&mut st, &consumer, &stats, wait, |t| {
+    if !settle_until(&mut st, &consumer, &label, wait, |t| {
         t.rounds_in_flight() > 0
     }) {
         eprintln!(
@@ -485,6 +485,8 @@ fn run(consumer: BaseConsumer<GroupContext>, stop: Arc<AtomicBool>, stats: Arc<S
             wait.as_millis()
         );
     }
+    // The revoke that leaving makes has nothing more to wait for.
+    st.settle_wait = Duration::ZERO;
     drop(st);
     commit_now(&consumer, &label);
     consumer.unsubscribe();
