@@ -9,7 +9,8 @@
 #    independent client (confluent-kafka, tests/kafka_tool.py consume-rate).
 # 3. `sluice`: one engine (the embedded default, 2 shards, files only) with a `[[source]]` on
 #    the topic consumes it from the start: events/s from its first message until every
-#    offset is committed (everything routed is stored by then).
+#    offset is committed (everything routed is stored by then), and the CPU its shards, its
+#    group thread and librdkafka's threads took over the run, per event.
 #
 #   env EVENTS      events in the topic (default 200000)
 #   env PARTITIONS  the input topic's partitions (default 12)
@@ -61,7 +62,27 @@ while [ "$(sum sluice_source_messages_total)" -eq 0 ]; do sleep 0.02; done
 t0=$(date +%s.%N)
 while [ "$(sum sluice_source_committed_offset)" -lt "$events" ]; do sleep 0.1; done
 t1=$(date +%s.%N)
+# CPU each kind of thread took over the run (the engine started for it): the shards, the
+# group thread, librdkafka's threads, the rest.
+threads=$(python3 - "$engine" "$events" <<'PY'
+import glob, json, os, sys
+pid, events = sys.argv[1], int(sys.argv[2])
+tick = os.sysconf("SC_CLK_TCK")
+kinds = {}
+for stat in glob.glob(f"/proc/{pid}/task/*/stat"):
+    text = open(stat).read()
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    fields = text[text.rindex(")") + 2:].split()
+    cpu = (int(fields[11]) + int(fields[12])) / tick
+    kind = ("shards" if comm.startswith("sluice-shard") else
+            "group" if comm.startswith("sluice-group") else
+            "librdkafka" if comm.startswith("rdk:") else "other")
+    kinds[kind] = kinds.get(kind, 0) + cpu
+print(json.dumps({k: {"cpu_s": round(v, 2), "us_per_event": round(v * 1e6 / events, 1)}
+                  for k, v in sorted(kinds.items())}))
+PY
+)
 kill -INT "$engine"; wait "$engine" || true; engine=
 python3 -c "
 import json; s = $t1 - $t0
-print(json.dumps({'measure': 'sluice', 'workload': 'w1', 'events': $events, 'seconds': round(s, 2), 'events_per_sec': round($events / s)}))"
+print(json.dumps({'measure': 'sluice', 'workload': 'w1', 'events': $events, 'seconds': round(s, 2), 'events_per_sec': round($events / s), 'threads': $threads}))"
