@@ -387,6 +387,26 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
 }
 
+/// Prints a run's progress line for the second ending at `at`: events acked in it and in
+/// all, its p99 latency (`h`, reset for the next second), and the events failed.
+pub(crate) fn progress_line(
+    at: Duration,
+    per_sec: u64,
+    acked: u64,
+    h: &mut Histogram<u64>,
+    failed: u64,
+) {
+    eprintln!(
+        "loadgen: {:>3}s  {:>9} events/s  acked {:>10}  p99 {:>6} µs  failed {}",
+        at.as_secs(),
+        per_sec,
+        acked,
+        h.value_at_quantile(0.99),
+        failed
+    );
+    h.reset();
+}
+
 /// Runs the generator against an engine and reports.
 pub fn run(opts: &RunOpts) -> Result<Report, String> {
     let map = hello(&opts.target)?;
@@ -495,15 +515,13 @@ pub fn run(opts: &RunOpts) -> Result<Report, String> {
                 }
                 let acked = totals.acked.load(Ordering::Relaxed);
                 let mut h = hist.lock().expect("histogram");
-                eprintln!(
-                    "loadgen: {:>3}s  {:>9} events/s  acked {:>10}  p99 {:>6} µs  failed {}",
-                    (tick - t0).as_secs(),
+                progress_line(
+                    tick - t0,
                     acked - last,
                     acked,
-                    h.value_at_quantile(0.99),
-                    totals.failed.load(Ordering::Relaxed)
+                    &mut h,
+                    totals.failed.load(Ordering::Relaxed),
                 );
-                h.reset();
                 last = acked;
                 tick += Duration::from_secs(1);
             }

@@ -24,7 +24,7 @@ use sluice_protocol::EnvelopeHeader;
 use sluice_protocol::envelope::ENVELOPE_HEADER_BYTES;
 use sluice_protocol::frame::FRAME_HEADER_BYTES;
 
-use crate::client::{Latency, Report, RunOpts, build_pool, run_prefix};
+use crate::client::{Latency, Report, RunOpts, build_pool, progress_line, run_prefix};
 
 /// Partitions the pool's frames are grouped by before they are cut into messages (it
 /// changes nothing a consumer sees).
@@ -198,16 +198,13 @@ pub fn run(opts: &RunOpts, brokers: &str, topic: &str) -> Result<Report, String>
         k += 1;
         if opts.progress && Instant::now() >= tick {
             let acked = confirm.acked.load(Ordering::Relaxed);
-            let mut h = confirm.interval.lock().expect("hist");
-            eprintln!(
-                "loadgen: {:>3}s  {:>9} events/s  acked {:>10}  p99 {:>6} µs  failed {}",
-                (tick - t0).as_secs(),
+            progress_line(
+                tick - t0,
                 acked - last_acked,
                 acked,
-                h.value_at_quantile(0.99),
-                confirm.failed.load(Ordering::Relaxed)
+                &mut confirm.interval.lock().expect("hist"),
+                confirm.failed.load(Ordering::Relaxed),
             );
-            h.reset();
             last_acked = acked;
             tick += Duration::from_secs(1);
         }
