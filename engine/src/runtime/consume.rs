@@ -95,6 +95,10 @@ struct State {
     /// A shard's chunk its channel had no room for: sent before anything else.
     held: Vec<Option<Work>>,
     topics: HashMap<String, Arc<str>>,
+    /// Messages dealt since the last round ended, by (shard, topic, partition): added to the
+    /// figures once a round (not a lock a message).
+    consumed: HashMap<(usize, Arc<str>, i32), u64>,
+    stats: Arc<SourceStats>,
     /// The longest a revoke or the stop waits for rounds in flight.
     settle_wait: Duration,
 }
@@ -231,6 +235,12 @@ fn flush(st: &mut State) {
     if !send_held(st) || st.dealer.messages() == 0 {
         return;
     }
+    {
+        let mut f = st.stats.figures();
+        for (k, n) in st.consumed.drain() {
+            *f.consumed.entry(k).or_default() += n;
+        }
+    }
     let chunks = st.dealer.take();
     let last: Vec<(TopicPartition, i64)> = st.round_last.drain().collect();
     let shards = chunks.iter().filter(|c| !c.is_empty()).count();
@@ -274,10 +284,14 @@ fn send_held(st: &mut State) -> bool {
 
 /// Takes the shards' answers and stores the offsets they allow.
 fn settle(st: &mut State, consumer: &BaseConsumer<GroupContext>, label: &str) {
+    let mut answered = false;
     while let Ok((round, ok)) = st.answers.try_recv() {
         st.tracker.done(round, ok);
+        answered = true;
     }
-    store(st, consumer, label);
+    if answered {
+        store(st, consumer, label);
+    }
 }
 
 fn store(st: &mut State, consumer: &BaseConsumer<GroupContext>, label: &str) {
@@ -370,6 +384,8 @@ pub(super) fn start(
         answers,
         held: (0..cfg.shards).map(|_| None).collect(),
         topics: HashMap::new(),
+        consumed: HashMap::new(),
+        stats: stats.clone(),
         settle_wait: Duration::from_millis(cfg.tuning.shutdown_timeout_ms),
     };
     let ctx = GroupContext {
@@ -405,19 +421,18 @@ fn run(consumer: BaseConsumer<GroupContext>, stop: Arc<AtomicBool>, stats: Arc<S
         // While a shard holds a round, fetching is paused: nothing new is dealt.
         {
             let mut st = ctx.state();
-            let holding: Vec<bool> = st.held.iter().map(Option::is_some).collect();
-            let held = holding.iter().any(|h| *h) && !send_held(&mut st);
             // The time since the last count goes to the shards that held the fetching.
             if let Some((_, counted)) = &mut paused {
                 let mut f = stats.figures();
                 let s = counted.elapsed().as_secs_f64();
-                for (shard, h) in holding.iter().enumerate() {
-                    if *h {
+                for (shard, w) in st.held.iter().enumerate() {
+                    if w.is_some() {
                         f.paused_s[shard] += s;
                     }
                 }
                 *counted = Instant::now();
             }
+            let held = st.held.iter().any(Option::is_some) && !send_held(&mut st);
             if held {
                 if paused.is_none()
                     && let Ok(tpl) = consumer.assignment()
@@ -458,9 +473,7 @@ fn run(consumer: BaseConsumer<GroupContext>, stop: Arc<AtomicBool>, stats: Arc<S
                 let shard = st.dealer.add(m.key(), m.payload().unwrap_or(&[]), source);
                 st.round_last
                     .insert((topic.clone(), m.partition()), m.offset());
-                *stats
-                    .figures()
-                    .consumed
+                *st.consumed
                     .entry((shard, topic, m.partition()))
                     .or_default() += 1;
                 if st.dealer.messages() >= ROUND_MESSAGES_MAX
