@@ -34,9 +34,36 @@ pub struct StreamOut {
 /// its value names the table (`"customer"`).
 pub const MISSING_MARK: &str = "enrich_missing";
 
+/// How far [`Pipeline::step_upto`] takes each batch: benches time the stages apart by
+/// cutting the pipeline off after one (each level does what the ones before it do, and more).
+#[doc(hidden)]
+pub mod stage {
+    /// Checks the frame and each envelope's header, and decrypts it.
+    pub const OPEN: u8 = 0;
+    /// And validates the events.
+    pub const VALIDATE: u8 = 1;
+    /// And joins each event to its table rows.
+    pub const ENRICH: u8 = 2;
+    /// And matches the route set.
+    pub const ROUTE: u8 = 3;
+    /// And encodes each projected record (without its segment framing).
+    pub const PROJECT_ENCODE: u8 = 4;
+    /// And frames each record (header, CRC, padding): the whole pipeline.
+    pub const FRAME: u8 = 5;
+    /// The stages' names, by level.
+    pub const NAMES: [&str; 6] = [
+        "open",
+        "validate",
+        "enrich",
+        "route",
+        "project_encode",
+        "frame",
+    ];
+}
+
 /// Encodes one projected record of the event into `s`.
 #[inline]
-fn emit<'v>(
+fn emit<'v, const UPTO: u8>(
     s: &mut StreamOut,
     format: RecordFormat,
     (partition, key): (u32, u64),
@@ -50,6 +77,16 @@ fn emit<'v>(
         .customer_missing
         .then_some((MISSING_MARK, Value::Str("customer")));
     let fields = fields.chain(missing);
+    if UPTO < stage::FRAME {
+        let at = s.buf.len();
+        match format {
+            RecordFormat::Json => record::json_record(&mut s.buf, fields),
+            RecordFormat::Rkyv => record::rkyv_record(&mut s.buf, scratch, fields),
+        }
+        s.records += 1;
+        s.bytes += (s.buf.len() - at) as u64;
+        return;
+    }
     let n = match format {
         RecordFormat::Json => append_record(&mut s.buf, partition, key, |b| {
             record::json_record(b, fields)
@@ -237,9 +274,27 @@ impl Pipeline {
         self.step_from(frame, &[])
     }
 
+    /// [`Pipeline::step`] cut off after stage `UPTO` ([`stage`]), for benches.
+    #[doc(hidden)]
+    pub fn step_upto<const UPTO: u8>(
+        &mut self,
+        frame: &mut [u8],
+    ) -> Result<BatchOutcome, StepError> {
+        self.step_from_upto::<UPTO>(frame, &[])
+    }
+
     /// [`Pipeline::step`] for a frame built from consumed messages: `sources` holds each
     /// envelope's coordinates, in order, for its dead letter should it be rejected.
     pub fn step_from(
+        &mut self,
+        frame: &mut [u8],
+        sources: &[Coord],
+    ) -> Result<BatchOutcome, StepError> {
+        self.step_from_upto::<{ stage::FRAME }>(frame, sources)
+    }
+
+    #[inline]
+    fn step_from_upto<const UPTO: u8>(
         &mut self,
         frame: &mut [u8],
         sources: &[Coord],
@@ -249,9 +304,18 @@ impl Pipeline {
         let (opener, mut parts) = self.parts(sources);
         for env in batch.into_envelopes() {
             o.envelopes += 1;
-            match opener.open(env) {
+            let opened = if UPTO == stage::OPEN {
+                opener.open_upto::<false>(env)
+            } else {
+                opener.open(env)
+            };
+            match opened {
+                Ok(opened) if UPTO == stage::OPEN => {
+                    o.accepted += 1;
+                    o.events += u32::from(opened.header.event_count);
+                }
                 Ok(opened) => {
-                    parts.route(&mut o, &opened.payload, opened.header.partition_key, false)
+                    parts.route::<UPTO>(&mut o, &opened.payload, opened.header.partition_key, false)
                 }
                 Err(rejected) => parts.dead_letter(&mut o, &rejected),
             }
@@ -322,7 +386,7 @@ impl Pipeline {
         let mut o = batch.outcome;
         let (_, mut parts) = self.parts(&[]);
         for (payload, key) in &batch.envelopes {
-            parts.route(&mut o, payload, *key, true);
+            parts.route::<{ stage::FRAME }>(&mut o, payload, *key, true);
         }
         parts.end(&o, batch.frame_len);
         o
@@ -441,8 +505,18 @@ impl Parts<'_> {
     /// Enriches and routes the events of one opened envelope, whose partition key is `key`
     /// (`probed`: the first pass saw them).
     #[inline]
-    fn route(&mut self, o: &mut BatchOutcome, payload: &Payload<'_>, key: u64, probed: bool) {
+    fn route<const UPTO: u8>(
+        &mut self,
+        o: &mut BatchOutcome,
+        payload: &Payload<'_>,
+        key: u64,
+        probed: bool,
+    ) {
         o.accepted += 1;
+        if UPTO < stage::ENRICH {
+            o.events += payload.len() as u32;
+            return;
+        }
         let at = (o.partition, key);
         let Parts {
             tables,
@@ -463,6 +537,10 @@ impl Parts<'_> {
             } else {
                 tables.lookup(&event)
             };
+            if UPTO < stage::ROUTE {
+                std::hint::black_box(enriched);
+                continue;
+            }
             matcher.sync(tables);
             let ctx = Ctx {
                 event: &event,
@@ -478,7 +556,10 @@ impl Parts<'_> {
                 }
                 for &stream in &rule.streams {
                     o.records += 1;
-                    emit(
+                    if UPTO < stage::PROJECT_ENCODE {
+                        continue;
+                    }
+                    emit::<UPTO>(
                         &mut out[stream],
                         formats[stream],
                         at,
@@ -492,7 +573,10 @@ impl Parts<'_> {
                 counters.unmatched += 1;
                 if let Some(stream) = routes.unmatched() {
                     o.records += 1;
-                    emit(
+                    if UPTO < stage::PROJECT_ENCODE {
+                        continue;
+                    }
+                    emit::<UPTO>(
                         &mut out[stream],
                         formats[stream],
                         at,

@@ -84,10 +84,10 @@ fn config(workload: Workload, seed: u64, sources: Sources, data_dir: &str) -> St
     o
 }
 
-/// The engine's embedded default config.
 /// Each stream's retention in the generated configs (a TOML line).
 pub const RETENTION: &str = "retain_bytes_max = 1073741824 # 1 GiB";
 
+/// The engine's embedded default config.
 pub fn default_config() -> String {
     config(
         Workload::W1,
@@ -95,6 +95,12 @@ pub fn default_config() -> String {
         Sources::Builtin,
         "./sluice-data",
     )
+}
+
+/// A config for `workload` (seed `seed`) with the builtin tables and the demo keys, writing
+/// under `data_dir`: the embedded default's, with the workload's route set.
+pub fn builtin_config(workload: Workload, seed: u64, data_dir: &str) -> String {
+    config(workload, seed, Sources::Builtin, data_dir)
 }
 
 /// Writes a file only its owner may read (0600), replacing one that was there.
