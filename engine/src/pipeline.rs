@@ -10,21 +10,25 @@
 //! buffers have grown to their working size (see `tests/engine/alloc.rs`).
 
 use sluice_protocol::limits::ATTRS_PER_EVENT_MAX;
-use sluice_protocol::{AlignedBuf, Attrs, BatchFrame, Error, Opener, Payload, Rejected};
+use sluice_protocol::{Attrs, BatchFrame, Error, Opener, Payload, Rejected};
 
 use crate::config::Config;
 use crate::enrich::Tables;
 use crate::route::compiled::{Matcher, Matches};
 use crate::route::{ATTR_PREFIX, Ctx, Field, RouteSet, Value};
 use crate::sink::record::{self, RecordFormat};
-use crate::sink::segment::append_record;
+use crate::sink::segment::{append_record, append_record_unsealed, seal_records};
 use crate::source::Coord;
 
 /// One stream's records since the last drain.
 #[derive(Debug, Default)]
 pub struct StreamOut {
-    /// Framed records (segment record format), ready to append to a segment.
+    /// Framed records (segment record format), ready to append to a segment once the batch
+    /// that wrote them has ended.
     pub buf: Vec<u8>,
+    /// Where the records whose CRC is still to be filled in start (sealed when the batch
+    /// ends: [`seal_records`]).
+    unsealed: Vec<u32>,
     /// Records and their bytes since the end of the last `step` (moved into the counters).
     records: u64,
     bytes: u64,
@@ -61,42 +65,94 @@ pub mod stage {
     ];
 }
 
-/// Encodes one projected record of the event into `s`.
+/// Appends one record to `s`, its payload written by `payload`: framed as a segment record,
+/// or (cut off before [`stage::FRAME`]) bare.
+#[inline(always)]
+fn put_record<const UPTO: u8>(
+    s: &mut StreamOut,
+    (partition, key): (u32, u64),
+    payload: impl FnOnce(&mut Vec<u8>),
+) {
+    let n = if UPTO < stage::FRAME {
+        let at = s.buf.len();
+        payload(&mut s.buf);
+        s.buf.len() - at
+    } else {
+        let start = append_record_unsealed(&mut s.buf, partition, key, payload);
+        s.unsealed.push(start as u32);
+        s.buf.len() - start
+    };
+    s.records += 1;
+    s.bytes += n as u64;
+}
+
+/// A rule's projection, made once for its route set: the fields it projects, each with its
+/// name as a JSON key, escaped.
+#[derive(Debug)]
+struct Projection {
+    fields: Vec<(Field, Box<[u8]>)>,
+}
+
+fn projections(routes: &RouteSet) -> Vec<Projection> {
+    routes
+        .rules()
+        .iter()
+        .map(|r| Projection {
+            fields: r
+                .fields
+                .iter()
+                .map(|f| (*f, record::json_key(f.name())))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The missing mark's key in a JSON record.
+const MISSING_KEY: &[u8] = b"\"enrich_missing\":";
+
+/// Encodes the record rule `p` projects of the event into `s`.
+#[inline]
+fn emit_rule<const UPTO: u8>(
+    s: &mut StreamOut,
+    format: RecordFormat,
+    at: (u32, u64),
+    ctx: &Ctx<'_, '_>,
+    p: &Projection,
+) {
+    // An event whose customer row the lookup service did not answer in time says so.
+    let missing = ctx.enriched.customer_missing;
+    match format {
+        RecordFormat::Json => put_record::<UPTO>(s, at, |b| {
+            let fields = p.fields.iter().map(|(f, key)| (&key[..], ctx.get(*f)));
+            let mark = missing.then_some((MISSING_KEY, Value::Str("customer")));
+            record::json_record_keyed(b, fields.chain(mark))
+        }),
+        RecordFormat::Rkyv => put_record::<UPTO>(s, at, |b| {
+            let fields = p.fields.iter().map(|(f, _)| (f.name(), ctx.get(*f)));
+            let mark = missing.then_some((MISSING_MARK, Value::Str("customer")));
+            record::rkyv_record(b, fields.chain(mark))
+        }),
+    }
+}
+
+/// Encodes a record of the event's named `fields` into `s` (an `_unmatched` record).
 #[inline]
 fn emit<'v, const UPTO: u8>(
     s: &mut StreamOut,
     format: RecordFormat,
-    (partition, key): (u32, u64),
-    scratch: &mut AlignedBuf,
+    at: (u32, u64),
     ctx: &Ctx<'v, '_>,
     fields: impl Iterator<Item = (&'v str, Value<'v>)>,
 ) {
-    // An event whose customer row the lookup service did not answer in time says so.
     let missing = ctx
         .enriched
         .customer_missing
         .then_some((MISSING_MARK, Value::Str("customer")));
     let fields = fields.chain(missing);
-    if UPTO < stage::FRAME {
-        let at = s.buf.len();
-        match format {
-            RecordFormat::Json => record::json_record(&mut s.buf, fields),
-            RecordFormat::Rkyv => record::rkyv_record(&mut s.buf, scratch, fields),
-        }
-        s.records += 1;
-        s.bytes += (s.buf.len() - at) as u64;
-        return;
+    match format {
+        RecordFormat::Json => put_record::<UPTO>(s, at, |b| record::json_record(b, fields)),
+        RecordFormat::Rkyv => put_record::<UPTO>(s, at, |b| record::rkyv_record(b, fields)),
     }
-    let n = match format {
-        RecordFormat::Json => append_record(&mut s.buf, partition, key, |b| {
-            record::json_record(b, fields)
-        }),
-        RecordFormat::Rkyv => append_record(&mut s.buf, partition, key, |b| {
-            record::rkyv_record(b, scratch, fields)
-        }),
-    };
-    s.records += 1;
-    s.bytes += n as u64;
 }
 
 /// An event's attributes as record fields named `attrs.KEY`, in the event's order; their
@@ -185,8 +241,8 @@ pub struct Pipeline {
     formats: Vec<RecordFormat>,
     owned: Vec<bool>,
     dead_letter: usize,
-    /// Serialization scratch for rkyv records.
-    scratch: AlignedBuf,
+    /// Each rule's projection, by rule.
+    projections: Vec<Projection>,
     /// The `attrs.KEY` names of an `_unmatched` record's attributes (kept for reuse).
     attr_names: String,
     pub out: Vec<StreamOut>,
@@ -214,7 +270,7 @@ impl Pipeline {
                 .map(|o| usize::from(*o) == shard)
                 .collect(),
             dead_letter: config.dead_letter_stream(),
-            scratch: AlignedBuf::with_capacity(4096),
+            projections: projections(&config.routes),
             attr_names: String::with_capacity(1024),
             out: (0..streams).map(|_| StreamOut::default()).collect(),
             counters: Counters {
@@ -232,6 +288,7 @@ impl Pipeline {
         matcher.sync(&self.tables);
         self.matches = matcher.matches();
         self.matcher = matcher;
+        self.projections = projections(&routes);
         self.routes = routes;
     }
 
@@ -302,6 +359,9 @@ impl Pipeline {
         let frame_len = frame.len();
         let (batch, mut o) = self.begin(frame)?;
         let (opener, mut parts) = self.parts(sources);
+        // Each envelope is routed once the next is open: its table rows were asked for when
+        // it opened, and have come into cache meanwhile.
+        let mut held: Option<(Payload<'_>, u64)> = None;
         for env in batch.into_envelopes() {
             o.envelopes += 1;
             let opened = if UPTO == stage::OPEN {
@@ -315,10 +375,21 @@ impl Pipeline {
                     o.events += u32::from(opened.header.event_count);
                 }
                 Ok(opened) => {
-                    parts.route::<UPTO>(&mut o, &opened.payload, opened.header.partition_key, false)
+                    if UPTO >= stage::ENRICH {
+                        for event in opened.payload.iter() {
+                            parts.tables.prefetch(&event);
+                        }
+                    }
+                    let next = (opened.payload, opened.header.partition_key);
+                    if let Some((payload, key)) = held.replace(next) {
+                        parts.route::<UPTO>(&mut o, &payload, key, false);
+                    }
                 }
                 Err(rejected) => parts.dead_letter(&mut o, &rejected),
             }
+        }
+        if let Some((payload, key)) = held {
+            parts.route::<UPTO>(&mut o, &payload, key, false);
         }
         parts.end(&o, frame_len);
         Ok(o)
@@ -466,7 +537,7 @@ impl Pipeline {
                 matcher: &mut self.matcher,
                 matches: &mut self.matches,
                 formats: &self.formats,
-                scratch: &mut self.scratch,
+                projections: &self.projections,
                 attr_names: &mut self.attr_names,
                 out: &mut self.out,
                 counters: &mut self.counters,
@@ -492,7 +563,7 @@ struct Parts<'p> {
     matcher: &'p mut Matcher,
     matches: &'p mut Matches,
     formats: &'p [RecordFormat],
-    scratch: &'p mut AlignedBuf,
+    projections: &'p [Projection],
     attr_names: &'p mut String,
     out: &'p mut [StreamOut],
     counters: &'p mut Counters,
@@ -524,7 +595,7 @@ impl Parts<'_> {
             matcher,
             matches,
             formats,
-            scratch,
+            projections,
             attr_names,
             out,
             counters,
@@ -559,14 +630,7 @@ impl Parts<'_> {
                     if UPTO < stage::PROJECT_ENCODE {
                         continue;
                     }
-                    emit::<UPTO>(
-                        &mut out[stream],
-                        formats[stream],
-                        at,
-                        scratch,
-                        &ctx,
-                        rule.fields.iter().map(|f| (f.name(), ctx.get(*f))),
-                    );
+                    emit_rule::<UPTO>(&mut out[stream], formats[stream], at, &ctx, &projections[i]);
                 }
             });
             if matches.is_empty() {
@@ -580,7 +644,6 @@ impl Parts<'_> {
                         &mut out[stream],
                         formats[stream],
                         at,
-                        scratch,
                         &ctx,
                         Field::ALL
                             .iter()
@@ -620,6 +683,10 @@ impl Parts<'_> {
     fn end(&mut self, o: &BatchOutcome, frame_len: usize) {
         let counters = &mut *self.counters;
         for (i, s) in self.out.iter_mut().enumerate() {
+            if !s.unsealed.is_empty() {
+                seal_records(&mut s.buf, &s.unsealed);
+                s.unsealed.clear();
+            }
             counters.records[i] += std::mem::take(&mut s.records);
             counters.record_bytes[i] += std::mem::take(&mut s.bytes);
         }

@@ -84,7 +84,7 @@ pub struct Enriched {
 #[derive(Debug, Clone)]
 enum Geo {
     /// Keyed by the /24 prefix of an IPv4 address (`a << 16 | b << 8 | c`).
-    Rows(HashMap<u32, GeoRow>),
+    Rows(PrefixRows),
     Mmdb(Box<MmdbGeo>),
 }
 
@@ -120,7 +120,7 @@ pub struct Tables {
 impl Default for Tables {
     fn default() -> Self {
         Tables {
-            geo: Geo::Rows(HashMap::new()),
+            geo: Geo::Rows(PrefixRows::new(HashMap::new())),
             device: Rows::default(),
             customer: Customer::Rows(Rows::default()),
             strings: vec!["".into()],
@@ -155,7 +155,7 @@ impl Tables {
             };
             rows.insert(prefix_key(g.prefix), row);
         }
-        self.geo = Geo::Rows(rows);
+        self.geo = Geo::Rows(PrefixRows::new(rows));
     }
 
     pub fn load_w1_device(&mut self, seed: u64) {
@@ -292,7 +292,7 @@ impl Tables {
             };
             rows.insert(prefix_key(prefix), row);
         }
-        self.geo = Geo::Rows(rows);
+        self.geo = Geo::Rows(PrefixRows::new(rows));
         Ok(recs.len())
     }
 
@@ -354,6 +354,19 @@ impl Tables {
     pub fn lookup(&mut self, event: &EventView<'_>) -> Enriched {
         self.probe(event);
         self.rejoin(event)
+    }
+
+    /// Fetches ahead the rows `event` will join to in the tables held in memory, so that the
+    /// lookup that follows a little later finds them in cache.
+    #[inline]
+    pub fn prefetch(&self, event: &EventView<'_>) {
+        if let (Geo::Rows(rows), IpAddr::V4(v4)) = (&self.geo, event.client_ip) {
+            let [a, b, c, _] = v4.octets();
+            rows.prefetch(prefix_key([a, b, c]));
+        }
+        if let Customer::Rows(rows) = &self.customer {
+            rows.prefetch(event.customer_id);
+        }
     }
 
     /// The rows `event` joins to, after [`Tables::probe`] saw it: a table behind a lookup
@@ -473,13 +486,103 @@ impl Tables {
 }
 
 #[inline]
-fn geo_row(rows: &HashMap<u32, GeoRow>, ip: IpAddr) -> Option<GeoRow> {
+fn geo_row(rows: &PrefixRows, ip: IpAddr) -> Option<GeoRow> {
     match ip {
         IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();
-            rows.get(&prefix_key([a, b, c])).copied()
+            rows.get(prefix_key([a, b, c]))
         }
         IpAddr::V6(_) => None,
+    }
+}
+
+/// Asks the CPU to bring the line at `p` into its caches, without waiting for it.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it reads nothing the program sees and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Geo rows keyed by /24 prefix in one open-addressed array (linear probing, at most half
+/// full), each slot holding its key and row: a lookup reads one slot, mostly, and the slot an
+/// address will read can be fetched ahead ([`Tables::prefetch`]) while other work runs. W1's
+/// 100,000 prefixes take 5 MB, more than the core's caches, and their Zipf spread misses.
+#[derive(Debug, Clone)]
+struct PrefixRows {
+    slots: Vec<PrefixSlot>,
+    /// 64 less the log2 of the slot count: a key's home slot is its hash's top bits.
+    shift: u32,
+    len: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PrefixSlot {
+    /// The prefix key plus one; 0: an empty slot.
+    key: u32,
+    row: GeoRow,
+}
+
+impl PrefixRows {
+    fn new(rows: HashMap<u32, GeoRow>) -> PrefixRows {
+        let cap = (rows.len() * 2).next_power_of_two().max(16);
+        let empty = PrefixSlot {
+            key: 0,
+            row: GeoRow {
+                country: Sym::NONE,
+                region: Sym::NONE,
+                city: Sym::NONE,
+                asn: 0,
+            },
+        };
+        let mut t = PrefixRows {
+            slots: vec![empty; cap],
+            shift: 64 - cap.trailing_zeros(),
+            len: rows.len(),
+        };
+        let mask = cap - 1;
+        for (key, row) in rows {
+            let mut i = t.home(key);
+            while t.slots[i].key != 0 {
+                i = (i + 1) & mask;
+            }
+            t.slots[i] = PrefixSlot { key: key + 1, row };
+        }
+        t
+    }
+
+    #[inline]
+    fn home(&self, key: u32) -> usize {
+        (u64::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
+    }
+
+    #[inline]
+    fn get(&self, key: u32) -> Option<GeoRow> {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let s = &self.slots[i];
+            if s.key == key + 1 {
+                return Some(s.row);
+            }
+            if s.key == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    #[inline]
+    fn prefetch(&self, key: u32) {
+        prefetch(&self.slots[self.home(key)]);
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -532,6 +635,14 @@ impl<V: Copy> Rows<V> {
                 dense[k as usize] = Some(v);
             }
             self.dense = dense;
+        }
+    }
+
+    /// Fetches ahead the row `key` will read, when rows are dense.
+    #[inline]
+    fn prefetch(&self, key: u64) {
+        if let Some(row) = self.dense.get(key as usize) {
+            prefetch(row);
         }
     }
 

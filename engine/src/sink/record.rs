@@ -173,19 +173,84 @@ pub struct DeadLetterV1 {
 pub const FIELDS_PER_RECORD_MAX: usize =
     crate::route::Field::ALL.len() + sluice_protocol::limits::ATTRS_PER_EVENT_MAX + 1;
 
+/// Appends `b` to `out`. A record is built of short pieces (names, values, a few bytes of
+/// punctuation), for which a call to `memcpy` costs more than the copy: pieces up to 32 bytes
+/// are moved as two overlapping fixed-size loads and stores.
+#[inline(always)]
+pub fn put(out: &mut Vec<u8>, b: &[u8]) {
+    let n = b.len();
+    out.reserve(n);
+    // SAFETY: `reserve` made room for `n` more bytes after `len`; `copy_short` writes exactly
+    // `dst[..n]` from `b[..n]`, and the two do not overlap (`b` is not in `out`'s spare room).
+    unsafe {
+        let len = out.len();
+        copy_short(out.as_mut_ptr().add(len), b.as_ptr(), n);
+        out.set_len(len + n);
+    }
+}
+
+/// Copies `n` bytes from `src` to `dst`.
+///
+/// # Safety
+/// `src[..n]` must be readable, `dst[..n]` writable, and the two must not overlap.
+#[inline(always)]
+unsafe fn copy_short(dst: *mut u8, src: *const u8, n: usize) {
+    use std::ptr::{read_unaligned as rd, write_unaligned as wr};
+    // SAFETY: in every arm, each access lies within `src[..n]` or `dst[..n]` (the second of
+    // each pair ends at `n`, the first starts at 0, and the size condition keeps both in),
+    // which the caller guarantees are valid and apart.
+    unsafe {
+        if n >= 16 {
+            if n > 32 {
+                std::ptr::copy_nonoverlapping(src, dst, n);
+                return;
+            }
+            let (a, b) = (rd(src.cast::<u128>()), rd(src.add(n - 16).cast::<u128>()));
+            wr(dst.cast::<u128>(), a);
+            wr(dst.add(n - 16).cast::<u128>(), b);
+        } else if n >= 8 {
+            let (a, b) = (rd(src.cast::<u64>()), rd(src.add(n - 8).cast::<u64>()));
+            wr(dst.cast::<u64>(), a);
+            wr(dst.add(n - 8).cast::<u64>(), b);
+        } else if n >= 4 {
+            let (a, b) = (rd(src.cast::<u32>()), rd(src.add(n - 4).cast::<u32>()));
+            wr(dst.cast::<u32>(), a);
+            wr(dst.add(n - 4).cast::<u32>(), b);
+        } else if n > 0 {
+            // 1 to 3 bytes: the first, the middle and the last (some the same).
+            let (a, m, z) = (*src, *src.add(n / 2), *src.add(n - 1));
+            *dst = a;
+            *dst.add(n / 2) = m;
+            *dst.add(n - 1) = z;
+        }
+    }
+}
+
+/// Whether `b` needs escaping in a JSON string.
+#[inline]
+fn needs_escape(b: &[u8]) -> bool {
+    b.iter()
+        .fold(false, |e, &c| e | (c < 0x20) | (c == b'"') | (c == b'\\'))
+}
+
 /// Appends `s` to `out` as a JSON string.
+#[inline]
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let b = s.as_bytes();
     // Most strings need no escape: check in one (vectorizable) pass and copy them whole.
-    if !b
-        .iter()
-        .fold(false, |e, &c| e | (c < 0x20) | (c == b'"') | (c == b'\\'))
-    {
-        out.extend_from_slice(b);
+    if !needs_escape(b) {
+        out.reserve(b.len() + 2);
+        out.push(b'"');
+        put(out, b);
         out.push(b'"');
         return;
     }
+    json_str_escaped(out, b);
+}
+
+#[cold]
+fn json_str_escaped(out: &mut Vec<u8>, b: &[u8]) {
+    out.push(b'"');
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
         let esc: &[u8] = match c {
@@ -210,6 +275,32 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// A field name as a JSON object key, escaped once: `"name":`.
+pub fn json_key(name: &str) -> Box<[u8]> {
+    let mut k = Vec::with_capacity(name.len() + 3);
+    json_str(&mut k, name);
+    k.push(b':');
+    k.into_boxed_slice()
+}
+
+/// Appends one projected record as a JSON object; each key comes ready, escaped, with its
+/// colon ([`json_key`]).
+#[inline]
+pub fn json_record_keyed<'v>(
+    out: &mut Vec<u8>,
+    fields: impl Iterator<Item = (&'v [u8], Value<'v>)>,
+) {
+    out.push(b'{');
+    for (i, (key, v)) in fields.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        put(out, key);
+        json_value(out, v);
+    }
+    out.push(b'}');
+}
+
 /// Appends one projected record as a JSON object.
 pub fn json_record<'v>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'v str, Value<'v>)>) {
     out.push(b'{');
@@ -219,36 +310,66 @@ pub fn json_record<'v>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'v str,
         }
         json_str(out, name);
         out.push(b':');
-        match v {
-            Value::U64(n) => {
-                let mut buf = itoa_buf();
-                out.extend_from_slice(format_u64(n, &mut buf));
-            }
-            Value::Str(s) => json_str(out, s),
-            Value::Ip(std::net::IpAddr::V4(ip)) => {
-                out.push(b'"');
-                for (i, o) in ip.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b'.');
-                    }
-                    let mut buf = itoa_buf();
-                    out.extend_from_slice(format_u64(u64::from(o), &mut buf));
-                }
-                out.push(b'"');
-            }
-            Value::Ip(ip) => {
-                let _ = write!(out, "\"{ip}\"");
-            }
-            Value::Null => out.extend_from_slice(b"null"),
-        }
+        json_value(out, v);
     }
     out.push(b'}');
 }
 
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
+/// Appends a field's value as JSON.
+#[inline]
+fn json_value(out: &mut Vec<u8>, v: Value<'_>) {
+    match v {
+        Value::U64(n) => {
+            let mut buf = [0; 20];
+            put(out, format_u64(n, &mut buf));
+        }
+        Value::Str(s) => json_str(out, s),
+        Value::Ip(ip) => {
+            let mut buf = [0; IP_TEXT_MAX];
+            out.push(b'"');
+            put(out, ip_text(ip, &mut buf));
+            out.push(b'"');
+        }
+        Value::Null => put(out, b"null"),
+    }
 }
 
+/// The longest address text ([`ip_text`]).
+const IP_TEXT_MAX: usize = 48;
+
+/// An address as `Display` writes it, into `buf`: IPv4 dotted quads by hand (the common
+/// case), anything else through `fmt`.
+#[inline]
+fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> &[u8] {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                let (h, t, u) = (o / 100, o / 10 % 10, o % 10);
+                buf[n] = b'0' + h;
+                n += usize::from(h > 0);
+                buf[n] = b'0' + t;
+                n += usize::from(h > 0 || t > 0);
+                buf[n] = b'0' + u;
+                n += 1;
+            }
+            &buf[..n]
+        }
+        ip => {
+            let mut w = &mut buf[..];
+            let _ = write!(w, "{ip}");
+            let n = IP_TEXT_MAX - w.len();
+            &buf[..n]
+        }
+    }
+}
+
+/// `n` in decimal, into the end of `buf`.
+#[inline]
 fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
@@ -262,8 +383,112 @@ fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
-/// Appends one projected record as an rkyv archive, through `scratch` (kept for reuse).
-pub fn rkyv_record<'v>(
+/// Appends one projected record as an rkyv archive: an archived `Vec<RecordField>`, written
+/// here byte for byte as rkyv's serializer writes it (the tests compare the two on random
+/// records) without its machinery. `out.len()` is where the record starts: rkyv aligns to its
+/// buffer's start, and a segment record's payload starts 8-byte aligned.
+#[inline]
+pub fn rkyv_record<'v>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'v str, Value<'v>)>) {
+    let mut ip_buf = [0u8; IP_TEXT_MAX];
+    let mut ip_text_at = None;
+    // Room for the largest record, left uninitialized: a rule's record fills a few entries,
+    // and clearing all of them for every record would cost more than writing it.
+    let mut refs =
+        [const { std::mem::MaybeUninit::<FieldRef<'_>>::uninit() }; FIELDS_PER_RECORD_MAX];
+    let mut n = 0;
+    for (name, v) in fields.take(FIELDS_PER_RECORD_MAX) {
+        let (kind, num, text) = match v {
+            Value::U64(num) => (KIND_U64, num, ""),
+            Value::Str(text) => (KIND_STR, 0, text),
+            Value::Ip(ip) => {
+                ip_text_at = Some((n, ip));
+                (KIND_IP, 0, "")
+            }
+            Value::Null => (KIND_NULL, 0, ""),
+        };
+        refs[n].write(FieldRef {
+            name,
+            kind,
+            num,
+            text,
+        });
+        n += 1;
+    }
+    // SAFETY: entries 0..n were written in the loop above.
+    let refs: &mut [FieldRef<'_>] =
+        unsafe { std::slice::from_raw_parts_mut(refs.as_mut_ptr().cast::<FieldRef<'_>>(), n) };
+    if let Some((i, ip)) = ip_text_at {
+        let t = ip_text(ip, &mut ip_buf);
+        refs[i].text = std::str::from_utf8(t).expect("an address prints as ASCII");
+    }
+    write_rkyv_record(out, refs);
+}
+
+/// The size of an archived [`RecordField`] and where its parts lie in it.
+const ENTRY_BYTES: usize = 32;
+const _: () = {
+    assert!(std::mem::size_of::<ArchivedRecordField>() == ENTRY_BYTES);
+    assert!(std::mem::align_of::<ArchivedRecordField>() == 8);
+    assert!(std::mem::offset_of!(ArchivedRecordField, name) == 0);
+    assert!(std::mem::offset_of!(ArchivedRecordField, kind) == 8);
+    assert!(std::mem::offset_of!(ArchivedRecordField, num) == 16);
+    assert!(std::mem::offset_of!(ArchivedRecordField, text) == 24);
+    assert!(rkyv::string::repr::INLINE_CAPACITY == 8);
+};
+
+/// Writes `fields` as rkyv writes `Vec<RecordField>`: each field's name and text that are
+/// too long to lie inline (over 8 bytes), in order; zeros to an 8-byte boundary; the 32-byte
+/// entries; and the root (a relative pointer to the entries, and their count).
+#[inline]
+fn write_rkyv_record(out: &mut Vec<u8>, fields: &[FieldRef<'_>]) {
+    let base = out.len();
+    // Where each out-of-line string lies, relative to `base` (0: inline).
+    let mut at = [[0u32; 2]; FIELDS_PER_RECORD_MAX];
+    for (f, at) in fields.iter().zip(at.iter_mut()) {
+        for (s, at) in [f.name, f.text].into_iter().zip(at.iter_mut()) {
+            if s.len() > 8 {
+                *at = (out.len() - base) as u32;
+                put(out, s.as_bytes());
+            }
+        }
+    }
+    let entries = (out.len() - base).next_multiple_of(8);
+    let end = entries + fields.len() * ENTRY_BYTES + 8;
+    out.resize(base + end, 0);
+    let record = &mut out[base..];
+    for (i, (f, at)) in fields.iter().zip(&at).enumerate() {
+        let e = entries + i * ENTRY_BYTES;
+        string_repr(&mut record[e..e + 8], f.name, at[0], e);
+        record[e + 8] = f.kind;
+        record[e + 16..e + 24].copy_from_slice(&f.num.to_le_bytes());
+        string_repr(&mut record[e + 24..e + 32], f.text, at[1], e + 24);
+    }
+    let root = end - 8;
+    let offset = entries as i32 - root as i32;
+    record[root..root + 4].copy_from_slice(&offset.to_le_bytes());
+    record[root + 4..root + 8].copy_from_slice(&(fields.len() as u32).to_le_bytes());
+}
+
+/// An archived string's 8 bytes at `pos` (relative to the record): inline, `0xff`-filled, or
+/// the length (marked out of line) and the offset of its bytes at `target`.
+#[inline]
+fn string_repr(out: &mut [u8], s: &str, target: u32, pos: usize) {
+    let b = s.as_bytes();
+    if b.len() <= 8 {
+        let mut inline = [0xffu8; 8];
+        inline[..b.len()].copy_from_slice(b);
+        out.copy_from_slice(&inline);
+    } else {
+        let l = b.len() as u32;
+        let l = (l & 0x3f) | 0x80 | ((l & !0x3f) << 2);
+        out[..4].copy_from_slice(&l.to_le_bytes());
+        out[4..].copy_from_slice(&(target as i32 - pos as i32).to_le_bytes());
+    }
+}
+
+/// [`rkyv_record`] through rkyv's own serializer: what the hand-written one must match.
+#[cfg(test)]
+fn rkyv_record_by_rkyv<'v>(
     out: &mut Vec<u8>,
     scratch: &mut rkyv::util::AlignedVec<16>,
     fields: impl Iterator<Item = (&'v str, Value<'v>)>,
@@ -444,13 +669,83 @@ mod tests {
             .collect();
         let fields = names.iter().map(|n| (n.as_str(), Value::U64(7)));
         let mut out = Vec::new();
-        let mut scratch = rkyv::util::AlignedVec::<16>::new();
-        rkyv_record(&mut out, &mut scratch, fields);
+        rkyv_record(&mut out, fields);
         let mut aligned = rkyv::util::AlignedVec::<16>::new();
         aligned.extend_from_slice(&out);
         let json: serde_json::Value =
             serde_json::from_str(&rkyv_record_to_json(&aligned).unwrap()).unwrap();
         assert_eq!(json.as_object().unwrap().len(), FIELDS_PER_RECORD_MAX);
         assert_eq!(json[format!("f{}", FIELDS_PER_RECORD_MAX - 1)], 7);
+    }
+}
+
+#[cfg(test)]
+mod encodings {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = (u8, u64, String, [u8; 4])> {
+        (
+            0u8..4,
+            any::<u64>(),
+            "[a-z\"\\\\\n\u{1}é]{0,40}",
+            any::<[u8; 4]>(),
+        )
+    }
+
+    proptest! {
+        /// The hand-written rkyv record is rkyv's, byte for byte, from any offset that a
+        /// segment may put it at; the JSON record with ready keys is the one with plain names.
+        #[test]
+        fn records_are_what_the_reference_writes(
+            fields in proptest::collection::vec(("[a-z._\"]{1,30}", value()), 0..FIELDS_PER_RECORD_MAX + 3),
+            lead in 0usize..4,
+        ) {
+            let values: Vec<(&str, Value<'_>)> = fields
+                .iter()
+                .map(|(name, (kind, num, text, ip))| {
+                    let v = match kind {
+                        0 => Value::Null,
+                        1 => Value::U64(*num),
+                        2 => Value::Str(text),
+                        _ if num % 2 == 0 => Value::Ip(std::net::Ipv4Addr::from(*ip).into()),
+                        _ => Value::Ip(std::net::Ipv6Addr::from(u128::from(*num) << 64 | 0xff).into()),
+                    };
+                    (name.as_str(), v)
+                })
+                .collect();
+            let mut scratch = rkyv::util::AlignedVec::<16>::new();
+            let mut want = Vec::new();
+            rkyv_record_by_rkyv(&mut want, &mut scratch, values.iter().copied());
+            let mut got = vec![7u8; lead * 8];
+            rkyv_record(&mut got, values.iter().copied());
+            prop_assert_eq!(&got[lead * 8..], &want[..]);
+
+            let mut want = Vec::new();
+            json_record(&mut want, values.iter().copied());
+            let keys: Vec<Box<[u8]>> = values.iter().map(|(n, _)| json_key(n)).collect();
+            let mut got = Vec::new();
+            json_record_keyed(&mut got, keys.iter().zip(&values).map(|(k, (_, v))| (&k[..], *v)));
+            prop_assert_eq!(&got, &want);
+            let text = String::from_utf8(got).unwrap();
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+            prop_assert!(parsed.is_object());
+        }
+    }
+
+    #[test]
+    fn addresses_print_as_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.100.255",
+            "255.255.255.255",
+            "100.20.3.0",
+            "::1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut buf = [0; IP_TEXT_MAX];
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes());
+        }
     }
 }
