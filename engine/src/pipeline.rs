@@ -15,7 +15,7 @@ use sluice_protocol::{Attrs, BatchFrame, Error, Opener, Payload, Rejected};
 use crate::config::Config;
 use crate::enrich::Tables;
 use crate::route::compiled::{Matcher, Matches};
-use crate::route::{ATTR_PREFIX, Ctx, Field, RouteSet, Value};
+use crate::route::{ATTR_PREFIX, Ctx, Field, RouteSet, Sampler, Value};
 use crate::sink::record::{self, RecordFormat};
 use crate::sink::segment::{append_record, append_record_unsealed, seal_records};
 use crate::source::Coord;
@@ -86,49 +86,87 @@ fn put_record<const UPTO: u8>(
     s.bytes += n as u64;
 }
 
-/// A rule's projection, made once for its route set: the fields it projects, each with its
-/// name as a JSON key, escaped.
-#[derive(Debug)]
-struct Projection {
-    fields: Vec<(Field, Box<[u8]>)>,
+/// What each rule of a route set emits, laid out for the per-event loop in flat arrays, so
+/// that a rule's records read a few adjacent cache lines (W3 has 10,000 rules): its sampling,
+/// its streams, and the fields it projects with their names as JSON keys, escaped once.
+#[derive(Debug, Default)]
+struct Emits {
+    rules: Vec<EmitRule>,
+    streams: Vec<usize>,
+    fields: Vec<(Field, u32, u32)>,
+    /// Every projected field's JSON key (`"name":`), back to back.
+    keys: Vec<u8>,
 }
 
-fn projections(routes: &RouteSet) -> Vec<Projection> {
-    routes
-        .rules()
-        .iter()
-        .map(|r| Projection {
-            fields: r
-                .fields
-                .iter()
-                .map(|f| (*f, record::json_key(f.name())))
-                .collect(),
-        })
-        .collect()
+#[derive(Debug, Clone, Copy)]
+struct EmitRule {
+    sampler: Sampler,
+    /// Ranges in [`Emits::streams`] and [`Emits::fields`].
+    streams: (u32, u32),
+    fields: (u32, u32),
+}
+
+impl Emits {
+    fn new(routes: &RouteSet) -> Emits {
+        let mut e = Emits::default();
+        for r in routes.rules() {
+            let streams = (
+                e.streams.len() as u32,
+                (e.streams.len() + r.streams.len()) as u32,
+            );
+            e.streams.extend_from_slice(&r.streams);
+            let first = e.fields.len() as u32;
+            for f in &r.fields {
+                let at = e.keys.len() as u32;
+                e.keys.extend_from_slice(&record::json_key(f.name()));
+                e.fields.push((*f, at, e.keys.len() as u32));
+            }
+            e.rules.push(EmitRule {
+                sampler: r.sampler(),
+                streams,
+                fields: (first, e.fields.len() as u32),
+            });
+        }
+        e
+    }
+
+    #[inline]
+    fn streams(&self, r: &EmitRule) -> &[usize] {
+        &self.streams[r.streams.0 as usize..r.streams.1 as usize]
+    }
+
+    #[inline]
+    fn fields(&self, r: &EmitRule) -> &[(Field, u32, u32)] {
+        &self.fields[r.fields.0 as usize..r.fields.1 as usize]
+    }
 }
 
 /// The missing mark's key in a JSON record.
 const MISSING_KEY: &[u8] = b"\"enrich_missing\":";
 
-/// Encodes the record rule `p` projects of the event into `s`.
+/// Encodes the record of the event's `fields` (a rule's, with their JSON keys in `keys`)
+/// into `s`.
 #[inline]
 fn emit_rule<const UPTO: u8>(
     s: &mut StreamOut,
     format: RecordFormat,
     at: (u32, u64),
     ctx: &Ctx<'_, '_>,
-    p: &Projection,
+    fields: &[(Field, u32, u32)],
+    keys: &[u8],
 ) {
     // An event whose customer row the lookup service did not answer in time says so.
     let missing = ctx.enriched.customer_missing;
     match format {
         RecordFormat::Json => put_record::<UPTO>(s, at, |b| {
-            let fields = p.fields.iter().map(|(f, key)| (&key[..], ctx.get(*f)));
+            let fields = fields
+                .iter()
+                .map(|&(f, k0, k1)| (&keys[k0 as usize..k1 as usize], ctx.get(f)));
             let mark = missing.then_some((MISSING_KEY, Value::Str("customer")));
             record::json_record_keyed(b, fields.chain(mark))
         }),
         RecordFormat::Rkyv => put_record::<UPTO>(s, at, |b| {
-            let fields = p.fields.iter().map(|(f, _)| (f.name(), ctx.get(*f)));
+            let fields = fields.iter().map(|&(f, _, _)| (f.name(), ctx.get(f)));
             let mark = missing.then_some((MISSING_MARK, Value::Str("customer")));
             record::rkyv_record(b, fields.chain(mark))
         }),
@@ -241,8 +279,8 @@ pub struct Pipeline {
     formats: Vec<RecordFormat>,
     owned: Vec<bool>,
     dead_letter: usize,
-    /// Each rule's projection, by rule.
-    projections: Vec<Projection>,
+    /// What each rule emits.
+    emits: Emits,
     /// The `attrs.KEY` names of an `_unmatched` record's attributes (kept for reuse).
     attr_names: String,
     pub out: Vec<StreamOut>,
@@ -270,7 +308,7 @@ impl Pipeline {
                 .map(|o| usize::from(*o) == shard)
                 .collect(),
             dead_letter: config.dead_letter_stream(),
-            projections: projections(&config.routes),
+            emits: Emits::new(&config.routes),
             attr_names: String::with_capacity(1024),
             out: (0..streams).map(|_| StreamOut::default()).collect(),
             counters: Counters {
@@ -288,7 +326,7 @@ impl Pipeline {
         matcher.sync(&self.tables);
         self.matches = matcher.matches();
         self.matcher = matcher;
-        self.projections = projections(&routes);
+        self.emits = Emits::new(&routes);
         self.routes = routes;
     }
 
@@ -537,7 +575,7 @@ impl Pipeline {
                 matcher: &mut self.matcher,
                 matches: &mut self.matches,
                 formats: &self.formats,
-                projections: &self.projections,
+                emits: &self.emits,
                 attr_names: &mut self.attr_names,
                 out: &mut self.out,
                 counters: &mut self.counters,
@@ -563,7 +601,7 @@ struct Parts<'p> {
     matcher: &'p mut Matcher,
     matches: &'p mut Matches,
     formats: &'p [RecordFormat],
-    projections: &'p [Projection],
+    emits: &'p Emits,
     attr_names: &'p mut String,
     out: &'p mut [StreamOut],
     counters: &'p mut Counters,
@@ -595,7 +633,7 @@ impl Parts<'_> {
             matcher,
             matches,
             formats,
-            projections,
+            emits,
             attr_names,
             out,
             counters,
@@ -619,18 +657,24 @@ impl Parts<'_> {
                 tables,
             };
             matcher.matching(&ctx, matches);
-            let rules = routes.rules();
             matches.for_each(|i| {
-                let rule = &rules[i];
-                if !rule.keeps(event.event_id) {
+                let rule = &emits.rules[i];
+                if !rule.sampler.keeps(event.event_id) {
                     return;
                 }
-                for &stream in &rule.streams {
+                for &stream in emits.streams(rule) {
                     o.records += 1;
                     if UPTO < stage::PROJECT_ENCODE {
                         continue;
                     }
-                    emit_rule::<UPTO>(&mut out[stream], formats[stream], at, &ctx, &projections[i]);
+                    emit_rule::<UPTO>(
+                        &mut out[stream],
+                        formats[stream],
+                        at,
+                        &ctx,
+                        emits.fields(rule),
+                        &emits.keys,
+                    );
                 }
             });
             if matches.is_empty() {

@@ -52,7 +52,7 @@ mod strtab;
 pub use expr::{Expr, Lit, Op, version_key};
 pub use field::{ATTR_PREFIX, Ctx, FIELDS_PER_RULE_MAX, Field, Value};
 pub use parse::{ParseError, parse};
-pub use rules::{RouteSet, Rule, RuleError, RulePart, RuleSource};
+pub use rules::{RouteSet, Rule, RuleError, RulePart, RuleSource, Sampler};
 
 #[cfg(test)]
 mod tests {

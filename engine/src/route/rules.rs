@@ -52,10 +52,34 @@ impl Rule {
     /// Whether sampling keeps this rule's match of event `event_id` (always, without sampling).
     #[inline]
     pub fn keeps(&self, event_id: u64) -> bool {
-        if self.sample.is_none() {
-            return true;
+        self.sampler().keeps(event_id)
+    }
+
+    /// The rule's sampling decision, apart from the rule.
+    pub fn sampler(&self) -> Sampler {
+        Sampler {
+            under: self.sample.map(|_| self.sample_under),
+            salt: self.salt,
         }
-        sluice_protocol::mix64(event_id ^ self.salt) % 1_000_000 < self.sample_under
+    }
+}
+
+/// A rule's sampling: which matches it keeps ([`Rule::keeps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sampler {
+    /// Kept matches are those whose sampling hash is under this (of 1,000,000); `None`: all.
+    under: Option<u64>,
+    salt: u64,
+}
+
+impl Sampler {
+    /// Whether a match of event `event_id` is kept.
+    #[inline]
+    pub fn keeps(&self, event_id: u64) -> bool {
+        match self.under {
+            None => true,
+            Some(under) => sluice_protocol::mix64(event_id ^ self.salt) % 1_000_000 < under,
+        }
     }
 }
 

@@ -452,38 +452,53 @@ fn write_rkyv_record(out: &mut Vec<u8>, fields: &[FieldRef<'_>]) {
             }
         }
     }
-    let entries = (out.len() - base).next_multiple_of(8);
+    let strings_end = out.len() - base;
+    let entries = strings_end.next_multiple_of(8);
     let end = entries + fields.len() * ENTRY_BYTES + 8;
-    out.resize(base + end, 0);
-    let record = &mut out[base..];
-    for (i, (f, at)) in fields.iter().zip(&at).enumerate() {
-        let e = entries + i * ENTRY_BYTES;
-        string_repr(&mut record[e..e + 8], f.name, at[0], e);
-        record[e + 8] = f.kind;
-        record[e + 16..e + 24].copy_from_slice(&f.num.to_le_bytes());
-        string_repr(&mut record[e + 24..e + 32], f.text, at[1], e + 24);
+    out.reserve(end - strings_end);
+    // SAFETY: `reserve` made room for the record's `end` bytes from `base`; every write below
+    // lies in `base + strings_end .. base + end` (the padding, the entries, the root), so all
+    // of `..base + end` is initialized when the length is set.
+    unsafe {
+        let record = out.as_mut_ptr().add(base);
+        for i in strings_end..entries {
+            *record.add(i) = 0;
+        }
+        let put8 = |at: usize, b: [u8; 8]| std::ptr::write_unaligned(record.add(at).cast(), b);
+        for (i, (f, at)) in fields.iter().zip(&at).enumerate() {
+            let e = entries + i * ENTRY_BYTES;
+            put8(e, string_repr(f.name, at[0], e));
+            // The kind, then the padding before `num`, zeroed as rkyv zeroes it.
+            put8(e + 8, u64::from(f.kind).to_le_bytes());
+            put8(e + 16, f.num.to_le_bytes());
+            put8(e + 24, string_repr(f.text, at[1], e + 24));
+        }
+        let root = end - 8;
+        let offset = entries as i32 - root as i32;
+        let mut r = [0u8; 8];
+        r[..4].copy_from_slice(&offset.to_le_bytes());
+        r[4..].copy_from_slice(&(fields.len() as u32).to_le_bytes());
+        put8(root, r);
+        out.set_len(base + end);
     }
-    let root = end - 8;
-    let offset = entries as i32 - root as i32;
-    record[root..root + 4].copy_from_slice(&offset.to_le_bytes());
-    record[root + 4..root + 8].copy_from_slice(&(fields.len() as u32).to_le_bytes());
 }
 
 /// An archived string's 8 bytes at `pos` (relative to the record): inline, `0xff`-filled, or
 /// the length (marked out of line) and the offset of its bytes at `target`.
-#[inline]
-fn string_repr(out: &mut [u8], s: &str, target: u32, pos: usize) {
+#[inline(always)]
+fn string_repr(s: &str, target: u32, pos: usize) -> [u8; 8] {
     let b = s.as_bytes();
+    let mut r = [0xffu8; 8];
     if b.len() <= 8 {
-        let mut inline = [0xffu8; 8];
-        inline[..b.len()].copy_from_slice(b);
-        out.copy_from_slice(&inline);
+        // SAFETY: `b.len()` bytes fit in `r`, a local apart from `b`.
+        unsafe { copy_short(r.as_mut_ptr(), b.as_ptr(), b.len()) };
     } else {
         let l = b.len() as u32;
         let l = (l & 0x3f) | 0x80 | ((l & !0x3f) << 2);
-        out[..4].copy_from_slice(&l.to_le_bytes());
-        out[4..].copy_from_slice(&(target as i32 - pos as i32).to_le_bytes());
+        r[..4].copy_from_slice(&l.to_le_bytes());
+        r[4..].copy_from_slice(&(target as i32 - pos as i32).to_le_bytes());
     }
+    r
 }
 
 /// [`rkyv_record`] through rkyv's own serializer: what the hand-written one must match.
