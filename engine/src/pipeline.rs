@@ -283,6 +283,9 @@ pub struct Pipeline {
     emits: Emits,
     /// The `attrs.KEY` names of an `_unmatched` record's attributes (kept for reuse).
     attr_names: String,
+    /// The opened envelopes of a batch between its two passes: empty, its room kept for the
+    /// next batch.
+    spare: Vec<(Payload<'static>, u64)>,
     pub out: Vec<StreamOut>,
     pub counters: Counters,
 }
@@ -310,6 +313,7 @@ impl Pipeline {
             dead_letter: config.dead_letter_stream(),
             emits: Emits::new(&config.routes),
             attr_names: String::with_capacity(1024),
+            spare: Vec::new(),
             out: (0..streams).map(|_| StreamOut::default()).collect(),
             counters: Counters {
                 records: vec![0; streams],
@@ -453,8 +457,8 @@ impl Pipeline {
         let frame_len = frame.len();
         let (batch, mut o) = self.begin(frame)?;
         self.tables.begin_batch(now);
+        let mut envelopes = recycle(std::mem::take(&mut self.spare));
         let (opener, mut parts) = self.parts(sources);
-        let mut envelopes = Vec::new();
         for env in batch.into_envelopes() {
             o.envelopes += 1;
             match opener.open(env) {
@@ -498,6 +502,7 @@ impl Pipeline {
             parts.route::<{ stage::FRAME }>(&mut o, payload, *key, true);
         }
         parts.end(&o, batch.frame_len);
+        self.spare = recycle(batch.envelopes);
         o
     }
 
@@ -584,6 +589,14 @@ impl Pipeline {
             },
         )
     }
+}
+
+/// `v` emptied, as a vector of payloads of another lifetime in the same allocation (the
+/// standard library collects a mapped `into_iter` of a vector in place when the element
+/// layouts agree, as they do here: only the lifetime differs).
+fn recycle<'b>(mut v: Vec<(Payload<'_>, u64)>) -> Vec<(Payload<'b>, u64)> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("emptied")).collect()
 }
 
 /// A batch between its two passes: the validated payloads of its opened envelopes (read
