@@ -9,8 +9,8 @@ use std::process::Command;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use sluice_e2e::{
-    EngineProc, ServiceProc, binary, cat, engine_config, expected_records, loadgen, stream_records,
-    temp_dir, without_ts,
+    EngineProc, ServiceProc, binary, cat, engine_config, expected_records, loadgen, read,
+    stream_records, temp_dir, without_ts,
 };
 use sluice_protocol::envelope::ENVELOPE_HEADER_BYTES;
 use sluice_protocol::frame::{ACK_FRAME_BYTES, FRAME_HEADER_BYTES};
@@ -726,6 +726,61 @@ fn the_demo_cleans_up_unless_told_to_keep_its_segments() {
     assert!(text.contains("(kept)"), "{text}");
     let records = stream_records(&kept, "playback");
     assert!(!records.is_empty(), "the kept segments hold records");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `sluice demo --sweep` measures the maximum, offers every step of it, and writes the JSON
+/// report and a page of SVG charts that fetches nothing; it says where the page is.
+#[test]
+fn the_demo_sweeps_offered_load_and_draws_it() {
+    let dir = temp_dir("sweep");
+    let (config, _) = engine_config(&dir, 2, "\"none\"");
+    let out_dir = dir.join("sweep");
+    let out = Command::new(binary("sluice"))
+        .args([
+            "demo",
+            "--sweep",
+            "--step-seconds",
+            "1",
+            "--connections",
+            "2",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--sweep-out")
+        .arg(&out_dir)
+        .output()
+        .expect("sluice demo runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let page = out_dir.join("sweep.html");
+    assert!(
+        text.contains(&format!("page:   {}", page.display())),
+        "{text}"
+    );
+    let report: Value =
+        serde_json::from_slice(&read(&out_dir.join("sweep.json"))).expect("a JSON report");
+    let max = report["max_events_per_sec"].as_f64().unwrap();
+    assert!(max > 0.0, "{report}");
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 10, "{text}");
+    for (k, st) in steps.iter().enumerate() {
+        let offered = st["offered_events_per_sec"].as_f64().unwrap();
+        assert!((offered - max * (k + 1) as f64 / 10.0).abs() < 1.0, "{st}");
+        assert!(st["acked_events_per_sec"].as_f64().unwrap() > 0.0, "{st}");
+        assert!(st["p99_us"].as_u64().unwrap() >= st["p50_us"].as_u64().unwrap());
+        assert_eq!(st["events_failed"], 0, "{st}");
+        assert!(
+            !st["run"]["timeline"].as_array().unwrap().is_empty(),
+            "{st}"
+        );
+    }
+    let html = String::from_utf8(read(&page)).unwrap();
+    assert_eq!(html.matches("<svg").count(), 4);
+    for fetch in ["src=", "href=", "url(", "@import", "<script", "<link"] {
+        assert!(!html.contains(fetch), "{fetch} in the page");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

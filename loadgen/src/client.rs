@@ -35,6 +35,7 @@ use sluice_protocol::{
 use sluice_workload::events::{Workload, WorkloadGen};
 
 /// How a run is driven.
+#[derive(Clone)]
 pub struct RunOpts {
     pub target: String,
     pub workload: Workload,
@@ -135,6 +136,17 @@ pub struct Report {
     pub latency_us: Latency,
     pub pool_events: u64,
     pub frames_resealed: u64,
+    /// Each second of the run: events acked in it and the p99 of the batches acked in it.
+    pub timeline: Vec<Tick>,
+}
+
+/// One second of a run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Tick {
+    /// Seconds since the run started, at the end of this second.
+    pub t_s: u64,
+    pub events_per_sec: u64,
+    pub p99_us: u64,
 }
 
 /// A sealed batch frame and what it holds.
@@ -389,22 +401,28 @@ fn histogram() -> Histogram<u64> {
 
 /// Prints a run's progress line for the second ending at `at`: events acked in it and in
 /// all, its p99 latency (`h`, reset for the next second), and the events failed.
+/// Returns the second as a [`Tick`]; prints the line only when `print`.
 pub(crate) fn progress_line(
     at: Duration,
     per_sec: u64,
     acked: u64,
     h: &mut Histogram<u64>,
     failed: u64,
-) {
-    eprintln!(
-        "loadgen: {:>3}s  {:>9} events/s  acked {:>10}  p99 {:>6} µs  failed {}",
-        at.as_secs(),
-        per_sec,
-        acked,
-        h.value_at_quantile(0.99),
-        failed
-    );
+    print: bool,
+) -> Tick {
+    let tick = Tick {
+        t_s: at.as_secs(),
+        events_per_sec: per_sec,
+        p99_us: h.value_at_quantile(0.99),
+    };
+    if print {
+        eprintln!(
+            "loadgen: {:>3}s  {:>9} events/s  acked {:>10}  p99 {:>6} µs  failed {}",
+            tick.t_s, per_sec, acked, tick.p99_us, failed
+        );
+    }
     h.reset();
+    tick
 }
 
 /// Runs the generator against an engine and reports.
@@ -498,11 +516,13 @@ pub fn run(opts: &RunOpts) -> Result<Report, String> {
             )
         });
     }
-    let progress = if opts.progress {
+    let progress = {
         let totals = totals.clone();
         let hist = interval_hist.clone();
         let stop = stop.clone();
-        Some(std::thread::spawn(move || {
+        let print = opts.progress;
+        std::thread::spawn(move || {
+            let mut timeline = Vec::new();
             let mut last = 0;
             let mut tick = t0 + Duration::from_secs(1);
             while Instant::now() < deadline + Duration::from_secs(1)
@@ -515,19 +535,19 @@ pub fn run(opts: &RunOpts) -> Result<Report, String> {
                 }
                 let acked = totals.acked.load(Ordering::Relaxed);
                 let mut h = hist.lock().expect("histogram");
-                progress_line(
+                timeline.push(progress_line(
                     tick - t0,
                     acked - last,
                     acked,
                     &mut h,
                     totals.failed.load(Ordering::Relaxed),
-                );
+                    print,
+                ));
                 last = acked;
                 tick += Duration::from_secs(1);
             }
-        }))
-    } else {
-        None
+            timeline
+        })
     };
     let mut hist = histogram();
     let mut last_ack = t0;
@@ -537,9 +557,7 @@ pub fn run(opts: &RunOpts) -> Result<Report, String> {
         last_ack = last_ack.max(last);
     }
     stop.store(true, Ordering::Relaxed);
-    if let Some(p) = progress {
-        let _ = p.join();
-    }
+    let timeline = progress.join().unwrap_or_default();
     let duration_s = last_ack
         .saturating_duration_since(t0)
         .as_secs_f64()
@@ -563,6 +581,7 @@ pub fn run(opts: &RunOpts) -> Result<Report, String> {
         latency_us: Latency::of(&hist),
         pool_events: pool_events as u64,
         frames_resealed: totals.resealed.load(Ordering::Relaxed),
+        timeline,
     })
 }
 

@@ -161,6 +161,7 @@ pub fn run(opts: &RunOpts, brokers: &str, topic: &str) -> Result<Report, String>
     let mut k = 0usize;
     let mut tick = t0 + Duration::from_secs(1);
     let mut last_acked = 0;
+    let mut timeline = Vec::new();
     let stop = opts.stop.clone();
     loop {
         if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) || Instant::now() >= deadline {
@@ -196,15 +197,16 @@ pub fn run(opts: &RunOpts, brokers: &str, topic: &str) -> Result<Report, String>
         }
         sent += u64::from(m.events);
         k += 1;
-        if opts.progress && Instant::now() >= tick {
+        if Instant::now() >= tick {
             let acked = confirm.acked.load(Ordering::Relaxed);
-            progress_line(
+            timeline.push(progress_line(
                 tick - t0,
                 acked - last_acked,
                 acked,
                 &mut confirm.interval.lock().expect("hist"),
                 confirm.failed.load(Ordering::Relaxed),
-            );
+                opts.progress,
+            ));
             last_acked = acked;
             tick += Duration::from_secs(1);
         }
@@ -238,5 +240,6 @@ pub fn run(opts: &RunOpts, brokers: &str, topic: &str) -> Result<Report, String>
         latency_us: Latency::of(&hist),
         pool_events: pool_events as u64,
         frames_resealed: 0,
+        timeline,
     })
 }

@@ -64,6 +64,41 @@ enum Command {
         #[arg(long, requires = "kafka")]
         topic: Option<String>,
     },
+    /// Latency against offered load: a run at `--rate max`, then runs offering 10%, 20%,
+    /// ... 100% of what it acked; writes `sweep.json` and `sweep.html` (SVG charts, nothing
+    /// fetched) under `--out` and prints the JSON.
+    Sweep {
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        target: String,
+        #[arg(long, default_value = "w1")]
+        workload: Workload,
+        /// Offered loads: this many even steps up to the maximum.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Seconds each step runs.
+        #[arg(long, default_value_t = 5.0)]
+        step_seconds: f64,
+        /// Seconds the run at `--rate max` runs.
+        #[arg(long, default_value_t = 5.0)]
+        max_seconds: f64,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Events sealed before each run's clock starts.
+        #[arg(long, default_value_t = 1 << 19)]
+        pool: usize,
+        /// Key file (`ID KEY` lines); default: the demo keys.
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Where `sweep.json` and `sweep.html` go.
+        #[arg(long, default_value = "sluice-sweep")]
+        out: PathBuf,
+    },
     /// Serve a customer table over HTTP for batch lookups (`POST /lookup` with ids
     /// `1,2,3`), with injected latency and failures.
     LookupService {
@@ -134,6 +169,54 @@ fn go(cli: Cli) -> Result<(), String> {
             loop {
                 std::thread::park();
             }
+        }
+        Command::Sweep {
+            target,
+            workload,
+            steps,
+            step_seconds,
+            max_seconds,
+            connections,
+            seed,
+            batch,
+            window,
+            pool,
+            keys,
+            out,
+        } => {
+            let keys = match keys {
+                Some(p) => Keyring::load(&p, Backend::default())
+                    .map_err(|e| format!("{}: {e}", p.display()))?,
+                None => sluice_workload::demo_keyring(Backend::default()),
+            };
+            if batch == 0 || batch > 4096 {
+                return Err("--batch must be 1..=4096".into());
+            }
+            let mut base = RunOpts::new(target, keys);
+            base.workload = workload;
+            base.connections = connections;
+            base.seed = seed;
+            base.batch_envelopes = batch;
+            base.window_batches = window;
+            base.pool_events = pool;
+            let opts = sluice_loadgen::sweep::SweepOpts {
+                base,
+                steps,
+                step_duration: Duration::from_secs_f64(step_seconds),
+                max_duration: Duration::from_secs_f64(max_seconds),
+            };
+            let s = sluice_loadgen::sweep::sweep(&opts, |line| eprintln!("loadgen: sweep {line}"))?;
+            let (json, page) = sluice_loadgen::sweep::write(&s, &out)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&s).expect("a sweep serializes")
+            );
+            eprintln!(
+                "loadgen: sweep written to {} and {}",
+                json.display(),
+                page.display()
+            );
+            Ok(())
         }
         Command::Fixtures {
             workload,

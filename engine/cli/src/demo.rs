@@ -35,6 +35,16 @@ pub struct DemoArgs {
     /// Write the generator's JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Instead of one run: latency against offered load (`loadgen sweep`): a run at the
+    /// maximum rate, then runs at 10%, 20%, ... 100% of it, drawn in one HTML page.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Where `--sweep` writes `sweep.json` and `sweep.html`.
+    #[arg(long, value_name = "DIR", default_value = "sluice-sweep")]
+    pub sweep_out: PathBuf,
+    /// Seconds each `--sweep` step runs (the run at the maximum runs as long).
+    #[arg(long, default_value_t = 3.0)]
+    pub step_seconds: f64,
 }
 
 /// Runs the demo; `interrupted` ends it early.
@@ -86,6 +96,48 @@ pub fn run(args: DemoArgs, interrupted: &'static AtomicBool) -> Result<(), Strin
     opts.connections = args.connections;
     opts.progress = true;
     opts.stop = Some(stop.clone());
+    if args.sweep {
+        opts.progress = false;
+        opts.pool_events = 1 << 19;
+        let sweep = sluice_loadgen::sweep::SweepOpts {
+            base: opts,
+            steps: 10,
+            step_duration: Duration::from_secs_f64(args.step_seconds),
+            max_duration: Duration::from_secs_f64(args.step_seconds.max(3.0)),
+        };
+        eprintln!(
+            "demo: sweep of {}: a run at the maximum rate, then 10 steps of {} s from 10% to 100% of it",
+            args.workload, args.step_seconds
+        );
+        let s = sluice_loadgen::sweep::sweep(&sweep, |line| eprintln!("demo: sweep {line}"));
+        stop.store(true, Ordering::Relaxed);
+        let _ = watcher.join();
+        engine.stop()?;
+        let s = s?;
+        let (json, page) = sluice_loadgen::sweep::write(&s, &args.sweep_out)?;
+        println!();
+        println!(
+            "sluice demo --sweep: {}, maximum {:.0} events/s acked",
+            s.workload, s.max_events_per_sec
+        );
+        println!("  offered     events/s acked   p50 µs   p99 µs  p999 µs");
+        for st in &s.steps {
+            println!(
+                "  {:>4.0}%  {:>17.0} {:>8} {:>8} {:>8}",
+                st.offered_fraction * 100.0,
+                st.acked_events_per_sec,
+                st.p50_us,
+                st.p99_us,
+                st.p999_us
+            );
+        }
+        println!("  report: {}", json.display());
+        println!(
+            "  page:   {} (open it in a browser; it fetches nothing)",
+            page.display()
+        );
+        return Ok(());
+    }
     eprintln!(
         "demo: sealing the generator's pool, then sending {} for {} s at rate {}",
         args.workload, args.duration, args.rate
