@@ -163,12 +163,12 @@ fn emit_rule<const UPTO: u8>(
                 .iter()
                 .map(|&(f, k0, k1)| (&keys[k0 as usize..k1 as usize], ctx.get(f)));
             let mark = missing.then_some((MISSING_KEY, Value::Str("customer")));
-            record::json_record_keyed(b, fields.chain(mark))
+            record::json_record_keyed(b, fields, mark)
         }),
         RecordFormat::Rkyv => put_record::<UPTO>(s, at, |b| {
             let fields = fields.iter().map(|&(f, _, _)| (f.name(), ctx.get(f)));
             let mark = missing.then_some((MISSING_MARK, Value::Str("customer")));
-            record::rkyv_record(b, fields.chain(mark))
+            record::rkyv_record(b, fields, mark)
         }),
     }
 }
@@ -186,10 +186,13 @@ fn emit<'v, const UPTO: u8>(
         .enriched
         .customer_missing
         .then_some((MISSING_MARK, Value::Str("customer")));
-    let fields = fields.chain(missing);
     match format {
-        RecordFormat::Json => put_record::<UPTO>(s, at, |b| record::json_record(b, fields)),
-        RecordFormat::Rkyv => put_record::<UPTO>(s, at, |b| record::rkyv_record(b, fields)),
+        RecordFormat::Json => {
+            put_record::<UPTO>(s, at, |b| record::json_record(b, fields.chain(missing)))
+        }
+        RecordFormat::Rkyv => {
+            put_record::<UPTO>(s, at, |b| record::rkyv_record(b, fields, missing))
+        }
     }
 }
 

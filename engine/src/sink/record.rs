@@ -283,16 +283,26 @@ pub fn json_key(name: &str) -> Box<[u8]> {
     k.into_boxed_slice()
 }
 
-/// Appends one projected record as a JSON object; each key comes ready, escaped, with its
-/// colon ([`json_key`]).
+/// Appends one projected record as a JSON object, its `fields` and then `last`, if any; each
+/// key comes ready, escaped, with its colon ([`json_key`]).
 #[inline]
 pub fn json_record_keyed<'v>(
     out: &mut Vec<u8>,
     fields: impl Iterator<Item = (&'v [u8], Value<'v>)>,
+    last: Option<(&[u8], Value<'_>)>,
 ) {
     out.push(b'{');
-    for (i, (key, v)) in fields.enumerate() {
-        if i > 0 {
+    let mut first = true;
+    for (key, v) in fields {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        put(out, key);
+        json_value(out, v);
+    }
+    if let Some((key, v)) = last {
+        if !first {
             out.push(b',');
         }
         put(out, key);
@@ -388,7 +398,11 @@ fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// records) without its machinery. `out.len()` is where the record starts: rkyv aligns to its
 /// buffer's start, and a segment record's payload starts 8-byte aligned.
 #[inline]
-pub fn rkyv_record<'v>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'v str, Value<'v>)>) {
+pub fn rkyv_record<'v>(
+    out: &mut Vec<u8>,
+    fields: impl Iterator<Item = (&'v str, Value<'v>)>,
+    last: Option<(&'v str, Value<'v>)>,
+) {
     let mut ip_buf = [0u8; IP_TEXT_MAX];
     let mut ip_text_at = None;
     // Room for the largest record, left uninitialized: a rule's record fills a few entries,
@@ -396,7 +410,10 @@ pub fn rkyv_record<'v>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'v str,
     let mut refs =
         [const { std::mem::MaybeUninit::<FieldRef<'_>>::uninit() }; FIELDS_PER_RECORD_MAX];
     let mut n = 0;
-    for (name, v) in fields.take(FIELDS_PER_RECORD_MAX) {
+    let mut push = |name, v| {
+        if n == FIELDS_PER_RECORD_MAX {
+            return;
+        }
         let (kind, num, text) = match v {
             Value::U64(num) => (KIND_U64, num, ""),
             Value::Str(text) => (KIND_STR, 0, text),
@@ -413,8 +430,14 @@ pub fn rkyv_record<'v>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'v str,
             text,
         });
         n += 1;
+    };
+    for (name, v) in fields {
+        push(name, v);
     }
-    // SAFETY: entries 0..n were written in the loop above.
+    if let Some((name, v)) = last {
+        push(name, v);
+    }
+    // SAFETY: entries 0..n were written by `push` above.
     let refs: &mut [FieldRef<'_>] =
         unsafe { std::slice::from_raw_parts_mut(refs.as_mut_ptr().cast::<FieldRef<'_>>(), n) };
     if let Some((i, ip)) = ip_text_at {
@@ -684,7 +707,7 @@ mod tests {
             .collect();
         let fields = names.iter().map(|n| (n.as_str(), Value::U64(7)));
         let mut out = Vec::new();
-        rkyv_record(&mut out, fields);
+        rkyv_record(&mut out, fields, None);
         let mut aligned = rkyv::util::AlignedVec::<16>::new();
         aligned.extend_from_slice(&out);
         let json: serde_json::Value =
@@ -733,14 +756,18 @@ mod encodings {
             let mut want = Vec::new();
             rkyv_record_by_rkyv(&mut want, &mut scratch, values.iter().copied());
             let mut got = vec![7u8; lead * 8];
-            rkyv_record(&mut got, values.iter().copied());
+            rkyv_record(&mut got, values.iter().copied(), None);
             prop_assert_eq!(&got[lead * 8..], &want[..]);
 
             let mut want = Vec::new();
             json_record(&mut want, values.iter().copied());
             let keys: Vec<Box<[u8]>> = values.iter().map(|(n, _)| json_key(n)).collect();
             let mut got = Vec::new();
-            json_record_keyed(&mut got, keys.iter().zip(&values).map(|(k, (_, v))| (&k[..], *v)));
+            json_record_keyed(
+                &mut got,
+                keys.iter().zip(&values).map(|(k, (_, v))| (&k[..], *v)),
+                None,
+            );
             prop_assert_eq!(&got, &want);
             let text = String::from_utf8(got).unwrap();
             let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
