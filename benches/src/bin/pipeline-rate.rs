@@ -23,8 +23,9 @@
 //! turns in slices of about 50 ms for `--seconds` (5) in all, and each figure is the median
 //! over its slices, so that the machine's noise falls on every level alike.
 //!
-//! `--frames N` instead steps N frames once, whole, and prints nothing but the figures of that
-//! run (for `valgrind --tool=callgrind --toggle-collect='*Pipeline*step*'`).
+//! `--frames N` instead steps N frames once, whole (or cut off after `--upto STAGE`), and
+//! prints nothing but the figures of that run (for `valgrind --tool=callgrind
+//! --toggle-collect='*Pipeline*step*'`, or `perf stat` at one stage).
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,8 @@ struct Args {
     workload: Workload,
     seconds: f64,
     frames: Option<usize>,
+    /// With `--frames`: the stage the pipeline is cut off after (`frame`: whole).
+    upto: usize,
     envelopes: usize,
     seed: u64,
 }
@@ -47,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
         workload: Workload::W1,
         seconds: 5.0,
         frames: None,
+        upto: stage::NAMES.len() - 1,
         envelopes: 128,
         seed: 1,
     };
@@ -61,14 +65,21 @@ fn parse_args() -> Result<Args, String> {
             "--frames" => {
                 a.frames = Some(value()?.parse().map_err(|e| format!("--frames: {e}"))?);
             }
+            "--upto" => {
+                let v = value()?;
+                a.upto = stage::NAMES
+                    .iter()
+                    .position(|n| *n == v)
+                    .ok_or(format!("--upto {v}: one of {:?}", stage::NAMES))?;
+            }
             "--envelopes" => {
                 a.envelopes = value()?.parse().map_err(|e| format!("--envelopes: {e}"))?;
             }
             "--seed" => a.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "-h" | "--help" => {
                 println!(
-                    "pipeline-rate [--workload w1|w2|w3] [--seconds N] [--frames N] \
-                     [--envelopes N] [--seed N]"
+                    "pipeline-rate [--workload w1|w2|w3] [--seconds N] [--frames N \
+                     [--upto STAGE]] [--envelopes N] [--seed N]"
                 );
                 std::process::exit(0);
             }
@@ -189,10 +200,11 @@ fn main() {
     r.run(LEVELS[5], Duration::from_millis(300), usize::MAX);
 
     if let Some(n) = args.frames {
-        let t = r.run(LEVELS[5], Duration::MAX, n);
+        let t = r.run(LEVELS[args.upto], Duration::MAX, n);
         let out = serde_json::json!({
             "workload": args.workload.to_string(),
             "frames": n,
+            "upto": stage::NAMES[args.upto],
             "events": t.events,
             "records": t.records,
             "ns_per_event": t.spent.as_nanos() as f64 / t.events as f64,

@@ -791,3 +791,31 @@ mod encodings {
         }
     }
 }
+
+#[cfg(test)]
+mod short_pieces {
+    use super::*;
+
+    /// Every length up to past the widest move, from every offset: copied exactly, nothing
+    /// written before it, escapes found wherever they are.
+    #[test]
+    fn copies_and_escape_checks_are_exact() {
+        let src: Vec<u8> = (0..80u8).map(|i| b'a' + i % 26).collect();
+        for at in 0..8 {
+            for n in 0..=70 {
+                let mut out = vec![0xeeu8; 4];
+                put(&mut out, &src[at..at + n]);
+                assert_eq!(&out[4..], &src[at..at + n]);
+                assert_eq!(&out[..4], &[0xee; 4]);
+                assert!(!needs_escape(&src[at..at + n]));
+                for bad in [b'"', b'\\', b'\n', 0x1f] {
+                    for k in 0..n {
+                        let mut s = src[at..at + n].to_vec();
+                        s[k] = bad;
+                        assert!(needs_escape(&s), "{n} bytes, {bad} at {k}");
+                    }
+                }
+            }
+        }
+    }
+}
