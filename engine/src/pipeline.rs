@@ -144,6 +144,56 @@ impl Emits {
 /// The missing mark's key in a JSON record.
 const MISSING_KEY: &[u8] = b"\"enrich_missing\":";
 
+/// One event's field values as JSON, each encoded once for all of the event's JSON records
+/// (an event goes in about three, and their rules project some of the same fields).
+#[derive(Debug)]
+struct JsonValues {
+    /// Which event the values are of: bumped for each event.
+    event: u32,
+    /// For each of [`Field::ALL`]: the event it was last encoded for, and where it lies in
+    /// `buf`.
+    slots: [(u32, u32, u32); Field::ALL.len()],
+    buf: Vec<u8>,
+}
+
+impl JsonValues {
+    fn new() -> JsonValues {
+        JsonValues {
+            event: 1,
+            slots: [(0, 0, 0); Field::ALL.len()],
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Forgets the last event's values.
+    #[inline]
+    fn next_event(&mut self) {
+        self.event = self.event.wrapping_add(1);
+        if self.event == 0 {
+            self.slots = [(0, 0, 0); Field::ALL.len()];
+            self.event = 1;
+        }
+        self.buf.clear();
+    }
+
+    /// Field `f` of the event of `ctx` as JSON.
+    #[inline]
+    fn get(&mut self, f: Field, ctx: &Ctx<'_, '_>) -> &[u8] {
+        let start = self.buf.len();
+        let Some(i) = f.index() else {
+            record::json_value(&mut self.buf, ctx.get(f));
+            return &self.buf[start..];
+        };
+        let (event, a, b) = self.slots[i];
+        if event == self.event {
+            return &self.buf[a as usize..b as usize];
+        }
+        record::json_value(&mut self.buf, ctx.get(f));
+        self.slots[i] = (self.event, start as u32, self.buf.len() as u32);
+        &self.buf[start..]
+    }
+}
+
 /// Encodes the record of the event's `fields` (a rule's, with their JSON keys in `keys`)
 /// into `s`.
 #[inline]
@@ -154,16 +204,28 @@ fn emit_rule<const UPTO: u8>(
     ctx: &Ctx<'_, '_>,
     fields: &[(Field, u32, u32)],
     keys: &[u8],
+    values: &mut JsonValues,
 ) {
     // An event whose customer row the lookup service did not answer in time says so.
     let missing = ctx.enriched.customer_missing;
     match format {
         RecordFormat::Json => put_record::<UPTO>(s, at, |b| {
-            let fields = fields
-                .iter()
-                .map(|&(f, k0, k1)| (&keys[k0 as usize..k1 as usize], ctx.get(f)));
-            let mark = missing.then_some((MISSING_KEY, Value::Str("customer")));
-            record::json_record_keyed(b, fields, mark)
+            b.push(b'{');
+            for (i, &(f, k0, k1)) in fields.iter().enumerate() {
+                if i > 0 {
+                    b.push(b',');
+                }
+                record::put(b, &keys[k0 as usize..k1 as usize]);
+                record::put(b, values.get(f, ctx));
+            }
+            if missing {
+                if !fields.is_empty() {
+                    b.push(b',');
+                }
+                record::put(b, MISSING_KEY);
+                record::put(b, b"\"customer\"");
+            }
+            b.push(b'}');
         }),
         RecordFormat::Rkyv => put_record::<UPTO>(s, at, |b| {
             let fields = fields.iter().map(|&(f, _, _)| (f.name(), ctx.get(f)));
@@ -284,6 +346,8 @@ pub struct Pipeline {
     dead_letter: usize,
     /// What each rule emits.
     emits: Emits,
+    /// The event's field values as JSON (kept for reuse).
+    json_values: JsonValues,
     /// The `attrs.KEY` names of an `_unmatched` record's attributes (kept for reuse).
     attr_names: String,
     /// The opened envelopes of a batch between its two passes: empty, its room kept for the
@@ -315,6 +379,7 @@ impl Pipeline {
                 .collect(),
             dead_letter: config.dead_letter_stream(),
             emits: Emits::new(&config.routes),
+            json_values: JsonValues::new(),
             attr_names: String::with_capacity(1024),
             spare: Vec::new(),
             out: (0..streams).map(|_| StreamOut::default()).collect(),
@@ -584,6 +649,7 @@ impl Pipeline {
                 matches: &mut self.matches,
                 formats: &self.formats,
                 emits: &self.emits,
+                json_values: &mut self.json_values,
                 attr_names: &mut self.attr_names,
                 out: &mut self.out,
                 counters: &mut self.counters,
@@ -618,6 +684,7 @@ struct Parts<'p> {
     matches: &'p mut Matches,
     formats: &'p [RecordFormat],
     emits: &'p Emits,
+    json_values: &'p mut JsonValues,
     attr_names: &'p mut String,
     out: &'p mut [StreamOut],
     counters: &'p mut Counters,
@@ -650,6 +717,7 @@ impl Parts<'_> {
             matches,
             formats,
             emits,
+            json_values,
             attr_names,
             out,
             counters,
@@ -673,6 +741,7 @@ impl Parts<'_> {
                 tables,
             };
             matcher.matching(&ctx, matches);
+            json_values.next_event();
             matches.for_each(|i| {
                 let rule = &emits.rules[i];
                 if !rule.sampler.keeps(event.event_id) {
@@ -690,6 +759,7 @@ impl Parts<'_> {
                         &ctx,
                         emits.fields(rule),
                         &emits.keys,
+                        json_values,
                     );
                 }
             });

@@ -59,6 +59,34 @@ impl Field {
         Field::CustomerProfiles,
     ];
 
+    /// The field's place in [`Field::ALL`]; `None` for an attribute.
+    #[inline]
+    pub fn index(self) -> Option<usize> {
+        Some(match self {
+            Field::EventId => 0,
+            Field::TsMs => 1,
+            Field::EventType => 2,
+            Field::AppVersion => 3,
+            Field::DeviceTypeId => 4,
+            Field::DeviceId => 5,
+            Field::CustomerId => 6,
+            Field::ClientIp => 7,
+            Field::SessionId => 8,
+            Field::GeoCountry => 9,
+            Field::GeoRegion => 10,
+            Field::GeoCity => 11,
+            Field::GeoAsn => 12,
+            Field::DeviceBrand => 13,
+            Field::DeviceModel => 14,
+            Field::DevicePlatform => 15,
+            Field::DeviceOs => 16,
+            Field::CustomerPlan => 17,
+            Field::CustomerSignupCountry => 18,
+            Field::CustomerProfiles => 19,
+            Field::Attr(_) => return None,
+        })
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Field::EventId => "event_id",
@@ -207,5 +235,18 @@ where
                 .value_of(&name[ATTR_PREFIX.len()..])
                 .map_or(Value::Null, Value::Str),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_are_places_in_all() {
+        for (i, f) in Field::ALL.iter().enumerate() {
+            assert_eq!(f.index(), Some(i), "{f:?}");
+        }
+        assert_eq!(Field::attr("attrs.x").index(), None);
     }
 }
