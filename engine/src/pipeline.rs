@@ -15,10 +15,16 @@ use sluice_protocol::{Attrs, BatchFrame, Error, Opener, Payload, Rejected};
 use crate::config::Config;
 use crate::enrich::Tables;
 use crate::route::compiled::{Matcher, Matches};
-use crate::route::{ATTR_PREFIX, Ctx, Field, RouteSet, Sampler, Value};
+use crate::route::{ATTR_PREFIX, Ctx, Field, RouteSet, Value};
 use crate::sink::record::{self, RecordFormat};
-use crate::sink::segment::{append_record, append_record_unsealed, seal_records};
+use crate::sink::segment::{
+    append_record, append_record_exact, append_record_unsealed, seal_records,
+};
+
+mod project;
 use crate::source::Coord;
+pub use project::MISSING_MARK;
+use project::{Emits, Values};
 
 /// One stream's records since the last drain.
 #[derive(Debug, Default)]
@@ -33,10 +39,6 @@ pub struct StreamOut {
     records: u64,
     bytes: u64,
 }
-
-/// The field a record carries when an enrichment table had no answer for its event in time;
-/// its value names the table (`"customer"`).
-pub const MISSING_MARK: &str = "enrich_missing";
 
 /// How far [`Pipeline::step_upto`] takes each batch: benches time the stages apart by
 /// cutting the pipeline off after one (each level does what the ones before it do, and more).
@@ -86,153 +88,25 @@ fn put_record<const UPTO: u8>(
     s.bytes += n as u64;
 }
 
-/// What each rule of a route set emits, laid out for the per-event loop in flat arrays, so
-/// that a rule's records read a few adjacent cache lines (W3 has 10,000 rules): its sampling,
-/// its streams, and the fields it projects with their names as JSON keys, escaped once.
-#[derive(Debug, Default)]
-struct Emits {
-    rules: Vec<EmitRule>,
-    streams: Vec<usize>,
-    fields: Vec<(Field, u32, u32)>,
-    /// Every projected field's JSON key (`"name":`), back to back.
-    keys: Vec<u8>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct EmitRule {
-    sampler: Sampler,
-    /// Ranges in [`Emits::streams`] and [`Emits::fields`].
-    streams: (u32, u32),
-    fields: (u32, u32),
-}
-
-impl Emits {
-    fn new(routes: &RouteSet) -> Emits {
-        let mut e = Emits::default();
-        for r in routes.rules() {
-            let streams = (
-                e.streams.len() as u32,
-                (e.streams.len() + r.streams.len()) as u32,
-            );
-            e.streams.extend_from_slice(&r.streams);
-            let first = e.fields.len() as u32;
-            for f in &r.fields {
-                let at = e.keys.len() as u32;
-                e.keys.extend_from_slice(&record::json_key(f.name()));
-                e.fields.push((*f, at, e.keys.len() as u32));
-            }
-            e.rules.push(EmitRule {
-                sampler: r.sampler(),
-                streams,
-                fields: (first, e.fields.len() as u32),
-            });
-        }
-        e
-    }
-
-    #[inline]
-    fn streams(&self, r: &EmitRule) -> &[usize] {
-        &self.streams[r.streams.0 as usize..r.streams.1 as usize]
-    }
-
-    #[inline]
-    fn fields(&self, r: &EmitRule) -> &[(Field, u32, u32)] {
-        &self.fields[r.fields.0 as usize..r.fields.1 as usize]
-    }
-}
-
-/// The missing mark's key in a JSON record.
-const MISSING_KEY: &[u8] = b"\"enrich_missing\":";
-
-/// One event's field values as JSON, each encoded once for all of the event's JSON records
-/// (an event goes in about three, and their rules project some of the same fields).
-#[derive(Debug)]
-struct JsonValues {
-    /// Which event the values are of: bumped for each event.
-    event: u32,
-    /// For each of [`Field::ALL`]: the event it was last encoded for, and where it lies in
-    /// `buf`.
-    slots: [(u32, u32, u32); Field::ALL.len()],
-    buf: Vec<u8>,
-}
-
-impl JsonValues {
-    fn new() -> JsonValues {
-        JsonValues {
-            event: 1,
-            slots: [(0, 0, 0); Field::ALL.len()],
-            buf: Vec::with_capacity(4096),
-        }
-    }
-
-    /// Forgets the last event's values.
-    #[inline]
-    fn next_event(&mut self) {
-        self.event = self.event.wrapping_add(1);
-        if self.event == 0 {
-            self.slots = [(0, 0, 0); Field::ALL.len()];
-            self.event = 1;
-        }
-        self.buf.clear();
-    }
-
-    /// Field `f` of the event of `ctx` as JSON.
-    #[inline]
-    fn get(&mut self, f: Field, ctx: &Ctx<'_, '_>) -> &[u8] {
-        let start = self.buf.len();
-        let Some(i) = f.index() else {
-            record::json_value(&mut self.buf, ctx.get(f));
-            return &self.buf[start..];
-        };
-        let (event, a, b) = self.slots[i];
-        if event == self.event {
-            return &self.buf[a as usize..b as usize];
-        }
-        record::json_value(&mut self.buf, ctx.get(f));
-        self.slots[i] = (self.event, start as u32, self.buf.len() as u32);
-        &self.buf[start..]
-    }
-}
-
-/// Encodes the record of the event's `fields` (a rule's, with their JSON keys in `keys`)
-/// into `s`.
-#[inline]
-fn emit_rule<const UPTO: u8>(
+/// Appends one record of exactly `len` payload bytes to `s`, written by `payload` through a
+/// cursor: framed as a segment record, or (cut off before [`stage::FRAME`]) bare.
+#[inline(always)]
+fn put_record_exact<const UPTO: u8>(
     s: &mut StreamOut,
-    format: RecordFormat,
-    at: (u32, u64),
-    ctx: &Ctx<'_, '_>,
-    fields: &[(Field, u32, u32)],
-    keys: &[u8],
-    values: &mut JsonValues,
+    (partition, key): (u32, u64),
+    len: usize,
+    payload: impl for<'id> FnOnce(&mut record::Cursor<'id>),
 ) {
-    // An event whose customer row the lookup service did not answer in time says so.
-    let missing = ctx.enriched.customer_missing;
-    match format {
-        RecordFormat::Json => put_record::<UPTO>(s, at, |b| {
-            b.push(b'{');
-            for (i, &(f, k0, k1)) in fields.iter().enumerate() {
-                if i > 0 {
-                    b.push(b',');
-                }
-                record::put(b, &keys[k0 as usize..k1 as usize]);
-                record::put(b, values.get(f, ctx));
-            }
-            if missing {
-                if !fields.is_empty() {
-                    b.push(b',');
-                }
-                record::put(b, MISSING_KEY);
-                record::put(b, b"\"customer\"");
-            }
-            b.push(b'}');
-        }),
-        RecordFormat::Rkyv => put_record::<UPTO>(s, at, |b| {
-            let fields = fields.iter().map(|&(f, _, _)| (f.name(), ctx.get(f)));
-            let mark = missing.then_some((MISSING_MARK, Value::Str("customer")));
-            record::rkyv_record(b, fields, mark)
-        }),
-    }
+    let n = if UPTO < stage::FRAME {
+        record::append_exact(&mut s.buf, len, payload);
+        len
+    } else {
+        let start = append_record_exact(&mut s.buf, partition, key, len, payload);
+        s.unsealed.push(start as u32);
+        s.buf.len() - start
+    };
+    s.records += 1;
+    s.bytes += n as u64;
 }
 
 /// Encodes a record of the event's named `fields` into `s` (an `_unmatched` record).
@@ -346,8 +220,8 @@ pub struct Pipeline {
     dead_letter: usize,
     /// What each rule emits.
     emits: Emits,
-    /// The event's field values as JSON (kept for reuse).
-    json_values: JsonValues,
+    /// An event's encoded field values (kept for reuse: [`Values`]).
+    value_buf: Vec<u8>,
     /// The `attrs.KEY` names of an `_unmatched` record's attributes (kept for reuse).
     attr_names: String,
     /// The opened envelopes of a batch between its two passes: empty, its room kept for the
@@ -379,7 +253,7 @@ impl Pipeline {
                 .collect(),
             dead_letter: config.dead_letter_stream(),
             emits: Emits::new(&config.routes),
-            json_values: JsonValues::new(),
+            value_buf: Vec::with_capacity(4096),
             attr_names: String::with_capacity(1024),
             spare: Vec::new(),
             out: (0..streams).map(|_| StreamOut::default()).collect(),
@@ -649,7 +523,7 @@ impl Pipeline {
                 matches: &mut self.matches,
                 formats: &self.formats,
                 emits: &self.emits,
-                json_values: &mut self.json_values,
+                value_buf: &mut self.value_buf,
                 attr_names: &mut self.attr_names,
                 out: &mut self.out,
                 counters: &mut self.counters,
@@ -684,7 +558,7 @@ struct Parts<'p> {
     matches: &'p mut Matches,
     formats: &'p [RecordFormat],
     emits: &'p Emits,
-    json_values: &'p mut JsonValues,
+    value_buf: &'p mut Vec<u8>,
     attr_names: &'p mut String,
     out: &'p mut [StreamOut],
     counters: &'p mut Counters,
@@ -717,7 +591,7 @@ impl Parts<'_> {
             matches,
             formats,
             emits,
-            json_values,
+            value_buf,
             attr_names,
             out,
             counters,
@@ -741,7 +615,8 @@ impl Parts<'_> {
                 tables,
             };
             matcher.matching(&ctx, matches);
-            json_values.next_event();
+            let missing = ctx.enriched.customer_missing;
+            let mut values = Values::new(&ctx, value_buf);
             matches.for_each(|i| {
                 let rule = &emits.rules[i];
                 if !rule.sampler.keeps(event.event_id) {
@@ -752,15 +627,15 @@ impl Parts<'_> {
                     if UPTO < stage::PROJECT_ENCODE {
                         continue;
                     }
-                    emit_rule::<UPTO>(
-                        &mut out[stream],
-                        formats[stream],
-                        at,
-                        &ctx,
-                        emits.fields(rule),
-                        &emits.keys,
-                        json_values,
-                    );
+                    let s = &mut out[stream];
+                    match formats[stream] {
+                        RecordFormat::Json => {
+                            emits.json::<UPTO, _>(s, at, rule, &mut values, missing)
+                        }
+                        RecordFormat::Rkyv => {
+                            emits.rkyv::<UPTO, _>(s, at, rule, &mut values, missing)
+                        }
+                    }
                 }
             });
             if matches.is_empty() {

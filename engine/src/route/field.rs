@@ -195,6 +195,13 @@ where
 {
     #[inline]
     pub fn get(&self, f: Field) -> Value<'e> {
+        self.get_inline(f)
+    }
+
+    /// [`Ctx::get`], inlined where the caller takes the value apart at once (so that it
+    /// need not pass through memory).
+    #[inline(always)]
+    pub fn get_inline(&self, f: Field) -> Value<'e> {
         let e = self.event;
         let t = self.tables;
         let r = &self.enriched;

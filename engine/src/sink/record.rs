@@ -9,11 +9,8 @@ use std::fmt;
 use std::io::Write as _;
 use std::str::FromStr;
 
-use rkyv::rancor::Fallible;
-use rkyv::ser::{Allocator, Writer};
-use rkyv::string::{ArchivedString, StringResolver};
-use rkyv::vec::{ArchivedVec, VecResolver};
-use rkyv::{Archive, Place, Serialize};
+use rkyv::Archive;
+use rkyv::vec::ArchivedVec;
 
 use crate::route::Value;
 
@@ -68,67 +65,6 @@ pub struct RecordField {
     pub kind: u8,
     pub num: u64,
     pub text: String,
-}
-
-/// The borrowed form of [`RecordField`], archived exactly as it is.
-#[derive(Debug, Clone, Copy)]
-pub struct FieldRef<'a> {
-    pub name: &'a str,
-    pub kind: u8,
-    pub num: u64,
-    pub text: &'a str,
-}
-
-pub struct FieldRefResolver {
-    name: StringResolver,
-    text: StringResolver,
-}
-
-impl Archive for FieldRef<'_> {
-    type Archived = ArchivedRecordField;
-    type Resolver = FieldRefResolver;
-
-    fn resolve(&self, r: Self::Resolver, out: Place<Self::Archived>) {
-        rkyv::munge::munge!(let ArchivedRecordField { name, kind, num, text } = out);
-        ArchivedString::resolve_from_str(self.name, r.name, name);
-        self.kind.resolve((), kind);
-        self.num.resolve((), num);
-        ArchivedString::resolve_from_str(self.text, r.text, text);
-    }
-}
-
-impl<S: Fallible + Writer + ?Sized> Serialize<S> for FieldRef<'_>
-where
-    S::Error: rkyv::rancor::Source,
-{
-    fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
-        Ok(FieldRefResolver {
-            name: ArchivedString::serialize_from_str(self.name, s)?,
-            text: ArchivedString::serialize_from_str(self.text, s)?,
-        })
-    }
-}
-
-/// A borrowed record, archived exactly as `Vec<RecordField>`.
-pub struct RecordRef<'a, 'b>(pub &'b [FieldRef<'a>]);
-
-impl Archive for RecordRef<'_, '_> {
-    type Archived = ArchivedVec<ArchivedRecordField>;
-    type Resolver = VecResolver;
-
-    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
-        ArchivedVec::resolve_from_slice(self.0, resolver, out);
-    }
-}
-
-impl<S> Serialize<S> for RecordRef<'_, '_>
-where
-    S: Fallible + Allocator + Writer + ?Sized,
-    S::Error: rkyv::rancor::Source,
-{
-    fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
-        ArchivedVec::serialize_from_slice(self.0, s)
-    }
 }
 
 /// One rejected envelope, as the dead-letter stream holds it.
@@ -226,11 +162,149 @@ unsafe fn copy_short(dst: *mut u8, src: *const u8, n: usize) {
     }
 }
 
-/// Whether `b` needs escaping in a JSON string.
+/// A writer into room reserved for exactly the bytes about to be written ([`append_exact`]):
+/// each piece costs one comparison against the room left and a short copy, not a `reserve`.
+///
+/// `'id` brands the cursor with the one [`append_exact`] call that made it (the closure takes
+/// any `'id`), so that no two cursors can be swapped.
+pub struct Cursor<'id> {
+    room: *mut u8,
+    len: usize,
+    at: usize,
+    _brand: std::marker::PhantomData<fn(&'id ()) -> &'id ()>,
+}
+
+impl Cursor<'_> {
+    /// Appends `b`.
+    #[inline(always)]
+    pub fn put(&mut self, b: &[u8]) {
+        let n = b.len();
+        if n > self.len - self.at {
+            overrun();
+        }
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx512bw",
+            target_feature = "avx512vl",
+            target_feature = "bmi2"
+        ))]
+        if n <= SLACK {
+            // A piece of up to 32 bytes without a branch on its length: a masked load reads
+            // just its bytes, and a whole 32-byte store writes them and some junk into the
+            // slack after the room, which later pieces overwrite or the vector's length
+            // leaves out.
+            use std::arch::x86_64::*;
+            // SAFETY: the build enables the features (the cfg above); the masked load reads
+            // only `b[..n]`; the store's 32 bytes lie in the room and its slack (`at + n` is
+            // within the room, so `at + 32` is within the slack past it).
+            unsafe {
+                let k = _bzhi_u32(u32::MAX, n as u32);
+                let v = _mm256_maskz_loadu_epi8(k, b.as_ptr().cast());
+                _mm256_storeu_si256(self.room.add(self.at).cast(), v);
+            }
+            self.at += n;
+            return;
+        }
+        // SAFETY: `room[at..at + n]` lies in the reserved room (checked above), which `b`
+        // (borrowed apart from the vector being written) does not overlap.
+        unsafe { copy_short(self.room.add(self.at), b.as_ptr(), n) };
+        self.at += n;
+    }
+
+    /// Appends 8 bytes.
+    #[inline(always)]
+    pub fn put8(&mut self, b: [u8; 8]) {
+        self.put(&b);
+    }
+
+    /// Appends four little-endian words.
+    #[inline(always)]
+    pub fn put32(&mut self, w: [u64; 4]) {
+        if 32 > self.len - self.at {
+            overrun();
+        }
+        // SAFETY: `room[at..at + 32]` lies in the reserved room (checked above).
+        unsafe {
+            let p = self.room.add(self.at);
+            for (i, w) in w.into_iter().enumerate() {
+                std::ptr::write_unaligned(p.add(8 * i).cast::<[u8; 8]>(), w.to_le_bytes());
+            }
+        }
+        self.at += 32;
+    }
+
+    /// Appends `n` (at most 8) zero bytes.
+    #[inline(always)]
+    pub fn zeros(&mut self, n: usize) {
+        self.put(&[0; 8][..n]);
+    }
+
+    /// Bytes written so far.
+    #[inline(always)]
+    pub fn written(&self) -> usize {
+        self.at
+    }
+}
+
+/// Room reserved past a cursor's, which its wide stores may scribble on.
+const SLACK: usize = 32;
+
+#[cold]
+#[inline(never)]
+fn overrun() -> ! {
+    panic!("a record wrote more bytes than it measured")
+}
+
+/// Appends exactly `len` bytes to `out`, written by `write` front to back through a cursor
+/// over room reserved once. Panics (having appended nothing) if `write` writes more or fewer.
+#[inline(always)]
+pub fn append_exact(out: &mut Vec<u8>, len: usize, write: impl for<'id> FnOnce(&mut Cursor<'id>)) {
+    out.reserve(len + SLACK);
+    let at = out.len();
+    let mut c = Cursor {
+        // SAFETY: `reserve` made room for `len` bytes (and the slack) after `at`.
+        room: unsafe { out.as_mut_ptr().add(at) },
+        len,
+        at: 0,
+        _brand: std::marker::PhantomData,
+    };
+    write(&mut c);
+    assert!(
+        c.at == len,
+        "a record measured {len} bytes and wrote {}",
+        c.at
+    );
+    // SAFETY: the cursor wrote `room[..len]` front to back with no gap (it only appends), so
+    // the `len` bytes after `at` are initialized.
+    unsafe { out.set_len(at + len) };
+}
+
+/// Whether `b` needs escaping in a JSON string: a control byte, `"` or `\\`. Eight bytes at a
+/// time (the strings are short: a byte-wise loop spends most of its time on its tail).
 #[inline]
 fn needs_escape(b: &[u8]) -> bool {
-    b.iter()
-        .fold(false, |e, &c| e | (c < 0x20) | (c == b'"') | (c == b'\\'))
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES << 7;
+    // A word's high bit set in each byte that is below `n` (exact as to whether any is, for
+    // `n` up to 128), or zero.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let bad = |x: u64| {
+        below(x, 0x20)
+            | below(x ^ (ONES * u64::from(b'"')), 1)
+            | below(x ^ (ONES * u64::from(b'\\')), 1)
+    };
+    let mut chunks = b.chunks_exact(8);
+    let mut found = 0;
+    for c in &mut chunks {
+        found |= bad(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+    }
+    let rest = chunks.remainder();
+    // The tail, filled out with a byte that needs no escape.
+    let mut last = [b'a'; 8];
+    // SAFETY: the tail is shorter than 8 bytes; `last` is a local apart from `b`.
+    unsafe { copy_short(last.as_mut_ptr(), rest.as_ptr(), rest.len()) };
+    found |= bad(u64::from_le_bytes(last));
+    found != 0
 }
 
 /// Appends `s` to `out` as a JSON string.
@@ -301,10 +375,7 @@ pub fn json_record<'v>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'v str,
 #[inline]
 pub fn json_value(out: &mut Vec<u8>, v: Value<'_>) {
     match v {
-        Value::U64(n) => {
-            let mut buf = [0; 20];
-            put(out, format_u64(n, &mut buf));
-        }
+        Value::U64(n) => put(out, itoa::Buffer::new().format(n).as_bytes()),
         Value::Str(s) => json_str(out, s),
         Value::Ip(ip) => {
             let mut buf = [0; IP_TEXT_MAX];
@@ -317,12 +388,12 @@ pub fn json_value(out: &mut Vec<u8>, v: Value<'_>) {
 }
 
 /// The longest address text ([`ip_text`]).
-const IP_TEXT_MAX: usize = 48;
+pub const IP_TEXT_MAX: usize = 48;
 
 /// An address as `Display` writes it, into `buf`: IPv4 dotted quads by hand (the common
 /// case), anything else through `fmt`.
 #[inline]
-fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> &[u8] {
+pub fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> &[u8] {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let mut n = 0;
@@ -350,21 +421,6 @@ fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> &[u8] {
     }
 }
 
-/// `n` in decimal, into the end of `buf`.
-#[inline]
-fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
 /// Appends one projected record as an rkyv archive: an archived `Vec<RecordField>`, written
 /// here byte for byte as rkyv's serializer writes it (the tests compare the two on random
 /// records) without its machinery. `out.len()` is where the record starts: rkyv aligns to its
@@ -375,48 +431,39 @@ pub fn rkyv_record<'v>(
     fields: impl Iterator<Item = (&'v str, Value<'v>)>,
     last: Option<(&'v str, Value<'v>)>,
 ) {
-    let mut ip_buf = [0u8; IP_TEXT_MAX];
-    let mut ip_text_at = None;
+    // Each address's text, in the place of its field.
+    let mut ips =
+        [const { std::mem::MaybeUninit::<[u8; IP_TEXT_MAX]>::uninit() }; FIELDS_PER_RECORD_MAX];
     // Room for the largest record, left uninitialized: a rule's record fills a few entries,
     // and clearing all of them for every record would cost more than writing it.
-    let mut refs =
-        [const { std::mem::MaybeUninit::<FieldRef<'_>>::uninit() }; FIELDS_PER_RECORD_MAX];
+    let mut all =
+        [const { std::mem::MaybeUninit::<RkyvField<'_>>::uninit() }; FIELDS_PER_RECORD_MAX];
     let mut n = 0;
-    let mut push = |name, v| {
-        if n == FIELDS_PER_RECORD_MAX {
-            return;
-        }
+    for ((name, v), ip) in fields.chain(last).zip(&mut ips) {
         let (kind, num, text) = match v {
-            Value::U64(num) => (KIND_U64, num, ""),
-            Value::Str(text) => (KIND_STR, 0, text),
-            Value::Ip(ip) => {
-                ip_text_at = Some((n, ip));
-                (KIND_IP, 0, "")
-            }
-            Value::Null => (KIND_NULL, 0, ""),
+            Value::U64(num) => (KIND_U64, num, &b""[..]),
+            Value::Str(text) => (KIND_STR, 0, text.as_bytes()),
+            Value::Ip(addr) => (KIND_IP, 0, ip_text(addr, ip.write([0; IP_TEXT_MAX]))),
+            Value::Null => (KIND_NULL, 0, &b""[..]),
         };
-        refs[n].write(FieldRef {
-            name,
+        all[n].write(RkyvField {
+            name: name.as_bytes(),
             kind,
             num,
             text,
         });
         n += 1;
-    };
-    for (name, v) in fields {
-        push(name, v);
     }
-    if let Some((name, v)) = last {
-        push(name, v);
-    }
-    // SAFETY: entries 0..n were written by `push` above.
-    let refs: &mut [FieldRef<'_>] =
-        unsafe { std::slice::from_raw_parts_mut(refs.as_mut_ptr().cast::<FieldRef<'_>>(), n) };
-    if let Some((i, ip)) = ip_text_at {
-        let t = ip_text(ip, &mut ip_buf);
-        refs[i].text = std::str::from_utf8(t).expect("an address prints as ASCII");
-    }
-    write_rkyv_record(out, refs);
+    // SAFETY: entries 0..n were written above.
+    let fields: &[RkyvField<'_>] =
+        unsafe { std::slice::from_raw_parts(all.as_ptr().cast::<RkyvField<'_>>(), n) };
+    let strings = fields
+        .iter()
+        .map(|f| out_of_line(f.name) + out_of_line(f.text))
+        .sum();
+    append_exact(out, rkyv_len(fields.len(), strings), |c| {
+        write_rkyv_fields(c, strings, fields)
+    });
 }
 
 /// The size of an archived [`RecordField`] and where its parts lie in it.
@@ -431,69 +478,155 @@ const _: () = {
     assert!(rkyv::string::repr::INLINE_CAPACITY == 8);
 };
 
-/// Writes `fields` as rkyv writes `Vec<RecordField>`: each field's name and text that are
-/// too long to lie inline (over 8 bytes), in order; zeros to an 8-byte boundary; the 32-byte
-/// entries; and the root (a relative pointer to the entries, and their count).
-#[inline]
-fn write_rkyv_record(out: &mut Vec<u8>, fields: &[FieldRef<'_>]) {
-    let base = out.len();
-    // Where each out-of-line string lies, relative to `base` (0: inline).
-    let mut at = [[0u32; 2]; FIELDS_PER_RECORD_MAX];
-    for (f, at) in fields.iter().zip(at.iter_mut()) {
-        for (s, at) in [f.name, f.text].into_iter().zip(at.iter_mut()) {
-            if s.len() > 8 {
-                *at = (out.len() - base) as u32;
-                put(out, s.as_bytes());
-            }
-        }
-    }
-    let strings_end = out.len() - base;
-    let entries = strings_end.next_multiple_of(8);
-    let end = entries + fields.len() * ENTRY_BYTES + 8;
-    out.reserve(end - strings_end);
-    // SAFETY: `reserve` made room for the record's `end` bytes from `base`; every write below
-    // lies in `base + strings_end .. base + end` (the padding, the entries, the root), so all
-    // of `..base + end` is initialized when the length is set.
-    unsafe {
-        let record = out.as_mut_ptr().add(base);
-        for i in strings_end..entries {
-            *record.add(i) = 0;
-        }
-        let put8 = |at: usize, b: [u8; 8]| std::ptr::write_unaligned(record.add(at).cast(), b);
-        for (i, (f, at)) in fields.iter().zip(&at).enumerate() {
-            let e = entries + i * ENTRY_BYTES;
-            put8(e, string_repr(f.name, at[0], e));
-            // The kind, then the padding before `num`, zeroed as rkyv zeroes it.
-            put8(e + 8, u64::from(f.kind).to_le_bytes());
-            put8(e + 16, f.num.to_le_bytes());
-            put8(e + 24, string_repr(f.text, at[1], e + 24));
-        }
-        let root = end - 8;
-        let offset = entries as i32 - root as i32;
-        let mut r = [0u8; 8];
-        r[..4].copy_from_slice(&offset.to_le_bytes());
-        r[4..].copy_from_slice(&(fields.len() as u32).to_le_bytes());
-        put8(root, r);
-        out.set_len(base + end);
-    }
+/// One field as an rkyv record holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct RkyvField<'a> {
+    pub name: &'a [u8],
+    pub kind: u8,
+    pub num: u64,
+    pub text: &'a [u8],
 }
 
-/// An archived string's 8 bytes at `pos` (relative to the record): inline, `0xff`-filled, or
-/// the length (marked out of line) and the offset of its bytes at `target`.
+/// The bytes of `s` that an archived string keeps out of line (those over 8 are not inline).
 #[inline(always)]
-fn string_repr(s: &str, target: u32, pos: usize) -> [u8; 8] {
-    let b = s.as_bytes();
-    let mut r = [0xffu8; 8];
+pub fn out_of_line(s: &[u8]) -> usize {
+    if s.len() > 8 { s.len() } else { 0 }
+}
+
+/// The length of an rkyv record of `n` fields whose out-of-line strings take `strings` bytes.
+#[inline(always)]
+pub fn rkyv_len(n: usize, strings: usize) -> usize {
+    strings.next_multiple_of(8) + n * ENTRY_BYTES + 8
+}
+
+/// Writes `fields` as rkyv writes `Vec<RecordField>`: each field's name and text that are
+/// too long to lie inline (over 8 bytes), in order; zeros to an 8-byte boundary; the 32-byte
+/// entries; and the root (a relative pointer to the entries, and their count). Their
+/// out-of-line strings take `strings` bytes; the record takes [`rkyv_len`] bytes from where
+/// the cursor is, which must be 8-byte aligned where the record will lie.
+#[inline(always)]
+pub fn write_rkyv_fields(c: &mut Cursor<'_>, strings: usize, fields: &[RkyvField<'_>]) {
+    let start = c.written();
+    for f in fields {
+        if f.name.len() > 8 {
+            c.put(f.name);
+        }
+        if f.text.len() > 8 {
+            c.put(f.text);
+        }
+    }
+    assert_eq!(
+        c.written() - start,
+        strings,
+        "out-of-line strings as measured"
+    );
+    let entries = strings.next_multiple_of(8);
+    c.zeros(entries - strings);
+    // Where the next out-of-line string lies, relative to the record.
+    let mut s = 0;
+    let mut e = entries;
+    for f in fields {
+        let name = string_repr(f.name, &mut s, e);
+        let text = string_repr(f.text, &mut s, e + 24);
+        // The kind, then the padding before `num`, zeroed as rkyv zeroes it.
+        c.put32([name, u64::from(f.kind), f.num, text]);
+        e += ENTRY_BYTES;
+    }
+    // The root: the entries relative to it, and their count.
+    let offset = (entries as i32 - e as i32) as u32;
+    c.put8((u64::from(fields.len() as u32) << 32 | u64::from(offset)).to_le_bytes());
+}
+
+/// An archived string's 8 bytes (as a little-endian word) at `pos` (relative to the record):
+/// inline, `0xff`-filled, or the length (marked out of line) and the offset of its bytes at
+/// `*next`, which then moves past them.
+#[inline(always)]
+fn string_repr(b: &[u8], next: &mut usize, pos: usize) -> u64 {
     if b.len() <= 8 {
+        let mut r = [0xffu8; 8];
         // SAFETY: `b.len()` bytes fit in `r`, a local apart from `b`.
         unsafe { copy_short(r.as_mut_ptr(), b.as_ptr(), b.len()) };
+        u64::from_le_bytes(r)
     } else {
         let l = b.len() as u32;
         let l = (l & 0x3f) | 0x80 | ((l & !0x3f) << 2);
-        r[..4].copy_from_slice(&l.to_le_bytes());
-        r[4..].copy_from_slice(&(target as i32 - pos as i32).to_le_bytes());
+        let offset = (*next as i32 - pos as i32) as u32;
+        *next += b.len();
+        u64::from(offset) << 32 | u64::from(l)
     }
-    r
+}
+
+/// The serializable borrowed record that [`rkyv_record_by_rkyv`] hands rkyv.
+#[cfg(test)]
+mod reference {
+    use rkyv::rancor::Fallible;
+    use rkyv::ser::{Allocator, Writer};
+    use rkyv::string::{ArchivedString, StringResolver};
+    use rkyv::vec::{ArchivedVec, VecResolver};
+    use rkyv::{Archive, Place, Serialize};
+
+    use super::ArchivedRecordField;
+
+    /// The borrowed form of [`RecordField`], archived exactly as it is.
+    #[derive(Debug, Clone, Copy)]
+    pub struct FieldRef<'a> {
+        pub name: &'a str,
+        pub kind: u8,
+        pub num: u64,
+        pub text: &'a str,
+    }
+
+    pub struct FieldRefResolver {
+        name: StringResolver,
+        text: StringResolver,
+    }
+
+    impl Archive for FieldRef<'_> {
+        type Archived = ArchivedRecordField;
+        type Resolver = FieldRefResolver;
+
+        fn resolve(&self, r: Self::Resolver, out: Place<Self::Archived>) {
+            rkyv::munge::munge!(let ArchivedRecordField { name, kind, num, text } = out);
+            ArchivedString::resolve_from_str(self.name, r.name, name);
+            self.kind.resolve((), kind);
+            self.num.resolve((), num);
+            ArchivedString::resolve_from_str(self.text, r.text, text);
+        }
+    }
+
+    impl<S: Fallible + Writer + ?Sized> Serialize<S> for FieldRef<'_>
+    where
+        S::Error: rkyv::rancor::Source,
+    {
+        fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
+            Ok(FieldRefResolver {
+                name: ArchivedString::serialize_from_str(self.name, s)?,
+                text: ArchivedString::serialize_from_str(self.text, s)?,
+            })
+        }
+    }
+
+    /// A borrowed record, archived exactly as `Vec<RecordField>`.
+    pub struct RecordRef<'a, 'b>(pub &'b [FieldRef<'a>]);
+
+    impl Archive for RecordRef<'_, '_> {
+        type Archived = ArchivedVec<ArchivedRecordField>;
+        type Resolver = VecResolver;
+
+        fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+            ArchivedVec::resolve_from_slice(self.0, resolver, out);
+        }
+    }
+
+    impl<S> Serialize<S> for RecordRef<'_, '_>
+    where
+        S: Fallible + Allocator + Writer + ?Sized,
+        S::Error: rkyv::rancor::Source,
+    {
+        fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
+            ArchivedVec::serialize_from_slice(self.0, s)
+        }
+    }
 }
 
 /// [`rkyv_record`] through rkyv's own serializer: what the hand-written one must match.
@@ -503,44 +636,28 @@ fn rkyv_record_by_rkyv<'v>(
     scratch: &mut rkyv::util::AlignedVec<16>,
     fields: impl Iterator<Item = (&'v str, Value<'v>)>,
 ) {
-    let mut ip_text = [0u8; 48];
-    let mut ip_len = 0;
-    // Room for the largest record, left uninitialized: a rule's record fills a few entries,
-    // and clearing all of them for every record would cost more than writing it.
-    let mut refs =
-        [const { std::mem::MaybeUninit::<FieldRef<'_>>::uninit() }; FIELDS_PER_RECORD_MAX];
-    let mut n = 0;
-    let mut ip_at = None;
-    for (name, v) in fields.take(FIELDS_PER_RECORD_MAX) {
-        let (kind, num, text) = match v {
-            Value::U64(num) => (KIND_U64, num, ""),
-            Value::Str(text) => (KIND_STR, 0, text),
-            Value::Ip(ip) => {
-                let mut w = &mut ip_text[..];
-                let _ = write!(w, "{ip}");
-                ip_len = 48 - w.len();
-                ip_at = Some(n);
-                (KIND_IP, 0, "")
-            }
-            Value::Null => (KIND_NULL, 0, ""),
-        };
-        refs[n].write(FieldRef {
+    use reference::{FieldRef, RecordRef};
+    let fields: Vec<(&str, u8, u64, String)> = fields
+        .take(FIELDS_PER_RECORD_MAX)
+        .map(|(name, v)| match v {
+            Value::U64(num) => (name, KIND_U64, num, String::new()),
+            Value::Str(text) => (name, KIND_STR, 0, text.to_owned()),
+            Value::Ip(ip) => (name, KIND_IP, 0, ip.to_string()),
+            Value::Null => (name, KIND_NULL, 0, String::new()),
+        })
+        .collect();
+    let refs: Vec<FieldRef<'_>> = fields
+        .iter()
+        .map(|(name, kind, num, text)| FieldRef {
             name,
-            kind,
-            num,
+            kind: *kind,
+            num: *num,
             text,
-        });
-        n += 1;
-    }
-    // SAFETY: entries 0..n were written in the loop above.
-    let refs: &mut [FieldRef<'_>] =
-        unsafe { std::slice::from_raw_parts_mut(refs.as_mut_ptr().cast::<FieldRef<'_>>(), n) };
-    if let Some(i) = ip_at {
-        refs[i].text = std::str::from_utf8(&ip_text[..ip_len]).expect("an IP prints as ASCII");
-    }
+        })
+        .collect();
     scratch.clear();
     let buf = std::mem::take(scratch);
-    *scratch = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&RecordRef(refs), buf)
+    *scratch = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&RecordRef(&refs), buf)
         .expect("serializing into a growable buffer cannot fail");
     out.extend_from_slice(scratch);
 }

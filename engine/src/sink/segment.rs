@@ -27,7 +27,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::record::RecordFormat;
+use super::record::{Cursor, RecordFormat, append_exact};
 
 pub const SEGMENT_MAGIC: [u8; 4] = *b"SLSG";
 pub const SEGMENT_VERSION: u8 = 2;
@@ -177,6 +177,35 @@ pub fn append_record_unsealed(
     header[16..24].copy_from_slice(&key.to_le_bytes());
     let end = start + RECORD_HEADER_BYTES + len;
     out.resize(end.next_multiple_of(8), 0);
+    start
+}
+
+/// [`append_record_unsealed`] for a payload of exactly `len` bytes, written through a cursor
+/// over room reserved once for the whole framed record; returns where the record starts.
+#[inline(always)]
+pub fn append_record_exact(
+    out: &mut Vec<u8>,
+    partition: u32,
+    key: u64,
+    len: usize,
+    payload: impl for<'id> FnOnce(&mut Cursor<'id>),
+) -> usize {
+    let start = out.len();
+    debug_assert_eq!(start % 8, 0, "records start 8-byte aligned");
+    let framed = (RECORD_HEADER_BYTES + len).next_multiple_of(8);
+    append_exact(out, framed, |c| {
+        // Length, then the CRC to come; partition, then reserved; key.
+        c.put8(u64::from(len as u32).to_le_bytes());
+        c.put8(u64::from(partition).to_le_bytes());
+        c.put8(key.to_le_bytes());
+        payload(c);
+        assert_eq!(
+            c.written(),
+            RECORD_HEADER_BYTES + len,
+            "payload as measured"
+        );
+        c.zeros(framed - RECORD_HEADER_BYTES - len);
+    });
     start
 }
 

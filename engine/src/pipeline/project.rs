@@ -1,0 +1,479 @@
+//! Projection, the pipeline's encode stage: each rule's record laid out once (its JSON keys
+//! escaped, the punctuation between them, its rkyv field names), and each event's field values
+//! found and encoded once for all of the event's records (an event goes in about three, whose
+//! rules project some of the same fields).
+//!
+//! A record is written in two passes: the first finds its values and measures it, the second
+//! writes it front to back into room reserved once for the whole framed record, each piece a
+//! short copy ([`Cursor`]). The bytes are those of [`record::json_record`] and
+//! [`record::rkyv_record`] (the golden and proptest tests hold them to it).
+
+use std::mem::MaybeUninit;
+
+use super::{StreamOut, put_record_exact};
+use crate::route::{Ctx, FIELDS_PER_RULE_MAX, Field, RouteSet, Sampler, Value};
+use crate::sink::record::{self, IP_TEXT_MAX, KIND_IP, KIND_NULL, KIND_STR, KIND_U64, RkyvField};
+
+/// The field a record carries when an enrichment table had no answer for its event in time;
+/// its value names the table (`"customer"`).
+pub const MISSING_MARK: &str = "enrich_missing";
+const MISSING_VALUE: &[u8] = b"customer";
+/// The missing mark in a JSON record, after the rule's fields.
+const MISSING_JSON: &[u8] = b",\"enrich_missing\":\"customer\"";
+
+/// What each rule of a route set emits, laid out for the per-event loop in flat arrays, so
+/// that a rule's records read a few adjacent cache lines (W3 has 10,000 rules): its sampling,
+/// its streams, and the fields it projects.
+#[derive(Debug, Default)]
+pub(super) struct Emits {
+    pub(super) rules: Vec<EmitRule>,
+    streams: Vec<usize>,
+    fields: Vec<Projected>,
+    /// Every projected field's JSON key with the punctuation before it (`{"name":` for a
+    /// rule's first field, `,"name":` for the others), back to back.
+    keys: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct EmitRule {
+    pub(super) sampler: Sampler,
+    /// Ranges in [`Emits::streams`] and [`Emits::fields`].
+    streams: (u32, u32),
+    fields: (u32, u32),
+    /// A JSON record's bytes but its values: the keys and punctuation.
+    json_fixed: u32,
+    /// An rkyv record's out-of-line bytes of field names.
+    rkyv_names: u32,
+}
+
+/// One field a rule projects.
+#[derive(Debug, Clone, Copy)]
+struct Projected {
+    field: Field,
+    name: &'static str,
+    /// Its key and the punctuation before it, in [`Emits::keys`].
+    key: (u32, u32),
+}
+
+impl Emits {
+    pub(super) fn new(routes: &RouteSet) -> Emits {
+        let mut e = Emits::default();
+        for r in routes.rules() {
+            let streams = (
+                e.streams.len() as u32,
+                (e.streams.len() + r.streams.len()) as u32,
+            );
+            e.streams.extend_from_slice(&r.streams);
+            let first = e.fields.len() as u32;
+            let keys_from = e.keys.len();
+            let mut rkyv_names = 0;
+            for (i, f) in r.fields.iter().enumerate() {
+                let at = e.keys.len() as u32;
+                e.keys.push(if i == 0 { b'{' } else { b',' });
+                e.keys.extend_from_slice(&record::json_key(f.name()));
+                e.fields.push(Projected {
+                    field: *f,
+                    name: f.name(),
+                    key: (at, e.keys.len() as u32),
+                });
+                rkyv_names += record::out_of_line(f.name().as_bytes());
+            }
+            // The closing brace, and the opening one of a record with no fields.
+            let json_fixed = e.keys.len() - keys_from + 1 + usize::from(r.fields.is_empty());
+            e.rules.push(EmitRule {
+                sampler: r.sampler(),
+                streams,
+                fields: (first, e.fields.len() as u32),
+                json_fixed: json_fixed as u32,
+                rkyv_names: rkyv_names as u32,
+            });
+        }
+        e
+    }
+
+    #[inline]
+    pub(super) fn streams(&self, r: &EmitRule) -> &[usize] {
+        &self.streams[r.streams.0 as usize..r.streams.1 as usize]
+    }
+
+    #[inline]
+    fn fields(&self, r: &EmitRule) -> &[Projected] {
+        &self.fields[r.fields.0 as usize..r.fields.1 as usize]
+    }
+
+    #[inline]
+    fn key(&self, p: &Projected) -> &[u8] {
+        &self.keys[p.key.0 as usize..p.key.1 as usize]
+    }
+
+    /// Encodes rule `r`'s JSON record of the event of `v` (`missing`: with the mark): its
+    /// values are found and measured, then `put` writes the record of that length through a
+    /// cursor.
+    #[inline(always)]
+    pub(super) fn json<'e, const UPTO: u8, S: Source<'e>>(
+        &self,
+        s: &mut StreamOut,
+        at: (u32, u64),
+        r: &EmitRule,
+        v: &mut Values<'_, 'e, S>,
+        missing: bool,
+    ) {
+        let fields = self.fields(r);
+        // Where each value's JSON lies in `v`'s buffer.
+        let mut places = [const { MaybeUninit::<(u32, u32)>::uninit() }; FIELDS_PER_RULE_MAX];
+        let mut len = r.json_fixed as usize;
+        for (p, to) in fields.iter().zip(&mut places) {
+            let (a, b) = v.json(p.field);
+            len += (b - a) as usize;
+            to.write((a, b));
+        }
+        if missing {
+            len += MISSING_JSON.len() - usize::from(fields.is_empty());
+        }
+        let buf = &v.buf[..];
+        put_record_exact::<UPTO>(s, at, len, |c| {
+            if fields.is_empty() {
+                c.put(b"{");
+            }
+            for (p, place) in fields.iter().zip(&places) {
+                // SAFETY: the loop above wrote a place for each of the same `fields`.
+                let (a, b) = unsafe { place.assume_init() };
+                c.put(self.key(p));
+                c.put(&buf[a as usize..b as usize]);
+            }
+            if missing {
+                c.put(&MISSING_JSON[usize::from(fields.is_empty())..]);
+            }
+            c.put(b"}");
+        });
+    }
+
+    /// Encodes rule `r`'s rkyv record of the event of `v` (`missing`: with the mark), as
+    /// [`Emits::json`] does its JSON record.
+    #[inline(always)]
+    pub(super) fn rkyv<'e, const UPTO: u8, S: Source<'e>>(
+        &self,
+        s: &mut StreamOut,
+        at: (u32, u64),
+        r: &EmitRule,
+        v: &mut Values<'_, 'e, S>,
+        missing: bool,
+    ) {
+        let fields = self.fields(r);
+        for p in fields {
+            v.find(p.field);
+        }
+        let v = &*v;
+        let mut all = [const { MaybeUninit::<RkyvField<'_>>::uninit() }; FIELDS_PER_RULE_MAX + 1];
+        let mut n = 0;
+        let mut strings = r.rkyv_names as usize;
+        for (p, f) in fields.iter().zip(&mut all) {
+            let field = v.rkyv(p.name, p.field);
+            strings += record::out_of_line(field.text);
+            f.write(field);
+            n += 1;
+        }
+        if missing {
+            let mark = RkyvField {
+                name: MISSING_MARK.as_bytes(),
+                kind: KIND_STR,
+                num: 0,
+                text: MISSING_VALUE,
+            };
+            strings += record::out_of_line(mark.name) + record::out_of_line(mark.text);
+            all[n].write(mark);
+            n += 1;
+        }
+        // SAFETY: entries 0..n were written above.
+        let all = unsafe { std::slice::from_raw_parts(all.as_ptr().cast::<RkyvField<'_>>(), n) };
+        put_record_exact::<UPTO>(s, at, record::rkyv_len(n, strings), |c| {
+            record::write_rkyv_fields(c, strings, all)
+        });
+    }
+}
+
+/// Where [`Values`] finds an event's field values: its [`Ctx`] (tests give others).
+pub(super) trait Source<'e> {
+    fn value(&self, f: Field) -> Value<'e>;
+}
+
+impl<'e> Source<'e> for Ctx<'e, 'e> {
+    /// [`Ctx::get`], inlined: its value is taken apart at once, and need not pass through
+    /// memory.
+    #[inline(always)]
+    fn value(&self, f: Field) -> Value<'e> {
+        self.get_inline(f)
+    }
+}
+
+const FIELDS: usize = Field::ALL.len();
+
+/// One event's field values, each found once and encoded once per format for all of the
+/// event's records. Made anew for each event (nothing but two bitmaps is cleared); its
+/// buffer of encoded values is kept from event to event.
+pub(super) struct Values<'c, 'e, S = Ctx<'e, 'e>> {
+    ctx: &'c S,
+    /// Bit `i`: `kinds[i]`, `nums[i]` and `texts[i]` hold field `Field::ALL[i]`'s value as
+    /// an rkyv record holds it (an address's text is `ip`). Kept apart, each written and read
+    /// whole, so that no read waits on a wider one that several writes made.
+    found: u32,
+    kinds: [MaybeUninit<u8>; FIELDS],
+    nums: [MaybeUninit<u64>; FIELDS],
+    texts: [MaybeUninit<&'e [u8]>; FIELDS],
+    /// Bit `i`: `json[i]` holds where field `i`'s JSON lies in `buf`.
+    encoded: u32,
+    json: [MaybeUninit<(u32, u32)>; FIELDS],
+    buf: &'c mut Vec<u8>,
+    /// The event's address as text (the one field whose value is one).
+    ip: [u8; IP_TEXT_MAX],
+    ip_len: u8,
+}
+
+const _: () = assert!(FIELDS <= 32, "a bit per field");
+
+impl<'c, 'e, S: Source<'e>> Values<'c, 'e, S> {
+    #[inline]
+    pub(super) fn new(ctx: &'c S, buf: &'c mut Vec<u8>) -> Self {
+        buf.clear();
+        Values {
+            ctx,
+            found: 0,
+            kinds: [const { MaybeUninit::uninit() }; FIELDS],
+            nums: [const { MaybeUninit::uninit() }; FIELDS],
+            texts: [const { MaybeUninit::uninit() }; FIELDS],
+            encoded: 0,
+            json: [const { MaybeUninit::uninit() }; FIELDS],
+            buf,
+            ip: [0; IP_TEXT_MAX],
+            ip_len: 0,
+        }
+    }
+
+    /// Finds field `f`'s value if not yet (an attribute's is found each time it is read).
+    #[inline(always)]
+    fn find(&mut self, f: Field) {
+        if let Some(i) = f.index()
+            && self.found & (1 << i) == 0
+        {
+            self.find_slot(i, f);
+        }
+    }
+
+    /// Finds field `i` (`f`)'s value.
+    #[inline(never)]
+    fn find_slot(&mut self, i: usize, f: Field) {
+        let (kind, num, text): (u8, u64, &'e [u8]) = match self.ctx.value(f) {
+            Value::U64(num) => (KIND_U64, num, b""),
+            Value::Str(s) => (KIND_STR, 0, s.as_bytes()),
+            Value::Ip(ip) => {
+                let n = record::ip_text(ip, &mut self.ip).len();
+                self.ip_len = n as u8;
+                (KIND_IP, 0, b"")
+            }
+            Value::Null => (KIND_NULL, 0, b""),
+        };
+        self.kinds[i].write(kind);
+        self.nums[i].write(num);
+        self.texts[i].write(text);
+        self.found |= 1 << i;
+    }
+
+    /// Where field `f`'s JSON lies in the buffer, encoded now if not yet (an attribute's,
+    /// each time).
+    #[inline(always)]
+    fn json(&mut self, f: Field) -> (u32, u32) {
+        match f.index() {
+            // SAFETY: the bit is set only once `json[i]` is written.
+            Some(i) if self.encoded & (1 << i) != 0 => unsafe { self.json[i].assume_init() },
+            _ => self.encode(f),
+        }
+    }
+
+    #[inline(never)]
+    fn encode(&mut self, f: Field) -> (u32, u32) {
+        let start = self.buf.len();
+        let Some(i) = f.index() else {
+            record::json_value(self.buf, self.ctx.value(f));
+            return (start as u32, self.buf.len() as u32);
+        };
+        if self.found & (1 << i) == 0 {
+            self.find_slot(i, f);
+        }
+        // SAFETY: the bit is set only once the value is written (`find_slot`).
+        let (kind, num, text) = unsafe {
+            (
+                self.kinds[i].assume_init(),
+                self.nums[i].assume_init(),
+                self.texts[i].assume_init(),
+            )
+        };
+        match kind {
+            KIND_U64 => record::put(self.buf, itoa::Buffer::new().format(num).as_bytes()),
+            // SAFETY: a string's text came from a `&str` (`find_slot`).
+            KIND_STR => record::json_str(self.buf, unsafe { std::str::from_utf8_unchecked(text) }),
+            KIND_IP => {
+                self.buf.push(b'"');
+                record::put(self.buf, &self.ip[..usize::from(self.ip_len)]);
+                self.buf.push(b'"');
+            }
+            _ => record::put(self.buf, b"null"),
+        }
+        let at = (start as u32, self.buf.len() as u32);
+        self.json[i].write(at);
+        self.encoded |= 1 << i;
+        at
+    }
+
+    /// Field `f`, named `name`, as an rkyv record holds it: a field found before
+    /// ([`Values::find`]), or an attribute.
+    #[inline(always)]
+    fn rkyv<'s>(&'s self, name: &'s str, f: Field) -> RkyvField<'s> {
+        let name = name.as_bytes();
+        let Some(i) = f.index() else {
+            let (kind, text) = match self.ctx.value(f) {
+                Value::Str(s) => (KIND_STR, s.as_bytes()),
+                _ => (KIND_NULL, &b""[..]),
+            };
+            return RkyvField {
+                name,
+                kind,
+                num: 0,
+                text,
+            };
+        };
+        assert!(
+            self.found & (1 << i) != 0,
+            "a field is found before it is read"
+        );
+        // SAFETY: the bit is set only once the value is written (`find_slot`).
+        let (kind, num, text) = unsafe {
+            (
+                self.kinds[i].assume_init(),
+                self.nums[i].assume_init(),
+                self.texts[i].assume_init(),
+            )
+        };
+        let text = if kind == KIND_IP {
+            &self.ip[..usize::from(self.ip_len)]
+        } else {
+            text
+        };
+        RkyvField {
+            name,
+            kind,
+            num,
+            text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::stage;
+    use crate::route::RuleSource;
+    use crate::sink::record::RecordFormat;
+    use crate::sink::segment::append_record_unsealed;
+    use proptest::prelude::*;
+
+    /// Field values from a table: what the tests give in place of an event's context.
+    struct Given<'e>(Vec<(Field, Value<'e>)>);
+
+    impl<'e> Source<'e> for Given<'e> {
+        fn value(&self, f: Field) -> Value<'e> {
+            self.0
+                .iter()
+                .find(|(g, _)| *g == f)
+                .map_or(Value::Null, |(_, v)| *v)
+        }
+    }
+
+    /// Fields a rule may project: every event and enrichment field, and two attributes.
+    fn pool() -> Vec<Field> {
+        let mut p = Field::ALL.to_vec();
+        p.extend(["attrs.a", "attrs.long_attribute"].map(|n| Field::from_name(n).unwrap()));
+        p
+    }
+
+    /// A value of the field's own kind (or none), from the drawn parts.
+    fn value_of<'e>(f: Field, (pick, num, text, ip): &'e (u8, u64, String, u128)) -> Value<'e> {
+        if pick % 4 == 0 {
+            return Value::Null;
+        }
+        if f == Field::ClientIp {
+            return if pick % 2 == 0 {
+                Value::Ip(std::net::Ipv4Addr::from(*ip as u32).into())
+            } else {
+                Value::Ip(std::net::Ipv6Addr::from(*ip).into())
+            };
+        }
+        if f.is_numeric() {
+            Value::U64(*num >> (pick % 64))
+        } else {
+            Value::Str(text)
+        }
+    }
+
+    proptest! {
+        /// A rule's records through templates and the event's values are, byte for byte,
+        /// those the general encoders write from the fields' names and values: JSON and rkyv,
+        /// with and without the missing mark, bare and framed.
+        #[test]
+        fn templates_write_what_the_general_encoders_write(
+            picks in proptest::collection::vec(0usize..22, 1..12),
+            values in proptest::collection::vec(
+                (any::<u8>(), any::<u64>(), "[a-z0-9.\"\\\\\n\u{1}é]{0,40}", any::<u128>()),
+                22,
+            ),
+            lead in 0usize..4,
+        ) {
+            let pool = pool();
+            let fields: Vec<Field> = picks.iter().map(|&i| pool[i]).collect();
+            let given = Given(pool.iter().zip(&values).map(|(&f, v)| (f, value_of(f, v))).collect());
+            let routes = RouteSet::compile(
+                &[RuleSource {
+                    name: "r".into(),
+                    streams: vec![0],
+                    when: "event_type == \"x\"".into(),
+                    fields: fields.iter().map(|f| f.name().to_owned()).collect(),
+                    sample: None,
+                }],
+                None,
+            )
+            .unwrap();
+            let emits = Emits::new(&routes);
+            let rule = &emits.rules[0];
+            let named = || fields.iter().map(|&f| (f.name(), given.value(f)));
+            let mut buf = Vec::new();
+            for missing in [false, true] {
+                let mark = missing.then_some((MISSING_MARK, Value::Str("customer")));
+                let mut values = Values::new(&given, &mut buf);
+                for format in [RecordFormat::Json, RecordFormat::Rkyv] {
+                    let general = |out: &mut Vec<u8>| match format {
+                        RecordFormat::Json => record::json_record(out, named().chain(mark)),
+                        RecordFormat::Rkyv => record::rkyv_record(out, named(), mark),
+                    };
+                    // Bare, after `lead` words of an earlier record.
+                    let mut s = StreamOut { buf: vec![9; lead * 8], ..StreamOut::default() };
+                    match format {
+                        RecordFormat::Json => emits.json::<{ stage::PROJECT_ENCODE }, _>(&mut s, (3, 4), rule, &mut values, missing),
+                        RecordFormat::Rkyv => emits.rkyv::<{ stage::PROJECT_ENCODE }, _>(&mut s, (3, 4), rule, &mut values, missing),
+                    }
+                    let mut want = vec![9; lead * 8];
+                    general(&mut want);
+                    prop_assert_eq!(&s.buf, &want, "{:?} missing {}", format, missing);
+                    // Framed as a segment record.
+                    let mut s = StreamOut::default();
+                    match format {
+                        RecordFormat::Json => emits.json::<{ stage::FRAME }, _>(&mut s, (3, 4), rule, &mut values, missing),
+                        RecordFormat::Rkyv => emits.rkyv::<{ stage::FRAME }, _>(&mut s, (3, 4), rule, &mut values, missing),
+                    }
+                    let mut want = Vec::new();
+                    append_record_unsealed(&mut want, 3, 4, general);
+                    prop_assert_eq!(&s.buf, &want, "{:?} missing {} framed", format, missing);
+                    prop_assert_eq!(s.unsealed.as_slice(), &[0]);
+                }
+            }
+        }
+    }
+}
