@@ -12,8 +12,9 @@
 #   env BIN     where the release binaries are (default: target/release)
 #   env DUR     seconds to run (default 10)
 #   env DATA    parent of the run's data directory (default: target/bench-engine); the
-#               directory is kept, because deleting gigabytes right before the next run makes
-#               the filesystem trim while that run measures
+#               run's segments are kept until the next run starts, which deletes the earlier
+#               runs' segments (a run writes 3-5 GB) and waits a few seconds, so that the
+#               filesystem's trim of them is over before it measures
 #   env CORES   the engine's cores, e.g. `0,1,2,3` (one shard each; default: one per core)
 #   env ENGINE_PREFIX, LOADGEN_PREFIX   run each under e.g. `taskset -c 14,15`
 #   env CONNS   generator connections (default 4)
@@ -25,7 +26,12 @@ rate=${1:?usage: scripts/bench-engine.sh RATE [SINKS_TOML] [LABEL]}
 sinks=${2:-'durability = { interval_us = 1000 }'}
 label=${3:-run}
 bin=${BIN:-target/release}
-work=${DATA:-target/bench-engine}
+work=$(realpath -m "${DATA:-target/bench-engine}")
+if compgen -G "$work/*/data" > /dev/null; then
+    rm -rf "$work"/*/data
+    sync
+    sleep 3
+fi
 run="$work/$(date +%s%N)"
 mkdir -p "$run"
 python3 - "$sinks" "$run/data" engine/src/default.toml "$run/sluice.toml" "${CORES:-}" "${EXTRA:-}" <<'PY'
