@@ -113,8 +113,30 @@ pub struct Tables {
     geo: Geo,
     device: Rows<DeviceRow>,
     customer: Customer,
-    strings: Vec<Box<str>>,
+    strings: Strings,
+}
+
+/// The tables' interned strings, and each one's JSON (quoted and escaped), which records copy.
+#[derive(Debug, Clone)]
+struct Strings {
+    text: Vec<Box<str>>,
+    json: Vec<Box<[u8]>>,
     interned: HashMap<Box<str>, Sym>,
+}
+
+impl Strings {
+    fn intern(&mut self, s: &str) -> Sym {
+        if let Some(sym) = self.interned.get(s) {
+            return *sym;
+        }
+        let sym = Sym(u32::try_from(self.text.len()).expect("under 2^32 strings"));
+        self.text.push(s.into());
+        let mut json = Vec::with_capacity(s.len() + 2);
+        crate::sink::record::json_str(&mut json, s);
+        self.json.push(json.into_boxed_slice());
+        self.interned.insert(s.into(), sym);
+        sym
+    }
 }
 
 impl Default for Tables {
@@ -123,8 +145,11 @@ impl Default for Tables {
             geo: Geo::Rows(PrefixRows::new(HashMap::new())),
             device: Rows::default(),
             customer: Customer::Rows(Rows::default()),
-            strings: vec!["".into()],
-            interned: [("".into(), Sym::NONE)].into_iter().collect(),
+            strings: Strings {
+                text: vec!["".into()],
+                json: vec![b"\"\"".as_slice().into()],
+                interned: [("".into(), Sym::NONE)].into_iter().collect(),
+            },
         }
     }
 }
@@ -271,8 +296,8 @@ impl Tables {
         let Customer::Remote(r) = &mut self.customer else {
             return Ok(0);
         };
-        let (strings, interned) = (&mut self.strings, &mut self.interned);
-        r.answer(body, now, |s| intern(strings, interned, s))
+        let strings = &mut self.strings;
+        r.answer(body, now, |s| strings.intern(s))
     }
 
     fn load_geo(&mut self, recs: &[Rec]) -> Result<usize, String> {
@@ -333,18 +358,24 @@ impl Tables {
     }
 
     fn intern(&mut self, s: &str) -> Sym {
-        intern(&mut self.strings, &mut self.interned, s)
+        self.strings.intern(s)
     }
 
     /// Every interned string, by [`Sym::index`].
     pub fn strings(&self) -> &[Box<str>] {
-        &self.strings
+        &self.strings.text
     }
 
     /// The text of an interned string.
     #[inline]
     pub fn str(&self, s: Sym) -> &str {
-        &self.strings[s.0 as usize]
+        &self.strings.text[s.0 as usize]
+    }
+
+    /// An interned string as JSON: quoted and escaped.
+    #[inline]
+    pub fn json(&self, s: Sym) -> &[u8] {
+        &self.strings.json[s.0 as usize]
     }
 
     /// The rows `event` joins to. A cached table may fill its cache (and intern the strings
@@ -376,8 +407,8 @@ impl Tables {
         let geo = match &mut self.geo {
             Geo::Rows(rows) => geo_row(rows, event.client_ip),
             Geo::Mmdb(db) => {
-                let (strings, interned) = (&mut self.strings, &mut self.interned);
-                db.lookup(event.client_ip, |s| intern(strings, interned, s))
+                let strings = &mut self.strings;
+                db.lookup(event.client_ip, |s| strings.intern(s))
             }
         };
         let (customer, customer_missing) = match &mut self.customer {
@@ -584,16 +615,6 @@ impl PrefixRows {
     fn len(&self) -> usize {
         self.len
     }
-}
-
-fn intern(strings: &mut Vec<Box<str>>, interned: &mut HashMap<Box<str>, Sym>, s: &str) -> Sym {
-    if let Some(sym) = interned.get(s) {
-        return *sym;
-    }
-    let sym = Sym(u32::try_from(strings.len()).expect("under 2^32 strings"));
-    strings.push(s.into());
-    interned.insert(s.into(), sym);
-    sym
 }
 
 /// Rows by a numeric key: a plain vector indexed by key when the keys are dense (W1's device

@@ -195,6 +195,12 @@ impl Emits {
 /// Where [`Values`] finds an event's field values: its [`Ctx`] (tests give others).
 pub(super) trait Source<'e> {
     fn value(&self, f: Field) -> Value<'e>;
+
+    /// Field `f`'s JSON where it is made ahead (a table's string), byte for byte what
+    /// [`record::json_value`] writes of its value.
+    fn json(&self, _f: Field) -> Option<&'e [u8]> {
+        None
+    }
 }
 
 impl<'e> Source<'e> for Ctx<'e, 'e> {
@@ -203,6 +209,11 @@ impl<'e> Source<'e> for Ctx<'e, 'e> {
     #[inline(always)]
     fn value(&self, f: Field) -> Value<'e> {
         self.get_inline(f)
+    }
+
+    #[inline(always)]
+    fn json(&self, f: Field) -> Option<&'e [u8]> {
+        self.table_json(f)
     }
 }
 
@@ -296,6 +307,13 @@ impl<'c, 'e, S: Source<'e>> Values<'c, 'e, S> {
             record::json_value(self.buf, self.ctx.value(f));
             return (start as u32, self.buf.len() as u32);
         };
+        if let Some(json) = self.ctx.json(f) {
+            record::put(self.buf, json);
+            let at = (start as u32, self.buf.len() as u32);
+            self.json[i].write(at);
+            self.encoded |= 1 << i;
+            return at;
+        }
         if self.found & (1 << i) == 0 {
             self.find_slot(i, f);
         }
@@ -376,8 +394,9 @@ mod tests {
     use crate::sink::segment::append_record_unsealed;
     use proptest::prelude::*;
 
-    /// Field values from a table: what the tests give in place of an event's context.
-    struct Given<'e>(Vec<(Field, Value<'e>)>);
+    /// Field values from a table: what the tests give in place of an event's context; and
+    /// the JSON of those made ahead (as a table's strings are).
+    struct Given<'e>(Vec<(Field, Value<'e>)>, Vec<(Field, &'e [u8])>);
 
     impl<'e> Source<'e> for Given<'e> {
         fn value(&self, f: Field) -> Value<'e> {
@@ -385,6 +404,10 @@ mod tests {
                 .iter()
                 .find(|(g, _)| *g == f)
                 .map_or(Value::Null, |(_, v)| *v)
+        }
+
+        fn json(&self, f: Field) -> Option<&'e [u8]> {
+            self.1.iter().find(|(g, _)| *g == f).map(|(_, j)| *j)
         }
     }
 
@@ -429,7 +452,22 @@ mod tests {
         ) {
             let pool = pool();
             let fields: Vec<Field> = picks.iter().map(|&i| pool[i]).collect();
-            let given = Given(pool.iter().zip(&values).map(|(&f, v)| (f, value_of(f, v))).collect());
+            let given: Vec<(Field, Value<'_>)> =
+                pool.iter().zip(&values).map(|(&f, v)| (f, value_of(f, v))).collect();
+            // The table fields' strings come with their JSON made ahead.
+            let made: Vec<(Field, Vec<u8>)> = given
+                .iter()
+                .filter(|(f, _)| (Field::GeoCountry.index()..=Field::CustomerSignupCountry.index()).contains(&f.index()))
+                .filter_map(|&(f, v)| match v {
+                    Value::Str(t) => {
+                        let mut j = Vec::new();
+                        record::json_str(&mut j, t);
+                        Some((f, j))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let given = Given(given, made.iter().map(|(f, j)| (*f, j.as_slice())).collect());
             let routes = RouteSet::compile(
                 &[RuleSource {
                     name: "r".into(),

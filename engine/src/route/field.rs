@@ -198,6 +198,26 @@ where
         self.get_inline(f)
     }
 
+    /// The JSON of field `f`'s value, where it is a table's string (interned, its JSON made
+    /// once); `None` for other fields and for a missing value.
+    #[inline]
+    pub fn table_json(&self, f: Field) -> Option<&'e [u8]> {
+        let r = &self.enriched;
+        let sym = match f {
+            Field::GeoCountry => r.geo.map(|g| g.country),
+            Field::GeoRegion => r.geo.map(|g| g.region),
+            Field::GeoCity => r.geo.map(|g| g.city),
+            Field::DeviceBrand => r.device.map(|d| d.brand),
+            Field::DeviceModel => r.device.map(|d| d.model),
+            Field::DevicePlatform => r.device.map(|d| d.platform),
+            Field::DeviceOs => r.device.map(|d| d.os),
+            Field::CustomerPlan => r.customer.map(|c| c.plan),
+            Field::CustomerSignupCountry => r.customer.map(|c| c.signup_country),
+            _ => None,
+        }?;
+        (sym != Sym::NONE).then(|| self.tables.json(sym))
+    }
+
     /// [`Ctx::get`], inlined where the caller takes the value apart at once (so that it
     /// need not pass through memory).
     #[inline(always)]

@@ -311,12 +311,13 @@ fn needs_escape(b: &[u8]) -> bool {
 #[inline]
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
-    // Most strings need no escape: check in one (vectorizable) pass and copy them whole.
+    // Most strings need no escape: check them a word at a time and copy them whole.
     if !needs_escape(b) {
-        out.reserve(b.len() + 2);
-        out.push(b'"');
-        put(out, b);
-        out.push(b'"');
+        append_exact(out, b.len() + 2, |c| {
+            c.put(b"\"");
+            c.put(b);
+            c.put(b"\"");
+        });
         return;
     }
     json_str_escaped(out, b);
