@@ -106,9 +106,9 @@ impl Emits {
         &self.keys[p.key.0 as usize..p.key.1 as usize]
     }
 
-    /// Encodes rule `r`'s JSON record of the event of `v` (`missing`: with the mark): its
-    /// values are found and measured, then `put` writes the record of that length through a
-    /// cursor.
+    /// Appends rule `r`'s JSON record of the event of `v` (`missing`: with the mark) to `s`
+    /// at `at` (partition, key): its values are found and the record measured, then written
+    /// through a cursor into room reserved once.
     #[inline(always)]
     pub(super) fn json<'e, const UPTO: u8, S: Source<'e>>(
         &self,
@@ -148,8 +148,8 @@ impl Emits {
         });
     }
 
-    /// Encodes rule `r`'s rkyv record of the event of `v` (`missing`: with the mark), as
-    /// [`Emits::json`] does its JSON record.
+    /// Appends rule `r`'s rkyv record of the event of `v`, as [`Emits::json`] does its JSON
+    /// record.
     #[inline(always)]
     pub(super) fn rkyv<'e, const UPTO: u8, S: Source<'e>>(
         &self,
