@@ -627,15 +627,8 @@ impl Parts<'_> {
                     if UPTO < stage::PROJECT_ENCODE {
                         continue;
                     }
-                    let s = &mut out[stream];
-                    match formats[stream] {
-                        RecordFormat::Json => {
-                            emits.json::<UPTO, _>(s, at, rule, &mut values, missing)
-                        }
-                        RecordFormat::Rkyv => {
-                            emits.rkyv::<UPTO, _>(s, at, rule, &mut values, missing)
-                        }
-                    }
+                    let (s, format) = (&mut out[stream], formats[stream]);
+                    emits.emit::<UPTO, _>(s, format, at, rule, &mut values, missing);
                 }
             });
             if matches.is_empty() {

@@ -12,7 +12,9 @@ use std::mem::MaybeUninit;
 
 use super::{StreamOut, put_record_exact};
 use crate::route::{Ctx, FIELDS_PER_RULE_MAX, Field, RouteSet, Sampler, Value};
-use crate::sink::record::{self, IP_TEXT_MAX, KIND_IP, KIND_NULL, KIND_STR, KIND_U64, RkyvField};
+use crate::sink::record::{
+    self, IP_TEXT_MAX, KIND_IP, KIND_NULL, KIND_STR, KIND_U64, RecordFormat, RkyvField,
+};
 
 /// The field a record carries when an enrichment table had no answer for its event in time;
 /// its value names the table (`"customer"`).
@@ -106,89 +108,85 @@ impl Emits {
         &self.keys[p.key.0 as usize..p.key.1 as usize]
     }
 
-    /// Appends rule `r`'s JSON record of the event of `v` (`missing`: with the mark) to `s`
-    /// at `at` (partition, key): its values are found and the record measured, then written
-    /// through a cursor into room reserved once.
+    /// Appends rule `r`'s record of the event of `v` (`missing`: with the mark) to `s` at
+    /// `at` (partition, key), in the stream's `format`: its values are found and the record
+    /// measured, then written through a cursor into room reserved once.
     #[inline(always)]
-    pub(super) fn json<'e, const UPTO: u8, S: Source<'e>>(
+    pub(super) fn emit<'e, const UPTO: u8, S: Source<'e>>(
         &self,
         s: &mut StreamOut,
+        format: RecordFormat,
         at: (u32, u64),
         r: &EmitRule,
         v: &mut Values<'_, 'e, S>,
         missing: bool,
     ) {
         let fields = self.fields(r);
-        // Where each value's JSON lies in `v`'s buffer.
-        let mut places = [const { MaybeUninit::<(u32, u32)>::uninit() }; FIELDS_PER_RULE_MAX];
-        let mut len = r.json_fixed as usize;
-        for (p, to) in fields.iter().zip(&mut places) {
-            let (a, b) = v.json(p.field);
-            len += (b - a) as usize;
-            to.write((a, b));
-        }
-        if missing {
-            len += MISSING_JSON.len() - usize::from(fields.is_empty());
-        }
-        let buf = &v.buf[..];
-        put_record_exact::<UPTO>(s, at, len, |c| {
-            if fields.is_empty() {
-                c.put(b"{");
+        match format {
+            RecordFormat::Json => {
+                // Where each value's JSON lies in `v`'s buffer.
+                let mut places =
+                    [const { MaybeUninit::<(u32, u32)>::uninit() }; FIELDS_PER_RULE_MAX];
+                let mut len = r.json_fixed as usize;
+                for (p, to) in fields.iter().zip(&mut places) {
+                    let (a, b) = v.json(p.field);
+                    len += (b - a) as usize;
+                    to.write((a, b));
+                }
+                if missing {
+                    len += MISSING_JSON.len() - usize::from(fields.is_empty());
+                }
+                let buf = &v.buf[..];
+                put_record_exact::<UPTO>(s, at, len, |c| {
+                    if fields.is_empty() {
+                        c.put(b"{");
+                    }
+                    for (p, place) in fields.iter().zip(&places) {
+                        // SAFETY: the loop above wrote a place for each of the same `fields`.
+                        let (a, b) = unsafe { place.assume_init() };
+                        c.put(self.key(p));
+                        c.put(&buf[a as usize..b as usize]);
+                    }
+                    if missing {
+                        c.put(&MISSING_JSON[usize::from(fields.is_empty())..]);
+                    }
+                    c.put(b"}");
+                });
             }
-            for (p, place) in fields.iter().zip(&places) {
-                // SAFETY: the loop above wrote a place for each of the same `fields`.
-                let (a, b) = unsafe { place.assume_init() };
-                c.put(self.key(p));
-                c.put(&buf[a as usize..b as usize]);
+            RecordFormat::Rkyv => {
+                for p in fields {
+                    v.find(p.field);
+                }
+                let v = &*v;
+                let mut all =
+                    [const { MaybeUninit::<RkyvField<'_>>::uninit() }; FIELDS_PER_RULE_MAX + 1];
+                let mut n = 0;
+                let mut strings = r.rkyv_names as usize;
+                for (p, f) in fields.iter().zip(&mut all) {
+                    let field = v.rkyv(p.name, p.field);
+                    strings += record::out_of_line(field.text);
+                    f.write(field);
+                    n += 1;
+                }
+                if missing {
+                    let mark = RkyvField {
+                        name: MISSING_MARK.as_bytes(),
+                        kind: KIND_STR,
+                        num: 0,
+                        text: MISSING_VALUE,
+                    };
+                    strings += record::out_of_line(mark.name) + record::out_of_line(mark.text);
+                    all[n].write(mark);
+                    n += 1;
+                }
+                // SAFETY: entries 0..n were written above.
+                let all =
+                    unsafe { std::slice::from_raw_parts(all.as_ptr().cast::<RkyvField<'_>>(), n) };
+                put_record_exact::<UPTO>(s, at, record::rkyv_len(n, strings), |c| {
+                    record::write_rkyv_fields(c, strings, all)
+                });
             }
-            if missing {
-                c.put(&MISSING_JSON[usize::from(fields.is_empty())..]);
-            }
-            c.put(b"}");
-        });
-    }
-
-    /// Appends rule `r`'s rkyv record of the event of `v`, as [`Emits::json`] does its JSON
-    /// record.
-    #[inline(always)]
-    pub(super) fn rkyv<'e, const UPTO: u8, S: Source<'e>>(
-        &self,
-        s: &mut StreamOut,
-        at: (u32, u64),
-        r: &EmitRule,
-        v: &mut Values<'_, 'e, S>,
-        missing: bool,
-    ) {
-        let fields = self.fields(r);
-        for p in fields {
-            v.find(p.field);
         }
-        let v = &*v;
-        let mut all = [const { MaybeUninit::<RkyvField<'_>>::uninit() }; FIELDS_PER_RULE_MAX + 1];
-        let mut n = 0;
-        let mut strings = r.rkyv_names as usize;
-        for (p, f) in fields.iter().zip(&mut all) {
-            let field = v.rkyv(p.name, p.field);
-            strings += record::out_of_line(field.text);
-            f.write(field);
-            n += 1;
-        }
-        if missing {
-            let mark = RkyvField {
-                name: MISSING_MARK.as_bytes(),
-                kind: KIND_STR,
-                num: 0,
-                text: MISSING_VALUE,
-            };
-            strings += record::out_of_line(mark.name) + record::out_of_line(mark.text);
-            all[n].write(mark);
-            n += 1;
-        }
-        // SAFETY: entries 0..n were written above.
-        let all = unsafe { std::slice::from_raw_parts(all.as_ptr().cast::<RkyvField<'_>>(), n) };
-        put_record_exact::<UPTO>(s, at, record::rkyv_len(n, strings), |c| {
-            record::write_rkyv_fields(c, strings, all)
-        });
     }
 }
 
@@ -390,7 +388,6 @@ mod tests {
     use super::*;
     use crate::pipeline::stage;
     use crate::route::RuleSource;
-    use crate::sink::record::RecordFormat;
     use crate::sink::segment::append_record_unsealed;
     use proptest::prelude::*;
 
@@ -493,19 +490,13 @@ mod tests {
                     };
                     // Bare, after `lead` words of an earlier record.
                     let mut s = StreamOut { buf: vec![9; lead * 8], ..StreamOut::default() };
-                    match format {
-                        RecordFormat::Json => emits.json::<{ stage::PROJECT_ENCODE }, _>(&mut s, (3, 4), rule, &mut values, missing),
-                        RecordFormat::Rkyv => emits.rkyv::<{ stage::PROJECT_ENCODE }, _>(&mut s, (3, 4), rule, &mut values, missing),
-                    }
+                    emits.emit::<{ stage::PROJECT_ENCODE }, _>(&mut s, format, (3, 4), rule, &mut values, missing);
                     let mut want = vec![9; lead * 8];
                     general(&mut want);
                     prop_assert_eq!(&s.buf, &want, "{:?} missing {}", format, missing);
                     // Framed as a segment record.
                     let mut s = StreamOut::default();
-                    match format {
-                        RecordFormat::Json => emits.json::<{ stage::FRAME }, _>(&mut s, (3, 4), rule, &mut values, missing),
-                        RecordFormat::Rkyv => emits.rkyv::<{ stage::FRAME }, _>(&mut s, (3, 4), rule, &mut values, missing),
-                    }
+                    emits.emit::<{ stage::FRAME }, _>(&mut s, format, (3, 4), rule, &mut values, missing);
                     let mut want = Vec::new();
                     append_record_unsealed(&mut want, 3, 4, general);
                     prop_assert_eq!(&s.buf, &want, "{:?} missing {} framed", format, missing);

@@ -182,29 +182,6 @@ impl Cursor<'_> {
         if n > self.len - self.at {
             overrun();
         }
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx512bw",
-            target_feature = "avx512vl",
-            target_feature = "bmi2"
-        ))]
-        if n <= SLACK {
-            // A piece of up to 32 bytes without a branch on its length: a masked load reads
-            // just its bytes, and a whole 32-byte store writes them and some junk into the
-            // slack after the room, which later pieces overwrite or the vector's length
-            // leaves out.
-            use std::arch::x86_64::*;
-            // SAFETY: the build enables the features (the cfg above); the masked load reads
-            // only `b[..n]`; the store's 32 bytes lie in the room and its slack (`at + n` is
-            // within the room, so `at + 32` is within the slack past it).
-            unsafe {
-                let k = _bzhi_u32(u32::MAX, n as u32);
-                let v = _mm256_maskz_loadu_epi8(k, b.as_ptr().cast());
-                _mm256_storeu_si256(self.room.add(self.at).cast(), v);
-            }
-            self.at += n;
-            return;
-        }
         // SAFETY: `room[at..at + n]` lies in the reserved room (checked above), which `b`
         // (borrowed apart from the vector being written) does not overlap.
         unsafe { copy_short(self.room.add(self.at), b.as_ptr(), n) };
@@ -246,9 +223,6 @@ impl Cursor<'_> {
     }
 }
 
-/// Room reserved past a cursor's, which its wide stores may scribble on.
-const SLACK: usize = 32;
-
 #[cold]
 #[inline(never)]
 fn overrun() -> ! {
@@ -259,10 +233,10 @@ fn overrun() -> ! {
 /// over room reserved once. Panics (having appended nothing) if `write` writes more or fewer.
 #[inline(always)]
 pub fn append_exact(out: &mut Vec<u8>, len: usize, write: impl for<'id> FnOnce(&mut Cursor<'id>)) {
-    out.reserve(len + SLACK);
+    out.reserve(len);
     let at = out.len();
     let mut c = Cursor {
-        // SAFETY: `reserve` made room for `len` bytes (and the slack) after `at`.
+        // SAFETY: `reserve` made room for `len` bytes after `at`.
         room: unsafe { out.as_mut_ptr().add(at) },
         len,
         at: 0,
