@@ -615,6 +615,7 @@ impl Parts<'_> {
                 tables,
             };
             matcher.matching(&ctx, matches);
+            emits.prefetch(matches);
             let missing = ctx.enriched.customer_missing;
             let mut values = Values::new(&ctx, value_buf);
             matches.for_each(|i| {

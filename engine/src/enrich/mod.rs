@@ -529,7 +529,7 @@ fn geo_row(rows: &PrefixRows, ip: IpAddr) -> Option<GeoRow> {
 
 /// Asks the CPU to bring the line at `p` into its caches, without waiting for it.
 #[inline(always)]
-fn prefetch<T>(p: *const T) {
+pub(crate) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it reads nothing the program sees and cannot fault.
     unsafe {

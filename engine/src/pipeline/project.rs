@@ -11,6 +11,8 @@
 use std::mem::MaybeUninit;
 
 use super::{StreamOut, put_record_exact};
+use crate::enrich::prefetch;
+use crate::route::compiled::Matches;
 use crate::route::{Ctx, FIELDS_PER_RULE_MAX, Field, RouteSet, Sampler, Value};
 use crate::sink::record::{
     self, IP_TEXT_MAX, KIND_IP, KIND_NULL, KIND_STR, KIND_U64, RecordFormat, RkyvField,
@@ -34,7 +36,16 @@ pub(super) struct Emits {
     /// Every projected field's JSON key with the punctuation before it (`{"name":` for a
     /// rule's first field, `,"name":` for the others), back to back.
     keys: Vec<u8>,
+    /// Whether the matched rules' data is asked for ahead ([`Emits::prefetch`]): where it
+    /// all takes more than [`PREFETCH_BYTES_MIN`].
+    prefetching: bool,
 }
+
+/// The size of the rules' emit data from which [`Emits::prefetch`] asks for it ahead. Less
+/// stays in the L2 cache (W1's 100 rules take under 100 KB): there, asking costs more than
+/// it saves (W1 +3-5% ns an event, 9 interleaved runs), while W3's 10,000 rules (about 4 MB)
+/// gain 6%.
+const PREFETCH_BYTES_MIN: usize = 256 << 10;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct EmitRule {
@@ -42,6 +53,8 @@ pub(super) struct EmitRule {
     /// Ranges in [`Emits::streams`] and [`Emits::fields`].
     streams: (u32, u32),
     fields: (u32, u32),
+    /// Where its keys start in [`Emits::keys`].
+    keys_at: u32,
     /// A JSON record's bytes but its values: the keys and punctuation.
     json_fixed: u32,
     /// An rkyv record's out-of-line bytes of field names.
@@ -86,11 +99,38 @@ impl Emits {
                 sampler: r.sampler(),
                 streams,
                 fields: (first, e.fields.len() as u32),
+                keys_at: keys_from as u32,
                 json_fixed: json_fixed as u32,
                 rkyv_names: rkyv_names as u32,
             });
         }
+        let bytes = e.rules.len() * size_of::<EmitRule>()
+            + e.streams.len() * size_of::<usize>()
+            + e.fields.len() * size_of::<Projected>()
+            + e.keys.len();
+        e.prefetching = bytes >= PREFETCH_BYTES_MIN;
         e
+    }
+
+    /// Asks for the emit data of the rules an event `matches`, so that their cache misses overlap instead of following one
+    /// another: first each rule, then what it points to (its streams, fields and keys).
+    /// W3's 10,000 rules' data (about 4 MB) does not stay in cache, and a matched rule read
+    /// cold touches about eight lines, one after another.
+    #[inline(always)]
+    pub(super) fn prefetch(&self, matches: &Matches) {
+        if !self.prefetching {
+            return;
+        }
+        matches.for_each(|i| prefetch(self.rules.as_ptr().wrapping_add(i)));
+        matches.for_each(|i| {
+            let r = &self.rules[i];
+            prefetch(self.streams.as_ptr().wrapping_add(r.streams.0 as usize));
+            let fields = self.fields.as_ptr().wrapping_add(r.fields.0 as usize);
+            let fields_end = self.fields.as_ptr().wrapping_add(r.fields.1 as usize);
+            lines(fields.cast(), fields_end.cast());
+            let keys = self.keys.as_ptr().wrapping_add(r.keys_at as usize);
+            lines(keys, keys.wrapping_add(r.json_fixed as usize));
+        });
     }
 
     #[inline]
@@ -187,6 +227,20 @@ impl Emits {
                 });
             }
         }
+    }
+}
+
+/// Asks for each cache line of `from..to` (a hint: nothing is read).
+#[inline(always)]
+fn lines(from: *const u8, to: *const u8) {
+    let mut at = from;
+    while at < to {
+        prefetch(at);
+        at = at.wrapping_add(64);
+    }
+    // The last line, where `from` was not at a line's start.
+    if from < to {
+        prefetch(to.wrapping_sub(1));
     }
 }
 
@@ -406,6 +460,19 @@ mod tests {
         fn json(&self, f: Field) -> Option<&'e [u8]> {
             self.1.iter().find(|(g, _)| *g == f).map(|(_, j)| *j)
         }
+    }
+
+    /// The matched rules' data is asked for ahead where it outgrows the cache (W3's 10,000
+    /// rules), not where it stays there (W1's 100).
+    #[test]
+    fn a_large_route_set_is_prefetched_and_a_small_one_is_not() {
+        use crate::config::Config;
+        use sluice_workload::Workload;
+        let w1 = Config::embedded_default().unwrap();
+        let text = sluice_workload::fixtures::builtin_config(Workload::W3, 1, "./sluice-data");
+        let w3 = Config::parse(&text, "w3.toml", std::path::Path::new(".")).unwrap();
+        assert!(!Emits::new(&w1.routes).prefetching);
+        assert!(Emits::new(&w3.routes).prefetching);
     }
 
     /// Fields a rule may project: every event and enrichment field, and two attributes.
