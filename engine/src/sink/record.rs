@@ -518,7 +518,10 @@ pub fn write_rkyv_fields(c: &mut Cursor<'_>, strings: usize, fields: &[RkyvField
 #[inline(always)]
 fn string_repr(b: &[u8], next: &mut usize, pos: usize) -> u64 {
     if b.len() <= 8 {
-        inline_repr(b)
+        let mut r = [0xffu8; 8];
+        // SAFETY: `b.len()` bytes fit in `r`, a local apart from `b`.
+        unsafe { copy_short(r.as_mut_ptr(), b.as_ptr(), b.len()) };
+        u64::from_le_bytes(r)
     } else {
         let l = b.len() as u32;
         let l = (l & 0x3f) | 0x80 | ((l & !0x3f) << 2);
@@ -526,34 +529,6 @@ fn string_repr(b: &[u8], next: &mut usize, pos: usize) -> u64 {
         *next += b.len();
         u64::from(offset) << 32 | u64::from(l)
     }
-}
-
-/// The inline repr of a string of at most 8 bytes: its bytes, then `0xff`s, as a
-/// little-endian word. Built in a register: bytes stored one by one into a buffer and read
-/// back as a word stall the load until the stores retire (a failed store-to-load forward),
-/// which cost 8% of the samples of `Parts::route` on W1.
-#[inline(always)]
-fn inline_repr(b: &[u8]) -> u64 {
-    use std::ptr::read_unaligned as rd;
-    let (n, p) = (b.len(), b.as_ptr());
-    debug_assert!(n <= 8);
-    // SAFETY: every read lies within `b[..n]`: the second of each pair ends at `n`, the
-    // first starts at 0, and the arm's size condition keeps both in.
-    let v = unsafe {
-        if n >= 4 {
-            let lo = u64::from(u32::from_le(rd(p.cast::<u32>())));
-            let hi = u64::from(u32::from_le(rd(p.add(n - 4).cast::<u32>())));
-            // Where the two overlap, they hold the same bytes.
-            lo | hi << (8 * (n - 4))
-        } else if n > 0 {
-            // 1 to 3 bytes: the first, the middle and the last (some the same).
-            let (a, m, z) = (*p, *p.add(n / 2), *p.add(n - 1));
-            u64::from(a) | u64::from(m) << (8 * (n / 2)) | u64::from(z) << (8 * (n - 1))
-        } else {
-            0
-        }
-    };
-    if n == 8 { v } else { v | u64::MAX << (8 * n) }
 }
 
 /// The serializable borrowed record that [`rkyv_record_by_rkyv`] hands rkyv.
@@ -803,21 +778,6 @@ mod tests {
             serde_json::from_str(&rkyv_record_to_json(&aligned).unwrap()).unwrap();
         assert_eq!(json.as_object().unwrap().len(), FIELDS_PER_RECORD_MAX);
         assert_eq!(json[format!("f{}", FIELDS_PER_RECORD_MAX - 1)], 7);
-    }
-
-    /// The inline repr of every short length is the bytes, then `0xff`s.
-    #[test]
-    fn an_inline_repr_is_the_bytes_then_ffs() {
-        let bytes = *b"abcdefgh";
-        for n in 0..=8 {
-            let mut want = [0xffu8; 8];
-            want[..n].copy_from_slice(&bytes[..n]);
-            assert_eq!(
-                inline_repr(&bytes[..n]),
-                u64::from_le_bytes(want),
-                "{n} bytes"
-            );
-        }
     }
 }
 
