@@ -17,9 +17,7 @@ use crate::enrich::Tables;
 use crate::route::compiled::{Matcher, Matches};
 use crate::route::{ATTR_PREFIX, Ctx, Field, RouteSet, Value};
 use crate::sink::record::{self, RecordFormat};
-use crate::sink::segment::{
-    append_record, append_record_exact, append_record_unsealed, seal_records,
-};
+use crate::sink::segment::{append_record, append_record_exact};
 
 mod project;
 use crate::source::Coord;
@@ -32,9 +30,6 @@ pub struct StreamOut {
     /// Framed records (segment record format), ready to append to a segment once the batch
     /// that wrote them has ended.
     pub buf: Vec<u8>,
-    /// Where the records whose CRC is still to be filled in start (sealed when the batch
-    /// ends: [`seal_records`]).
-    unsealed: Vec<u32>,
     /// Records and their bytes since the end of the last `step` (moved into the counters).
     records: u64,
     bytes: u64,
@@ -80,9 +75,7 @@ fn put_record<const UPTO: u8>(
         payload(&mut s.buf);
         s.buf.len() - at
     } else {
-        let start = append_record_unsealed(&mut s.buf, partition, key, payload);
-        s.unsealed.push(start as u32);
-        s.buf.len() - start
+        append_record(&mut s.buf, partition, key, payload)
     };
     s.records += 1;
     s.bytes += n as u64;
@@ -101,9 +94,7 @@ fn put_record_exact<const UPTO: u8>(
         record::append_exact(&mut s.buf, len, payload);
         len
     } else {
-        let start = append_record_exact(&mut s.buf, partition, key, len, payload);
-        s.unsealed.push(start as u32);
-        s.buf.len() - start
+        append_record_exact(&mut s.buf, partition, key, len, payload)
     };
     s.records += 1;
     s.bytes += n as u64;
@@ -682,10 +673,6 @@ impl Parts<'_> {
     fn end(&mut self, o: &BatchOutcome, frame_len: usize) {
         let counters = &mut *self.counters;
         for (i, s) in self.out.iter_mut().enumerate() {
-            if !s.unsealed.is_empty() {
-                seal_records(&mut s.buf, &s.unsealed);
-                s.unsealed.clear();
-            }
             counters.records[i] += std::mem::take(&mut s.records);
             counters.record_bytes[i] += std::mem::take(&mut s.bytes);
         }
