@@ -20,6 +20,8 @@
 #   env CONNS   generator connections (default 4)
 #   env BATCH   envelopes per batch frame (the generator's default: 128)
 #   env WINDOW  batch frames in flight per connection at `max` (the generator's default: 16)
+#   env POOL    events the generator seals before the clock starts (its default: 1,048,576);
+#               a run that outlasts them re-seals each frame before resending it
 #   env JSON    append the figures to this file as one JSON line
 #   env EXTRA   TOML appended to the config (a `[[streams.NAME.sink]]`, say)
 set -euo pipefail
@@ -56,7 +58,7 @@ engine=$!
 trap 'kill -INT $engine 2>/dev/null || true' EXIT
 for _ in $(seq 300); do grep -q ready "$run/engine.log" && break; sleep 0.1; done
 grep -q ready "$run/engine.log" || { cat "$run/engine.log"; exit 1; }
-${LOADGEN_PREFIX:-} "$bin/loadgen" run --connections "${CONNS:-4}" ${BATCH:+--batch "$BATCH"} ${WINDOW:+--window "$WINDOW"} --rate "$rate" --workload w1 --duration "${DUR:-10}" \
+${LOADGEN_PREFIX:-} "$bin/loadgen" run --connections "${CONNS:-4}" ${BATCH:+--batch "$BATCH"} ${WINDOW:+--window "$WINDOW"} ${POOL:+--pool "$POOL"} --rate "$rate" --workload w1 --duration "${DUR:-10}" \
     --report "$run/report.json" > "$run/loadgen.log" 2>&1
 python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9180/metrics").read().decode())' \
     > "$run/metrics.txt"
