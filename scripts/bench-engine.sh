@@ -2,7 +2,7 @@
 # Runs `sluice run` on the embedded default config (W1, seed 1) with a fresh data directory,
 # drives it with `loadgen run` for a while, and prints one line of figures: the generator's
 # events/s and ack latency, each second's p99, and the engine's batch, write and sync latency
-# from /metrics.
+# from /metrics, and what the run wrote to the data directory's device.
 #
 #   scripts/bench-engine.sh RATE [SINKS_TOML] [LABEL]
 #
@@ -58,16 +58,22 @@ engine=$!
 trap 'kill -INT $engine 2>/dev/null || true' EXIT
 for _ in $(seq 300); do grep -q ready "$run/engine.log" && break; sleep 0.1; done
 grep -q ready "$run/engine.log" || { cat "$run/engine.log"; exit 1; }
+# The device under the data directory, for the bytes the run wrote to it (none on tmpfs).
+stat="/sys/class/block/$(basename "$(df --output=source "$work" | tail -1)")/stat"
+sectors() { if [ -r "$stat" ]; then awk '{print $7}' "$stat"; else echo 0; fi; }
+written_before=$(sectors)
 ${LOADGEN_PREFIX:-} "$bin/loadgen" run --connections "${CONNS:-4}" ${BATCH:+--batch "$BATCH"} ${WINDOW:+--window "$WINDOW"} ${POOL:+--pool "$POOL"} --rate "$rate" --workload w1 --duration "${DUR:-10}" \
     --report "$run/report.json" > "$run/loadgen.log" 2>&1
+written=$(( ($(sectors) - written_before) * 512 ))
 python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9180/metrics").read().decode())' \
     > "$run/metrics.txt"
 kill -INT $engine
 wait $engine || true
 trap - EXIT
-python3 - "$run" "$label" "$rate" "${JSON:-}" "${CORES:-}" <<'PY'
+python3 - "$run" "$label" "$rate" "${JSON:-}" "${CORES:-}" "$written" <<'PY'
 import json, re, sys
-run, label, rate, out, cores = sys.argv[1:]
+run, label, rate, out, cores, written = sys.argv[1:]
+written = int(written)
 r = json.load(open(f"{run}/report.json"))
 l = r["latency_us"]
 seconds = re.findall(r"p99\s+(\d+) µs", open(f"{run}/loadgen.log").read())
@@ -98,8 +104,12 @@ print(f"{label}: rate {rate}: {r['events_per_sec']:.0f} events/s acked, {r['even
 print(f"  p99 per second (µs): {' '.join(seconds)}")
 for k in ("batch", "write", "sync"):
     print(f"  engine {k} latency µs: {', '.join(m.get(k, []))}")
+if written:
+    print(f"  device writes: {written / r['duration_s'] / 1e6:.0f} MB/s over the run, "
+          f"{written / max(r['events_acked'], 1):.0f} bytes per event acked")
 if out:
     with open(out, "a") as f:
         f.write(json.dumps({"label": label, "rate": rate, "cores": cores, "report": r,
-                            "p99_per_second_us": [int(x) for x in seconds], "engine": m}) + "\n")
+                            "p99_per_second_us": [int(x) for x in seconds], "engine": m,
+                            "device_bytes_written": written}) + "\n")
 PY
