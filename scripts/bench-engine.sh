@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs `sluice run` on the embedded default config (W1, seed 1) with a fresh data directory,
+# Runs `sluice run` on the embedded default config (W1, seed 1), or on another workload's
+# (`WORKLOAD=w2|w3`: `loadgen fixtures`), with a fresh data directory,
 # drives it with `loadgen run` for a while, and prints one line of figures: the generator's
 # events/s and ack latency, each second's p99, and the engine's batch, write and sync latency
 # from /metrics, and what the run wrote to the data directory's device.
@@ -22,6 +23,7 @@
 #   env WINDOW  batch frames in flight per connection at `max` (the generator's default: 16)
 #   env POOL    events the generator seals before the clock starts (its default: 1,048,576);
 #               a run that outlasts them re-seals each frame before resending it
+#   env WORKLOAD  w1 (the default config), w2 or w3 (that workload's fixtures and events)
 #   env JSON    append the figures to this file as one JSON line
 #   env EXTRA   TOML appended to the config (a `[[streams.NAME.sink]]`, say)
 set -euo pipefail
@@ -38,7 +40,18 @@ if compgen -G "$work/*/data" > /dev/null; then
 fi
 run="$work/$(date +%s%N)"
 mkdir -p "$run"
-python3 - "$sinks" "$run/data" engine/src/default.toml "$run/sluice.toml" "${CORES:-}" "${EXTRA:-}" <<'PY'
+workload=${WORKLOAD:-w1}
+src=engine/src/default.toml
+conf="$run/sluice.toml"
+if [ "$workload" != w1 ]; then
+    # The workload's own config and table files (`loadgen fixtures`); its table paths are
+    # relative to the config, so the run's config is written beside them.
+    "$bin/loadgen" fixtures --workload "$workload" --out "$run/fixtures" > "$run/fixtures.log" 2>&1 \
+        || { cat "$run/fixtures.log"; exit 1; }
+    src="$run/fixtures/sluice.toml"
+    conf="$run/fixtures/sluice.toml"
+fi
+python3 - "$sinks" "$run/data" "$src" "$conf" "${CORES:-}" "${EXTRA:-}" <<'PY'
 import re, sys
 sinks, data, src, dst, cores, extra = sys.argv[1:]
 s = open(src).read()
@@ -53,7 +66,7 @@ if extra:
     s += '\n' + extra.replace('\\n', '\n') + '\n'
 open(dst, 'w').write(s)
 PY
-${ENGINE_PREFIX:-} "$bin/sluice" run --config "$run/sluice.toml" > "$run/engine.log" 2>&1 &
+${ENGINE_PREFIX:-} "$bin/sluice" run --config "$conf" > "$run/engine.log" 2>&1 &
 engine=$!
 trap 'kill -INT $engine 2>/dev/null || true' EXIT
 for _ in $(seq 300); do grep -q ready "$run/engine.log" && break; sleep 0.1; done
@@ -62,7 +75,7 @@ grep -q ready "$run/engine.log" || { cat "$run/engine.log"; exit 1; }
 stat="/sys/class/block/$(basename "$(df --output=source "$work" | tail -1)")/stat"
 sectors() { if [ -r "$stat" ]; then awk '{print $7}' "$stat"; else echo 0; fi; }
 written_before=$(sectors)
-${LOADGEN_PREFIX:-} "$bin/loadgen" run --connections "${CONNS:-4}" ${BATCH:+--batch "$BATCH"} ${WINDOW:+--window "$WINDOW"} ${POOL:+--pool "$POOL"} --rate "$rate" --workload w1 --duration "${DUR:-10}" \
+${LOADGEN_PREFIX:-} "$bin/loadgen" run --connections "${CONNS:-4}" ${BATCH:+--batch "$BATCH"} ${WINDOW:+--window "$WINDOW"} ${POOL:+--pool "$POOL"} --rate "$rate" --workload "$workload" --duration "${DUR:-10}" \
     --report "$run/report.json" > "$run/loadgen.log" 2>&1
 written=$(( ($(sectors) - written_before) * 512 ))
 python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9180/metrics").read().decode())' \
