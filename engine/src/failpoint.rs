@@ -4,7 +4,8 @@
 //! a flag that says so.
 //!
 //! Points: `segment_created` (a segment file exists, its first block not yet written: at
-//! start-up and at every rotation).
+//! start-up and at every rotation); `free_file_headed` (a free file being reused has the new
+//! segment's header, durably, and not yet its name).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

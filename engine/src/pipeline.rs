@@ -30,6 +30,10 @@ pub struct StreamOut {
     /// Framed records (segment record format), ready to append to a segment once the batch
     /// that wrote them has ended.
     pub buf: Vec<u8>,
+    /// The segment the stream's writer will put them in, as far as the commit task last
+    /// said: records carry it ([`crate::sink::segment`]), and a writer that puts them in a
+    /// later segment seals them again.
+    pub seq: u32,
     /// Records and their bytes since the end of the last `step` (moved into the counters).
     records: u64,
     bytes: u64,
@@ -75,7 +79,7 @@ fn put_record<const UPTO: u8>(
         payload(&mut s.buf);
         s.buf.len() - at
     } else {
-        append_record(&mut s.buf, partition, key, payload)
+        append_record(&mut s.buf, partition, s.seq, key, payload)
     };
     s.records += 1;
     s.bytes += n as u64;
@@ -94,7 +98,7 @@ fn put_record_exact<const UPTO: u8>(
         record::append_exact(&mut s.buf, len, payload);
         len
     } else {
-        append_record_exact(&mut s.buf, partition, key, len, payload)
+        append_record_exact(&mut s.buf, partition, s.seq, key, len, payload)
     };
     s.records += 1;
     s.bytes += n as u64;
@@ -654,7 +658,7 @@ impl Parts<'_> {
         let key = rejected.header.partition_key;
         // The envelope being rejected is the batch's latest.
         let source = self.sources.get(o.envelopes as usize - 1);
-        let n = append_record(&mut s.buf, o.partition, key, |b| {
+        let n = append_record(&mut s.buf, o.partition, s.seq, key, |b| {
             record::dead_letter_record(
                 b,
                 format,

@@ -5,7 +5,8 @@
 use glommio::LocalExecutorBuilder;
 use sluice::sink::record::RecordFormat;
 use sluice::sink::segment::{
-    RECORD_HEADER_BYTES, SegmentKind, append_record, find_segments, read_segment,
+    RECORD_HEADER_BYTES, SegmentKind, append_record, find_segments, free_files, free_path,
+    read_segment, segment_path,
 };
 use sluice::sink::writer::{Durable, SegmentWriter, WriterSpec, sync_round};
 
@@ -21,13 +22,22 @@ fn spec(dir: &std::path::Path, stream: &str, prefill_bytes: u64) -> WriterSpec {
     }
 }
 
-/// Writes `rounds` rounds to two streams and returns every payload written per stream, and
-/// how many appends each kind of round needed.
-fn write_rounds(
-    dir: &std::path::Path,
-    prefill_bytes: u64,
-    rounds: usize,
-) -> (Vec<Vec<Vec<u8>>>, [usize; 3]) {
+/// What [`write_rounds`] did: every payload written per stream, how many appends each kind
+/// of round needed, and (with `reuse`) how many of each stream's first records went with the
+/// segments let go, and how many segments were let go.
+struct Written {
+    sent: Vec<Vec<Vec<u8>>>,
+    kinds: [usize; 3],
+    gone: Vec<usize>,
+    let_go: usize,
+    freed: usize,
+}
+
+/// Writes `rounds` rounds to two streams. With `reuse`, every 40 rounds each stream's oldest
+/// segment is let go as retention does (kept as a free file where none is), and after every
+/// round the current segment must read back to exactly where its records end: no record of a
+/// reused file's earlier use, no torn tail.
+fn write_rounds(dir: &std::path::Path, prefill_bytes: u64, rounds: usize, reuse: bool) -> Written {
     let dir = dir.to_path_buf();
     LocalExecutorBuilder::default()
         .spawn(move || async move {
@@ -41,6 +51,9 @@ fn write_rounds(
             ];
             let mut sent: Vec<Vec<Vec<u8>>> = vec![Vec::new(), Vec::new()];
             let mut kinds = [0usize; 3];
+            let mut gone = vec![0usize; 2];
+            let mut let_go = 0;
+            let mut freed = 0;
             let mut x = 0x9e37_79b9_7f4a_7c15u64;
             for round in 0..rounds {
                 let mut needs = Vec::new();
@@ -59,7 +72,10 @@ fn write_rounds(
                         x ^= x << 17;
                         let len = 1 + (x % 3000) as usize;
                         let payload: Vec<u8> = (0..len).map(|k| (k as u64 ^ x) as u8).collect();
-                        append_record(&mut out, round as u32, 7, |o| o.extend_from_slice(&payload));
+                        // Framed for segment 0: the writer seals them for theirs.
+                        append_record(&mut out, round as u32, 0, 7, |o| {
+                            o.extend_from_slice(&payload)
+                        });
                         sent[i].push(payload);
                     }
                     let need = w.append(&out).await.unwrap();
@@ -67,6 +83,40 @@ fn write_rounds(
                     needs.push(need);
                 }
                 assert!(sync_round(&writers, &needs).await.is_empty());
+                if reuse {
+                    for (i, (w, stream)) in writers.iter().zip(["a", "b"]).enumerate() {
+                        let (seq, end) = w.position();
+                        let path = segment_path(&dir, stream, 0, seq);
+                        let bytes = std::fs::read(&path).unwrap();
+                        let seg = read_segment(&bytes).unwrap();
+                        assert_eq!(seg.torn, None, "{}", path.display());
+                        let last = seg.records.last().map_or(32, |r| {
+                            r.offset + (RECORD_HEADER_BYTES + r.payload.len()) as u64
+                        });
+                        assert_eq!(last.next_multiple_of(8), end, "{}", path.display());
+                        // The oldest segment goes, unless it is the one just rotated away
+                        // from (still being closed) or later.
+                        let oldest = find_segments(&dir.join(stream)).unwrap()[0].clone();
+                        let old_seq: u32 = oldest.file_stem().unwrap().to_str().unwrap()[4..]
+                            .parse()
+                            .unwrap();
+                        if round % 40 == 39 && old_seq + 1 < seq {
+                            let records = read_segment(&std::fs::read(&oldest).unwrap())
+                                .unwrap()
+                                .records
+                                .len();
+                            gone[i] += records;
+                            let_go += 1;
+                            if free_files(&dir, stream, 0).is_empty() {
+                                std::fs::rename(&oldest, free_path(&dir, stream, 0, old_seq))
+                                    .unwrap();
+                                freed += 1;
+                            } else {
+                                std::fs::remove_file(&oldest).unwrap();
+                            }
+                        }
+                    }
+                }
                 if round % 50 == 0 {
                     // Let the fillers run as they would between commit rounds.
                     glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
@@ -75,7 +125,13 @@ fn write_rounds(
             for w in writers {
                 w.close().await.unwrap();
             }
-            (sent, kinds)
+            Written {
+                sent,
+                kinds,
+                gone,
+                let_go,
+                freed,
+            }
         })
         .unwrap()
         .join()
@@ -106,7 +162,7 @@ fn read_back(dir: &std::path::Path, stream: &str) -> (Vec<Vec<u8>>, usize) {
 #[test]
 fn rounds_read_back_across_rotations_with_prefill() {
     let dir = tempfile::tempdir().unwrap();
-    let (sent, kinds) = write_rounds(dir.path(), 256 << 10, 1500);
+    let Written { sent, kinds, .. } = write_rounds(dir.path(), 256 << 10, 1500, false);
     for (i, stream) in ["a", "b"].into_iter().enumerate() {
         let (got, segments) = read_back(dir.path(), stream);
         assert!(
@@ -131,7 +187,7 @@ fn rounds_read_back_across_rotations_with_prefill() {
 #[test]
 fn rounds_read_back_without_prefill() {
     let dir = tempfile::tempdir().unwrap();
-    let (sent, kinds) = write_rounds(dir.path(), 0, 600);
+    let Written { sent, kinds, .. } = write_rounds(dir.path(), 0, 600, false);
     for (i, stream) in ["a", "b"].into_iter().enumerate() {
         let (got, _) = read_back(dir.path(), stream);
         assert!(
@@ -143,5 +199,33 @@ fn rounds_read_back_without_prefill() {
         kinds[Durable::Flush as usize],
         0,
         "without prefill every file is synced"
+    );
+}
+
+#[test]
+fn segments_let_go_are_reused_and_read_back_without_their_earlier_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = write_rounds(dir.path(), 256 << 10, 1500, true);
+    let mut free_left = 0;
+    for (i, stream) in ["a", "b"].into_iter().enumerate() {
+        let (got, _) = read_back(dir.path(), stream);
+        assert!(
+            got == w.sent[i][w.gone[i]..],
+            "stream {stream} reads back what was written and kept"
+        );
+        free_left += free_files(dir.path(), stream, 0).len();
+    }
+    // Each segment let go while no free file waited became one; the writers took all but
+    // those left at the end.
+    assert!(w.let_go >= 8, "{} segments let go", w.let_go);
+    assert!(
+        w.freed - free_left >= 4,
+        "{} free files, {free_left} left",
+        w.freed
+    );
+    let [_, flush, sync] = w.kinds;
+    assert!(
+        flush > sync,
+        "flush-only appends {flush}, synced appends {sync}"
     );
 }

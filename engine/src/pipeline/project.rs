@@ -563,10 +563,10 @@ mod tests {
                     general(&mut want);
                     prop_assert_eq!(&s.buf, &want, "{:?} missing {}", format, missing);
                     // Framed as a segment record.
-                    let mut s = StreamOut::default();
+                    let mut s = StreamOut { seq: 6, ..StreamOut::default() };
                     emits.emit::<{ stage::FRAME }, _>(&mut s, format, (3, 4), rule, &mut values, missing);
                     let mut want = Vec::new();
-                    append_record(&mut want, 3, 4, general);
+                    append_record(&mut want, 3, 6, 4, general);
                     prop_assert_eq!(&s.buf, &want, "{:?} missing {} framed", format, missing);
                 }
             }

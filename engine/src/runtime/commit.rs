@@ -64,6 +64,7 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
         })
         .collect();
     let synced_by_write = shard.cfg.sinks.durability == Durability::None;
+    tell_segments(&shard, &writers);
     loop {
         let now = Instant::now();
         let step = shard.committer.borrow_mut().next(now);
@@ -98,6 +99,7 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
                     let (seq, offset) = w.position();
                     out.0 = Pos { seq, offset };
                 }
+                tell_segments(&shard, &writers);
                 if synced_by_write {
                     publish(&shard, &written);
                 }
@@ -146,6 +148,15 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
             .map_err(|e| format!("shard {}: closing stream {name}: {e}", shard.id))?;
     }
     Ok(())
+}
+
+/// Tells the pipeline which segment each stream's next records go in, so that they are
+/// framed for it (a writer seals again those framed for an earlier one).
+fn tell_segments(shard: &Shard, writers: &[SegmentWriter]) {
+    let mut p = shard.pipeline.borrow_mut();
+    for (out, w) in p.out.iter_mut().zip(writers) {
+        out.seq = w.sealing_seq();
+    }
 }
 
 /// Tells the network sinks how far each stream is durable.

@@ -38,7 +38,8 @@ use crate::metrics::SinkSnapshot;
 use crate::sink::kafka::{Confirmation, Enqueued, SinkClient, SinkSpec, WhenFull};
 use crate::sink::log::{Pos, StreamLog, load_cursor, store_cursor_text};
 use crate::sink::segment::{
-    Next, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentHeader, record_at, segment_path,
+    Next, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentHeader, free_files, free_path,
+    record_at, segment_path,
 };
 
 /// What a sink did, for `/metrics`.
@@ -72,6 +73,9 @@ pub(super) struct Outbound {
     pub closing: Cell<bool>,
     /// Segments deleted, per stream.
     pub deleted: RefCell<Vec<u64>>,
+    /// Per stream: whether its writer takes free files as its next segments, so that
+    /// retention keeps one instead of deleting it.
+    pub reuses: Vec<bool>,
 }
 
 fn now_ms() -> u64 {
@@ -114,6 +118,7 @@ impl Outbound {
         cfg: &crate::config::Config,
         shard: usize,
         current: &[u32],
+        reuses: Vec<bool>,
         clients: &[Vec<SinkClient>],
     ) -> Result<Outbound, String> {
         let dir = &cfg.sinks.dir;
@@ -145,6 +150,7 @@ impl Outbound {
             sinks,
             blocked: Cell::new(false),
             closing: Cell::new(false),
+            reuses,
         })
     }
 
@@ -247,7 +253,7 @@ struct Sent {
 /// An open segment being read.
 struct Reading {
     seq: u32,
-    version: u8,
+    header: SegmentHeader,
     file: BufferedFile,
 }
 
@@ -305,11 +311,7 @@ impl Delivery {
         let head = file.read_at(0, SEGMENT_HEADER_BYTES).await?;
         let header = SegmentHeader::decode(&head)
             .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-        self.reading = Some(Reading {
-            seq,
-            version: header.version,
-            file,
-        });
+        self.reading = Some(Reading { seq, header, file });
         Ok(())
     }
 
@@ -369,7 +371,7 @@ impl Delivery {
             {
                 break Chunk::Sent(sent.len());
             }
-            match record_at(&buf, at, from, reading.version) {
+            match record_at(&buf, at, from, &reading.header) {
                 Next::Record(r, next) => match batch.add(r.key, r.payload) {
                     Ok(delivery) => {
                         sent.push(Sent {
@@ -555,7 +557,7 @@ impl Delivery {
                 break;
             };
             let mut at = 0;
-            while let Next::Record(_, next) = record_at(&buf, at, pos, reading.version) {
+            while let Next::Record(_, next) = record_at(&buf, at, pos, &reading.header) {
                 n += 1;
                 at = next;
             }
@@ -692,7 +694,9 @@ pub(super) async fn deliver(shard: Rc<Shard>, sink: Rc<SinkRun>) {
     }
 }
 
-/// The retention task: once a second, deletes the segments each stream's log lets go.
+/// The retention task: once a second, deletes the segments each stream's log lets go, or
+/// keeps one as a free file for the stream's writer to reuse (at most one a stream: the
+/// writer takes one each time it moves to a new segment).
 pub(super) async fn retain(shard: Rc<Shard>) {
     let cfg = shard.cfg.clone();
     loop {
@@ -707,7 +711,15 @@ pub(super) async fn retain(shard: Rc<Shard>) {
                     .expired(&s.retention, cfg.shards, now_ms());
             for seq in expired {
                 let path = segment_path(&cfg.sinks.dir, &s.name, shard.id, seq);
-                match glommio::io::remove(&path).await {
+                let gone = if shard.outbound.reuses[i]
+                    && free_files(&cfg.sinks.dir, &s.name, shard.id).is_empty()
+                {
+                    let free = free_path(&cfg.sinks.dir, &s.name, shard.id, seq);
+                    glommio::io::rename(&path, &free).await
+                } else {
+                    glommio::io::remove(&path).await
+                };
+                match gone {
                     Ok(()) => shard.outbound.deleted.borrow_mut()[i] += 1,
                     Err(e) => eprintln!(
                         "shard {}: stream {}: deleting {}: {e}",

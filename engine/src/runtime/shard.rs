@@ -476,7 +476,8 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
     let started = async {
         let writers = open_writers(&cfg, id).await?;
         let current: Vec<u32> = writers.iter().map(|w| w.position().0).collect();
-        let outbound = Outbound::open(&cfg, id, &current, &clients)?;
+        let reuses = writers.iter().map(|w| w.reuses_files()).collect();
+        let outbound = Outbound::open(&cfg, id, &current, reuses, &clients)?;
         let listeners = ingest::listen(&cfg, id)?;
         Ok::<_, String>((writers, outbound, listeners))
     }

@@ -4,18 +4,26 @@
 //! segment := header(32) record*
 //! header  := "SLSG" version:u8 kind:u8 format:u8 0:u8 shard:u16 0:u16 seq:u32
 //!            created_ms:u64 0:u32 crc32c(bytes 0..28):u32
-//! record  := len:u32 crc:u32 partition:u32 0:u32 key:u64 payload[len] zero-pad to 8
+//! record  := len:u32 crc:u32 partition:u32 seq:u32 key:u64 payload[len] zero-pad to 8
 //!            crc = CRC32C(bytes 8..24 of the record, then payload)
 //! ```
 //!
 //! `key` is the partition key of the envelope the record came from (PROTOCOL.md §4); network
-//! sinks send it as the message key. Version 1 segments (written before the key was kept)
-//! have 16-byte record headers without it; readers take both, with key 0 for version 1.
+//! sinks send it as the message key. `seq` is the segment's own (its header's): a file is
+//! reused for a later segment once retention lets its segment go ([`free_path`]), and its
+//! records are written over those of its earlier use, which carry another `seq`.
 //!
 //! Integers are little-endian. Records start 8-byte aligned in the file. Writers use O_DIRECT
-//! (glommio's DMA files), so a file cut short by a crash may end in zeros: a record length of
-//! zero followed by nothing but zeros is a clean end. Anything else that does not check out
-//! is a torn tail, reported with its offset.
+//! (glommio's DMA files), so a file cut short by a crash may end in zeros, or (a reused file)
+//! in the bytes of its earlier use. The records end at a record length of zero, or at a
+//! record whose CRC checks but whose `seq` is another segment's. Anything else that does not
+//! check out is a torn tail, reported with its offset: in a reused file cut short by a crash,
+//! that may be the middle of an earlier record.
+//!
+//! Older versions, which readers take as well: version 2 (written before files were reused)
+//! has 0 for `seq` in every record, and its records end only at a zero length followed by
+//! nothing but zeros; version 1 (written before the key was kept) has 16-byte record headers
+//! without `key`, read with key 0, and ends as version 2 does.
 //!
 //! A file shorter than a header, or nothing but zeros, is an **empty segment**: a crash while
 //! the segment was being created (between creating the file and writing its first block)
@@ -30,7 +38,7 @@ use std::path::{Path, PathBuf};
 use super::record::{Cursor, RecordFormat, append_exact};
 
 pub const SEGMENT_MAGIC: [u8; 4] = *b"SLSG";
-pub const SEGMENT_VERSION: u8 = 2;
+pub const SEGMENT_VERSION: u8 = 3;
 pub const SEGMENT_HEADER_BYTES: usize = 32;
 pub const RECORD_HEADER_BYTES: usize = 24;
 /// The record header of version 1 segments (no key).
@@ -49,7 +57,8 @@ pub enum SegmentKind {
 /// A segment's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
-    /// The format version: [`SEGMENT_VERSION`] for what this build writes, 1 for older files.
+    /// The format version: [`SEGMENT_VERSION`] for what this build writes, 1 or 2 for older
+    /// files.
     pub version: u8,
     pub kind: SegmentKind,
     pub format: RecordFormat,
@@ -143,12 +152,14 @@ fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"))
 }
 
-/// Appends one framed record to `out` (which holds whole records), the payload written by
-/// `payload`. Returns the framed length.
+/// Appends one framed record of segment `seq` to `out` (which holds whole records), the
+/// payload written by `payload`. Returns the framed length. (A writer that puts it in another
+/// segment seals it again: [`reseal_records`].)
 #[inline]
 pub fn append_record(
     out: &mut Vec<u8>,
     partition: u32,
+    seq: u32,
     key: u64,
     payload: impl FnOnce(&mut Vec<u8>),
 ) -> usize {
@@ -160,6 +171,7 @@ pub fn append_record(
     let header = &mut out[start..start + RECORD_HEADER_BYTES];
     header[0..4].copy_from_slice(&(len as u32).to_le_bytes());
     header[8..12].copy_from_slice(&partition.to_le_bytes());
+    header[12..16].copy_from_slice(&seq.to_le_bytes());
     header[16..24].copy_from_slice(&key.to_le_bytes());
     let end = start + RECORD_HEADER_BYTES + len;
     out.resize(end.next_multiple_of(8), 0);
@@ -173,6 +185,7 @@ pub fn append_record(
 pub fn append_record_exact(
     out: &mut Vec<u8>,
     partition: u32,
+    seq: u32,
     key: u64,
     len: usize,
     payload: impl for<'id> FnOnce(&mut Cursor<'id>),
@@ -181,9 +194,9 @@ pub fn append_record_exact(
     debug_assert_eq!(start % 8, 0, "records start 8-byte aligned");
     let framed = (RECORD_HEADER_BYTES + len).next_multiple_of(8);
     append_exact(out, framed, |c| {
-        // Length, then the CRC to come; partition, then reserved; key.
+        // Length, then the CRC to come; partition, then the segment; key.
         c.put8(u64::from(len as u32).to_le_bytes());
-        c.put8(u64::from(partition).to_le_bytes());
+        c.put8((u64::from(seq) << 32 | u64::from(partition)).to_le_bytes());
         c.put8(key.to_le_bytes());
         payload(c);
         assert_eq!(
@@ -206,6 +219,22 @@ pub fn append_record_exact(
 fn seal(buf: &mut [u8], start: usize) {
     let crc = crc32c(&buf[start + 8..start + record_end(buf, start)]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Marks every record in `buf` (whole records, as [`append_record`] writes them) as segment
+/// `seq`'s, sealing again each that named another: records framed before their writer moved
+/// to a new segment. Records are framed in order and a writer's segments only go up, so where
+/// the first is `seq`'s, all are and nothing is read past it.
+pub fn reseal_records(buf: &mut [u8], seq: u32) {
+    let mut at = 0;
+    while at + RECORD_HEADER_BYTES <= buf.len() {
+        if u32_at(buf, at + 12) == seq {
+            return;
+        }
+        buf[at + 12..at + 16].copy_from_slice(&seq.to_le_bytes());
+        seal(buf, at);
+        at += record_end(buf, at).next_multiple_of(8);
+    }
 }
 
 /// Where the CRC'd bytes of the record at `s` end, relative to `s`.
@@ -246,9 +275,11 @@ pub enum Next<'a> {
     Torn(String),
 }
 
-/// The record at `at` in `bytes`, whose offset 0 is the segment's offset `base`, in a segment
-/// of format `version`. Zeros are the end only when nothing but zeros follow in `bytes`.
-pub fn record_at(bytes: &[u8], at: usize, base: u64, version: u8) -> Next<'_> {
+/// The record at `at` in `bytes`, whose offset 0 is the segment's offset `base`, in the
+/// segment of `header`. In versions 1 and 2, zeros are the end only when nothing but zeros
+/// follow in `bytes`.
+pub fn record_at<'b>(bytes: &'b [u8], at: usize, base: u64, header: &SegmentHeader) -> Next<'b> {
+    let version = header.version;
     let header_bytes = if version == 1 {
         RECORD_HEADER_BYTES_V1
     } else {
@@ -257,15 +288,17 @@ pub fn record_at(bytes: &[u8], at: usize, base: u64, version: u8) -> Next<'_> {
     if at >= bytes.len() {
         return Next::End;
     }
+    let zeros_follow = || bytes[at..].iter().all(|b| *b == 0);
     let Some(h) = bytes.get(at..at + header_bytes) else {
-        if bytes[at..].iter().all(|b| *b == 0) {
+        let zero_len = bytes.len() >= at + 4 && u32_at(bytes, at) == 0;
+        if (version >= 3 && zero_len) || zeros_follow() {
             return Next::End;
         }
         return Next::Partial;
     };
     let len = u32_at(h, 0) as usize;
     if len == 0 {
-        if bytes[at..].iter().all(|b| *b == 0) {
+        if version >= 3 || zeros_follow() {
             return Next::End;
         }
         return Next::Torn("a zero-length record before more data".to_owned());
@@ -280,6 +313,10 @@ pub fn record_at(bytes: &[u8], at: usize, base: u64, version: u8) -> Next<'_> {
     // The CRC covers the record header's second part and the payload, which are adjacent.
     if crc32c(&bytes[at + 8..end]) != u32_at(h, 4) {
         return Next::Torn("record CRC mismatch".to_owned());
+    }
+    if version >= 3 && u32_at(h, 12) != header.seq {
+        // A record of the file's earlier use, as another segment.
+        return Next::End;
     }
     let key = if version == 1 {
         0
@@ -301,7 +338,7 @@ pub fn read_segment(bytes: &[u8]) -> Result<Segment<'_>, String> {
     let mut records = Vec::new();
     let mut at = SEGMENT_HEADER_BYTES;
     let torn = loop {
-        match record_at(bytes, at, 0, header.version) {
+        match record_at(bytes, at, 0, &header) {
             Next::Record(r, next) => {
                 records.push(r);
                 at = next;
@@ -381,13 +418,42 @@ pub fn next_seq(dir: &Path, stream: &str, shard: usize) -> u32 {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            name.strip_prefix(&prefix)?
-                .strip_suffix(".seg")?
-                .parse::<u32>()
-                .ok()
+            let seq = name.strip_prefix(&prefix)?;
+            // A free file's records carry its segments' numbers: the next is above them too.
+            let seq = seq
+                .strip_suffix(".seg")
+                .or_else(|| seq.strip_suffix(".free"))?;
+            seq.parse::<u32>().ok()
         })
         .max()
         .map_or(0, |m| m + 1)
+}
+
+/// Where a shard keeps a segment file retention let go, for its writer to reuse as a later
+/// segment (`<dir>/<stream>/<shard:03>-<seq:08>.free`, `seq` the segment it last held):
+/// writing records over its blocks spares zero-filling new ones (see `sink::writer`).
+/// Readers of segments pass it by.
+pub fn free_path(dir: &Path, stream: &str, shard: usize, seq: u32) -> PathBuf {
+    dir.join(stream).join(format!("{shard:03}-{seq:08}.free"))
+}
+
+/// The free files (see [`free_path`]) of `stream` on `shard`: each path and length, the
+/// oldest first.
+pub fn free_files(dir: &Path, stream: &str, shard: usize) -> Vec<(PathBuf, u64)> {
+    let prefix = format!("{shard:03}-");
+    let mut out: Vec<(u32, PathBuf, u64)> = std::fs::read_dir(dir.join(stream))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let seq = name.strip_prefix(&prefix)?.strip_suffix(".free")?;
+            let seq = seq.parse::<u32>().ok()?;
+            Some((seq, e.path(), e.metadata().ok()?.len()))
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, p, len)| (p, len)).collect()
 }
 
 /// Every segment file under `path` (a file, or a folder searched recursively), sorted.
@@ -423,7 +489,7 @@ mod tests {
         };
         let mut out = h.encode().to_vec();
         for (i, r) in records.iter().enumerate() {
-            append_record(&mut out, i as u32, 1000 + i as u64, |o| {
+            append_record(&mut out, i as u32, h.seq, 1000 + i as u64, |o| {
                 o.extend_from_slice(r)
             });
         }
@@ -476,22 +542,17 @@ mod tests {
     #[test]
     fn a_growing_segment_reads_record_by_record() {
         let s = segment(&[b"{\"a\":1}", b"{\"b\":2}"]);
+        let h = SegmentHeader::decode(&s).unwrap();
         let mut at = SEGMENT_HEADER_BYTES;
-        let Next::Record(first, next) = record_at(&s, at, 0, SEGMENT_VERSION) else {
+        let Next::Record(first, next) = record_at(&s, at, 0, &h) else {
             panic!("a record")
         };
         assert_eq!(first.offset, at as u64);
         at = next;
-        assert_eq!(
-            record_at(&s[..s.len() - 2], at, 0, SEGMENT_VERSION),
-            Next::Partial
-        );
-        assert_eq!(
-            record_at(&s[..at + 3], at, 0, SEGMENT_VERSION),
-            Next::Partial
-        );
+        assert_eq!(record_at(&s[..s.len() - 2], at, 0, &h), Next::Partial);
+        assert_eq!(record_at(&s[..at + 3], at, 0, &h), Next::Partial);
         // Read from a buffer that starts at the record: offsets are the segment's.
-        let Next::Record(second, end) = record_at(&s[at..], 0, at as u64, SEGMENT_VERSION) else {
+        let Next::Record(second, end) = record_at(&s[at..], 0, at as u64, &h) else {
             panic!("a record")
         };
         assert_eq!(
@@ -499,7 +560,7 @@ mod tests {
             (at as u64, &b"{\"b\":2}"[..])
         );
         assert_eq!(at + end, s.len());
-        assert_eq!(record_at(&s, s.len(), 0, SEGMENT_VERSION), Next::End);
+        assert_eq!(record_at(&s, s.len(), 0, &h), Next::End);
     }
 
     #[test]
@@ -577,17 +638,85 @@ mod sealing {
             let body: Vec<u8> = (0..i).map(|b| (b * 7 + i) as u8).collect();
             starts.push(out.len());
             if i % 2 == 0 {
-                append_record(&mut out, i as u32, i as u64 * 3, |b| {
+                append_record(&mut out, i as u32, i as u32 + 7, i as u64 * 3, |b| {
                     b.extend_from_slice(&body)
                 });
             } else {
-                append_record_exact(&mut out, i as u32, i as u64 * 3, i, |c| c.put(&body));
+                append_record_exact(&mut out, i as u32, i as u32 + 7, i as u64 * 3, i, |c| {
+                    c.put(&body)
+                });
             }
         }
-        for s in starts {
+        for (i, s) in starts.into_iter().enumerate() {
             let end = s + record_end(&out, s);
             let want = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &out[s + 8..end]);
             assert_eq!(u32_at(&out, s + 4), want as u32, "record at {s}");
+            assert_eq!(u32_at(&out, s + 12), i as u32 + 7, "its segment, at {s}");
         }
+    }
+
+    /// A segment of `version` numbered `seq`, holding `records` framed as segment `framed`'s.
+    fn segment_of(version: u8, seq: u32, framed: u32, records: &[&[u8]]) -> Vec<u8> {
+        let h = SegmentHeader {
+            version,
+            kind: SegmentKind::Records,
+            format: RecordFormat::Json,
+            shard: 0,
+            seq,
+            created_ms: 1,
+        };
+        let mut out = h.encode().to_vec();
+        for r in records {
+            append_record(&mut out, 3, framed, 9, |o| o.extend_from_slice(r));
+        }
+        out
+    }
+
+    #[test]
+    fn a_reused_file_ends_where_its_earlier_records_begin() {
+        // The file held segment 4; reused as segment 9, its first two records are written
+        // over the earlier ones, whose third stays behind them.
+        let earlier = segment_of(3, 4, 4, &[b"{\"old\":1}", b"{\"old\":2}", b"{\"old\":3}"]);
+        let now = segment_of(3, 9, 9, &[b"{\"new\":1}", b"{\"new\":2}"]);
+        let mut file = earlier.clone();
+        file[..now.len()].copy_from_slice(&now);
+        let seg = read_segment(&file).unwrap();
+        assert_eq!(seg.header.seq, 9);
+        let payloads: Vec<_> = seg.records.iter().map(|r| r.payload).collect();
+        assert_eq!(payloads, [&b"{\"new\":1}"[..], b"{\"new\":2}"]);
+        assert!(seg.torn.is_none(), "a record of the earlier use is the end");
+        // Zeros after the last record end it, whatever follows them.
+        let mut file = earlier.clone();
+        let short = segment_of(3, 9, 9, &[b"{}"]);
+        file[..short.len()].copy_from_slice(&short);
+        file[short.len()..short.len() + 8].fill(0);
+        let seg = read_segment(&file).unwrap();
+        assert_eq!(seg.records.len(), 1);
+        assert!(seg.torn.is_none());
+        // Version 2 keeps its rule: zeros before more data are a torn tail.
+        let mut v2 = segment_of(2, 0, 0, &[b"{}"]);
+        v2.extend_from_slice(&[0u8; 24]);
+        v2.extend_from_slice(&segment_of(2, 0, 0, &[b"{}"])[SEGMENT_HEADER_BYTES..]);
+        let seg = read_segment(&v2).unwrap();
+        assert_eq!(seg.records.len(), 1);
+        assert!(seg.torn.unwrap().1.contains("zero-length"));
+    }
+
+    #[test]
+    fn records_framed_for_an_earlier_segment_are_sealed_again() {
+        let mut records = Vec::new();
+        for (framed, r) in [(4, &b"{\"a\":1}"[..]), (4, b"{}"), (5, b"{\"c\":3}")] {
+            append_record(&mut records, 1, framed, 2, |o| o.extend_from_slice(r));
+        }
+        reseal_records(&mut records, 5);
+        let mut file = segment_of(3, 5, 5, &[]);
+        file.extend_from_slice(&records);
+        let seg = read_segment(&file).unwrap();
+        assert_eq!(seg.records.len(), 3);
+        assert!(seg.torn.is_none());
+        // Already the segment's: nothing changes.
+        let before = records.clone();
+        reseal_records(&mut records, 5);
+        assert_eq!(records, before);
     }
 }

@@ -17,6 +17,13 @@
 //! - A write past the zero-filled part (the filler fell behind, a fresh segment, prefill off,
 //!   a filesystem where the flush argument does not hold) gets an fdatasync of its own file.
 //!
+//! - A segment retention lets go is kept as a free file ([`free_path`]), at most one per
+//!   stream and shard, and the filler makes it the next segment instead of creating and
+//!   zero-filling a new one: its blocks were written and made durable in its earlier use, so
+//!   writes over them need only a flush, and the device takes each record's bytes once
+//!   instead of twice (its zeros, then the records). Records carry their segment's number,
+//!   so a reader ends at the first one left from the earlier use (`sink::segment`).
+//!
 //! Only ext4 and XFS get the one-flush rounds: both overwrite initialized blocks in place and
 //! flush the device cache on every fdatasync. Copy-on-write filesystems (btrfs, ZFS) allocate
 //! new blocks on every overwrite, so each file there is synced on its own.
@@ -35,7 +42,10 @@ use glommio::sync::Semaphore;
 use glommio::{Task, spawn_local};
 
 use super::record::RecordFormat;
-use super::segment::{SEGMENT_HEADER_BYTES, SegmentHeader, SegmentKind, next_seq, segment_path};
+use super::segment::{
+    SEGMENT_HEADER_BYTES, SegmentHeader, SegmentKind, free_files, free_path, next_seq,
+    reseal_records, segment_path,
+};
 
 /// The block every O_DIRECT write is aligned to.
 const BLOCK: u64 = 4096;
@@ -100,6 +110,8 @@ struct Lane {
     preparing: Cell<bool>,
     /// The segment the filler is writing zeros to, if any.
     busy: Cell<Option<u32>>,
+    /// The full segment being truncated and closed after a rotation, if any.
+    retiring: Cell<Option<u32>>,
     /// A sync failed: from then on every round syncs this file on its own.
     broken: Cell<bool>,
     /// Zero-filling fails (a full disk): until it works again, every round syncs this file
@@ -157,6 +169,27 @@ fn named(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {why}", path.display()))
 }
 
+/// Segment `seq`'s header.
+fn header(s: &WriterSpec, seq: u32) -> [u8; SEGMENT_HEADER_BYTES] {
+    SegmentHeader {
+        version: super::segment::SEGMENT_VERSION,
+        kind: s.kind,
+        format: s.format,
+        shard: s.shard as u16,
+        seq,
+        created_ms: now_ms(),
+    }
+    .encode()
+}
+
+/// Writes a segment's first block: its header, then zeros.
+async fn write_first(file: &DmaFile, header: &[u8; SEGMENT_HEADER_BYTES]) -> io::Result<()> {
+    let mut first = file.alloc_dma_buffer(BLOCK as usize);
+    first.as_bytes_mut().fill(0);
+    first.as_bytes_mut()[..SEGMENT_HEADER_BYTES].copy_from_slice(header);
+    write_exact(file, first, 0).await
+}
+
 /// Creates segment `seq` and writes its first block: the header, then zeros.
 async fn create(s: &WriterSpec, seq: u32) -> io::Result<(Rc<DmaFile>, [u8; SEGMENT_HEADER_BYTES])> {
     let path = segment_path(&s.dir, &s.stream, s.shard, seq);
@@ -168,25 +201,53 @@ async fn create(s: &WriterSpec, seq: u32) -> io::Result<(Rc<DmaFile>, [u8; SEGME
         .await
         .map_err(|e| named(io::Error::from(e), &path))?;
     crate::failpoint::reach("segment_created");
-    let header = SegmentHeader {
-        version: super::segment::SEGMENT_VERSION,
-        kind: s.kind,
-        format: s.format,
-        shard: s.shard as u16,
-        seq,
-        created_ms: now_ms(),
-    }
-    .encode();
-    let mut first = file.alloc_dma_buffer(BLOCK as usize);
-    first.as_bytes_mut().fill(0);
-    first.as_bytes_mut()[..SEGMENT_HEADER_BYTES].copy_from_slice(&header);
-    if let Err(e) = write_exact(&file, first, 0).await {
+    let header = header(s, seq);
+    if let Err(e) = write_first(&file, &header).await {
         // Made by this call and holding no record: removed, so that the next try creates it
         // afresh.
         let _ = std::fs::remove_file(&path);
         return Err(named(e, &path));
     }
     Ok((Rc::new(file), header))
+}
+
+/// Makes free file `path` (`len` bytes) segment `seq`, and says how far its blocks are
+/// written and durable. Its first block becomes the new header and zeros, made durable
+/// before the file takes the segment's name, so that no crash leaves that name on the earlier
+/// segment's header and records; the rename is made durable before any record is written.
+async fn reuse(
+    s: &WriterSpec,
+    path: &Path,
+    len: u64,
+    seq: u32,
+) -> io::Result<(Rc<DmaFile>, [u8; SEGMENT_HEADER_BYTES], u64)> {
+    let to = segment_path(&s.dir, &s.stream, s.shard, seq);
+    if to.exists() {
+        return Err(named(io::ErrorKind::AlreadyExists.into(), &to));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| named(io::Error::from(e), path))?;
+    let header = header(s, seq);
+    let made = async {
+        write_first(&file, &header).await?;
+        file.fdatasync().await?;
+        crate::failpoint::reach("free_file_headed");
+        glommio::io::rename(path, &to).await?;
+        let dir = glommio::io::Directory::open(s.dir.join(&s.stream)).await?;
+        dir.sync().await?;
+        dir.close().await?;
+        Ok::<_, io::Error>(())
+    }
+    .await;
+    if let Err(e) = made {
+        let _ = file.close().await;
+        return Err(named(e, path));
+    }
+    Ok((Rc::new(file), header, (len - len % BLOCK).max(BLOCK)))
 }
 
 impl Lane {
@@ -264,17 +325,49 @@ impl Lane {
         Ok(())
     }
 
-    /// Creates segment `seq` with its header, zero-filled `prefill_bytes` (at most to its
-    /// end) and durable.
+    /// Makes segment `seq` from a free file, or creates it, with its header and written
+    /// `prefill_bytes` (at most to its end) and durable: zeros past what a free file held.
     async fn prepare(&self, seq: u32, zero: &Rc<DmaBuffer>) -> io::Result<Prepared> {
-        let (file, header) = create(&self.spec, seq).await?;
-        let zeroed = self
-            .spec
+        let s = &self.spec;
+        // Not the segment being closed after the last rotation, whose truncation may be
+        // under way yet.
+        let retiring = self
+            .retiring
+            .get()
+            .map(|q| free_path(&s.dir, &s.stream, s.shard, q));
+        let free = free_files(&s.dir, &s.stream, s.shard)
+            .into_iter()
+            .find(|(p, _)| Some(p) != retiring.as_ref());
+        let reused = match free {
+            Some((path, len)) => match reuse(s, &path, len, seq).await {
+                Ok(made) => Some(made),
+                Err(e) => {
+                    eprintln!(
+                        "shard {}: stream {}: reusing {}: {e}; creating segment {seq} instead",
+                        s.shard,
+                        s.stream,
+                        path.display()
+                    );
+                    let _ = std::fs::remove_file(&path);
+                    None
+                }
+            },
+            None => None,
+        };
+        let (file, header, written) = match reused {
+            Some(made) => made,
+            None => {
+                let (file, header) = create(s, seq).await?;
+                (file, header, BLOCK)
+            }
+        };
+        let zeroed = s
             .prefill_bytes
             .next_multiple_of(BLOCK)
-            .clamp(BLOCK, self.fill_cap().max(BLOCK));
+            .clamp(BLOCK, self.fill_cap().max(BLOCK))
+            .max(written);
         let filled = async {
-            write_zeros(&file, zero, BLOCK, zeroed, |_| {}).await?;
+            write_zeros(&file, zero, written, zeroed, |_| {}).await?;
             file.fdatasync().await.map_err(io::Error::from)
         }
         .await;
@@ -393,6 +486,7 @@ impl SegmentWriter {
             next: RefCell::new(None),
             preparing: Cell::new(false),
             busy: Cell::new(None),
+            retiring: Cell::new(None),
             broken: Cell::new(false),
             fill_failing: Cell::new(false),
             stop: Cell::new(false),
@@ -439,7 +533,9 @@ impl SegmentWriter {
         let at = end - end % BLOCK;
         debug_assert_eq!(self.tail.len() as u64, end - at);
         let n = self.tail.len() + records.len();
-        let size = n.next_multiple_of(BLOCK as usize);
+        // Zeros to the block's end, and at least a zero record length after the last record:
+        // past it may lie an earlier use's bytes.
+        let size = (n + 4).next_multiple_of(BLOCK as usize);
         let upto = at + size as u64;
         let fast = self.filler.is_some() && !lane.broken.get() && !lane.fill_failing.get();
         let durable = if fast && upto <= lane.zeroed.get() {
@@ -464,6 +560,7 @@ impl SegmentWriter {
         let bytes = buf.as_bytes_mut();
         bytes[..self.tail.len()].copy_from_slice(&self.tail);
         bytes[self.tail.len()..n].copy_from_slice(records);
+        reseal_records(&mut bytes[self.tail.len()..n], lane.seq.get());
         bytes[n..].fill(0);
         let new_end = end + records.len() as u64;
         let keep = (new_end % BLOCK) as usize;
@@ -531,6 +628,7 @@ impl SegmentWriter {
         if let Some(t) = self.retiring.take() {
             t.await;
         }
+        lane.retiring.set(Some(old_seq));
         let retire = async move {
             while lane.busy.get() == Some(old_seq) {
                 glommio::timer::sleep(FILL_POLL).await;
@@ -548,6 +646,7 @@ impl SegmentWriter {
                     s.shard, s.stream
                 );
             }
+            lane.retiring.set(None);
         };
         self.retiring = Some(spawn_local(retire));
         if self.filler.is_some() {
@@ -592,6 +691,19 @@ impl SegmentWriter {
 
     pub fn stream(&self) -> &str {
         &self.lane.spec.stream
+    }
+
+    /// The segment the next records will go in: records framed for it are written as they
+    /// are, others are sealed again ([`reseal_records`]).
+    pub fn sealing_seq(&self) -> u32 {
+        let lane = &self.lane;
+        lane.seq.get() + u32::from(lane.end.get() >= lane.spec.segment_bytes_max)
+    }
+
+    /// Whether this writer takes free files as its next segments: where it zero-fills ahead.
+    /// Elsewhere, retention deletes segments outright.
+    pub fn reuses_files(&self) -> bool {
+        self.filler.is_some()
     }
 
     /// Where the records written so far end: the current segment and its length.
