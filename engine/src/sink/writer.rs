@@ -232,11 +232,13 @@ async fn reuse(
         .await
         .map_err(|e| named(io::Error::from(e), path))?;
     let header = header(s, seq);
+    let renamed = Cell::new(false);
     let made = async {
         write_first(&file, &header).await?;
         file.fdatasync().await?;
         crate::failpoint::reach("free_file_headed");
         glommio::io::rename(path, &to).await?;
+        renamed.set(true);
         let dir = glommio::io::Directory::open(s.dir.join(&s.stream)).await?;
         dir.sync().await?;
         dir.close().await?;
@@ -245,6 +247,10 @@ async fn reuse(
     .await;
     if let Err(e) = made {
         let _ = file.close().await;
+        // It holds no record yet: the caller removes it and creates the segment afresh.
+        if renamed.get() {
+            let _ = std::fs::remove_file(&to);
+        }
         return Err(named(e, path));
     }
     Ok((Rc::new(file), header, (len - len % BLOCK).max(BLOCK)))
