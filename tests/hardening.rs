@@ -1442,9 +1442,10 @@ fn reused_segment_files_keep_every_acked_record_through_a_kill_9() {
     engine.signal(libc::SIGKILL);
     drop(engine);
     let free_after = free_files(&data).len();
+    let reused = metric(&metrics, "sluice_segments_reused_total", &[]);
     assert!(
-        free_after < free_before,
-        "the writers took free files: {free_before} before, {free_after} after"
+        free_after < free_before && reused >= (free_before - free_after) as u64,
+        "the writers took free files: {free_before} before, {free_after} after, {reused} reused"
     );
 
     for s in STREAMS {

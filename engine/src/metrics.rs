@@ -79,6 +79,8 @@ pub struct ShardSnapshot {
     pub sinks: Vec<SinkSnapshot>,
     /// Segments deleted by retention, per stream.
     pub segments_deleted: Vec<u64>,
+    /// Segments written over a free file (one retention let go), per stream.
+    pub segments_reused: Vec<u64>,
 }
 
 impl ShardSnapshot {
@@ -109,6 +111,7 @@ impl ShardSnapshot {
             sync_us: new_histogram(),
             sinks: Vec::new(),
             segments_deleted: vec![0; streams],
+            segments_reused: vec![0; streams],
         }
     }
 }
@@ -608,6 +611,12 @@ pub const FAMILIES: &[Family] = &[
         Counter,
         "Segments deleted, per stream: delivered by every network sink, or past retain_ms or retain_bytes_max.",
         Read::StreamOf(|s| &s.segments_deleted),
+    ),
+    family(
+        "sluice_segments_reused_total",
+        Counter,
+        "Segments made from a free file (a segment retention let go, kept for reuse) instead of a new zero-filled one, per stream.",
+        Read::StreamOf(|s| &s.segments_reused),
     ),
     family(
         "sluice_sink_delivered_records_total",

@@ -151,11 +151,16 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
 }
 
 /// Tells the pipeline which segment each stream's next records go in, so that they are
-/// framed for it (a writer seals again those framed for an earlier one).
+/// framed for it (a writer seals again those framed for an earlier one); and the metrics how
+/// many segments each writer made from free files.
 fn tell_segments(shard: &Shard, writers: &[SegmentWriter]) {
     let mut p = shard.pipeline.borrow_mut();
     for (out, w) in p.out.iter_mut().zip(writers) {
         out.seq = w.sealing_seq();
+    }
+    let mut reused = shard.outbound.reused.borrow_mut();
+    for (n, w) in reused.iter_mut().zip(writers) {
+        *n = w.reused();
     }
 }
 

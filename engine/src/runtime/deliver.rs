@@ -73,6 +73,8 @@ pub(super) struct Outbound {
     pub closing: Cell<bool>,
     /// Segments deleted, per stream.
     pub deleted: RefCell<Vec<u64>>,
+    /// Segments made from free files, per stream (the commit task copies the writers').
+    pub reused: RefCell<Vec<u64>>,
     /// Per stream: whether its writer takes free files as its next segments, so that
     /// retention keeps one instead of deleting it.
     pub reuses: Vec<bool>,
@@ -146,6 +148,7 @@ impl Outbound {
         }
         Ok(Outbound {
             deleted: RefCell::new(vec![0; logs.len()]),
+            reused: RefCell::new(vec![0; logs.len()]),
             logs,
             sinks,
             blocked: Cell::new(false),

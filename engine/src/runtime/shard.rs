@@ -385,6 +385,7 @@ impl Shard {
             sync_us: self.sync_us.borrow().clone(),
             sinks: self.outbound.snapshot(&self.cfg),
             segments_deleted: self.outbound.deleted.borrow().clone(),
+            segments_reused: self.outbound.reused.borrow().clone(),
         }
     }
 }

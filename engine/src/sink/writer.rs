@@ -112,6 +112,8 @@ struct Lane {
     busy: Cell<Option<u32>>,
     /// The full segment being truncated and closed after a rotation, if any.
     retiring: Cell<Option<u32>>,
+    /// Segments made from free files.
+    reused: Cell<u64>,
     /// A sync failed: from then on every round syncs this file on its own.
     broken: Cell<bool>,
     /// Zero-filling fails (a full disk): until it works again, every round syncs this file
@@ -361,7 +363,10 @@ impl Lane {
             None => None,
         };
         let (file, header, written) = match reused {
-            Some(made) => made,
+            Some(made) => {
+                self.reused.set(self.reused.get() + 1);
+                made
+            }
             None => {
                 let (file, header) = create(s, seq).await?;
                 (file, header, BLOCK)
@@ -493,6 +498,7 @@ impl SegmentWriter {
             preparing: Cell::new(false),
             busy: Cell::new(None),
             retiring: Cell::new(None),
+            reused: Cell::new(0),
             broken: Cell::new(false),
             fill_failing: Cell::new(false),
             stop: Cell::new(false),
@@ -704,6 +710,11 @@ impl SegmentWriter {
     pub fn sealing_seq(&self) -> u32 {
         let lane = &self.lane;
         lane.seq.get() + u32::from(lane.end.get() >= lane.spec.segment_bytes_max)
+    }
+
+    /// How many of its segments this writer made from free files.
+    pub fn reused(&self) -> u64 {
+        self.lane.reused.get()
     }
 
     /// Whether this writer takes free files as its next segments: where it zero-fills ahead.
