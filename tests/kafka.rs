@@ -485,10 +485,10 @@ fn kafka_and_retention_keep_the_disk_under_its_bound() {
     for (s, p) in &peak {
         assert!(*p <= bound, "{s} held {p} bytes, over {bound}");
     }
-    // Delivered segments are gone: what stays is each shard's current (and prepared) segment,
-    // and its free file.
+    // Delivered segments are gone (a stream with sinks keeps no free file): what stays is
+    // each shard's current (and prepared) segment.
     assert!(
-        playback <= 2 * 3 * file_max,
+        playback <= 2 * 2 * file_max,
         "playback holds {playback} bytes"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -75,8 +75,9 @@ pub(super) struct Outbound {
     pub deleted: RefCell<Vec<u64>>,
     /// Segments made from free files, per stream (the commit task copies the writers').
     pub reused: RefCell<Vec<u64>>,
-    /// Per stream: whether its writer takes free files as its next segments, so that
-    /// retention keeps one instead of deleting it.
+    /// Per stream: whether retention keeps a segment it lets go as a free file for the
+    /// writer to reuse instead of deleting it: where the writer takes free files and no
+    /// network sink reads the stream.
     pub reuses: Vec<bool>,
 }
 

@@ -477,7 +477,13 @@ pub(super) async fn run(init: ShardInit) -> Result<(), String> {
     let started = async {
         let writers = open_writers(&cfg, id).await?;
         let current: Vec<u32> = writers.iter().map(|w| w.position().0).collect();
-        let reuses = writers.iter().map(|w| w.reuses_files()).collect();
+        // Only where nothing in the engine reads the segments: a network sink's delivery task
+        // may hold one open (and count what `drop_oldest` gave up) while retention lets it go.
+        let reuses = writers
+            .iter()
+            .zip(&cfg.streams)
+            .map(|(w, s)| w.reuses_files() && s.sinks.is_empty())
+            .collect();
         let outbound = Outbound::open(&cfg, id, &current, reuses, &clients)?;
         let listeners = ingest::listen(&cfg, id)?;
         Ok::<_, String>((writers, outbound, listeners))

@@ -17,8 +17,8 @@
 //! - A write past the zero-filled part (the filler fell behind, a fresh segment, prefill off,
 //!   a filesystem where the flush argument does not hold) gets an fdatasync of its own file.
 //!
-//! - A segment retention lets go is kept as a free file ([`free_path`]), at most one per
-//!   stream and shard, and the filler makes it the next segment instead of creating and
+//! - A segment retention lets go (of a stream no network sink reads) is kept as a free file
+//!   ([`free_path`]), at most one per stream and shard, and the filler makes it the next segment instead of creating and
 //!   zero-filling a new one: its blocks were written and made durable in its earlier use, so
 //!   writes over them need only a flush, and the device takes each record's bytes once
 //!   instead of twice (its zeros, then the records). Records carry their segment's number,
