@@ -5,8 +5,8 @@
 use glommio::LocalExecutorBuilder;
 use sluice::sink::record::RecordFormat;
 use sluice::sink::segment::{
-    RECORD_HEADER_BYTES, SegmentKind, append_record, find_segments, free_files, free_path,
-    read_segment, segment_path,
+    RECORD_HEADER_BYTES, SegmentKind, append_record, file_seq, find_segments, free_files,
+    free_path, read_segment, segment_path,
 };
 use sluice::sink::writer::{Durable, SegmentWriter, WriterSpec, sync_round};
 
@@ -97,9 +97,8 @@ fn write_rounds(dir: &std::path::Path, prefill_bytes: u64, rounds: usize, reuse:
                         // The oldest segment goes, unless it is the one just rotated away
                         // from (still being closed) or later.
                         let oldest = find_segments(&dir.join(stream)).unwrap()[0].clone();
-                        let old_seq: u32 = oldest.file_stem().unwrap().to_str().unwrap()[4..]
-                            .parse()
-                            .unwrap();
+                        let name = oldest.file_name().unwrap().to_str().unwrap();
+                        let old_seq = file_seq(name, 0, "seg").unwrap();
                         if round % 40 == 39 && old_seq + 1 < seq {
                             let records = read_segment(&std::fs::read(&oldest).unwrap())
                                 .unwrap()

@@ -38,8 +38,8 @@ use crate::metrics::SinkSnapshot;
 use crate::sink::kafka::{Confirmation, Enqueued, SinkClient, SinkSpec, WhenFull};
 use crate::sink::log::{Pos, StreamLog, load_cursor, store_cursor_text};
 use crate::sink::segment::{
-    Next, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentHeader, free_files, free_path,
-    record_at, segment_path,
+    Next, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentHeader, file_seq, free_files,
+    free_path, record_at, segment_path,
 };
 
 /// What a sink did, for `/metrics`.
@@ -89,19 +89,13 @@ fn now_ms() -> u64 {
 
 /// The segments of `stream` that `shard` wrote before `current`: `(seq, length, mtime ms)`.
 fn existing_segments(dir: &Path, stream: &str, shard: usize, current: u32) -> Vec<(u32, u64, u64)> {
-    let prefix = format!("{shard:03}-");
     let Ok(entries) = std::fs::read_dir(dir.join(stream)) else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let seq = name
-                .strip_prefix(&prefix)?
-                .strip_suffix(".seg")?
-                .parse::<u32>()
-                .ok()?;
+            let seq = file_seq(e.file_name().to_str()?, shard, "seg")?;
             let meta = e.metadata().ok()?;
             let mtime = meta
                 .modified()

@@ -408,22 +408,27 @@ pub fn segment_path(dir: &Path, stream: &str, shard: usize, seq: u32) -> PathBuf
     dir.join(stream).join(format!("{shard:03}-{seq:08}.seg"))
 }
 
+/// The number in the name of `shard`'s file `name` of kind `ext` (`"seg"` or `"free"`):
+/// `<shard:03>-<seq:08>.<ext>` ([`segment_path`], [`free_path`]).
+pub fn file_seq(name: &str, shard: usize, ext: &str) -> Option<u32> {
+    let (shard_part, rest) = name.split_once('-')?;
+    if shard_part != format!("{shard:03}") {
+        return None;
+    }
+    rest.strip_suffix(ext)?.strip_suffix('.')?.parse().ok()
+}
+
 /// The next free segment number for `stream` and `shard` (one past the highest on disk), so
 /// a restarted engine appends new segments beside the old ones.
 pub fn next_seq(dir: &Path, stream: &str, shard: usize) -> u32 {
-    let prefix = format!("{shard:03}-");
     std::fs::read_dir(dir.join(stream))
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let seq = name.strip_prefix(&prefix)?;
             // A free file's records carry its segments' numbers: the next is above them too.
-            let seq = seq
-                .strip_suffix(".seg")
-                .or_else(|| seq.strip_suffix(".free"))?;
-            seq.parse::<u32>().ok()
+            file_seq(&name, shard, "seg").or_else(|| file_seq(&name, shard, "free"))
         })
         .max()
         .map_or(0, |m| m + 1)
@@ -440,15 +445,12 @@ pub fn free_path(dir: &Path, stream: &str, shard: usize, seq: u32) -> PathBuf {
 /// The free files (see [`free_path`]) of `stream` on `shard`: each path and length, the
 /// oldest first.
 pub fn free_files(dir: &Path, stream: &str, shard: usize) -> Vec<(PathBuf, u64)> {
-    let prefix = format!("{shard:03}-");
     let mut out: Vec<(u32, PathBuf, u64)> = std::fs::read_dir(dir.join(stream))
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let seq = name.strip_prefix(&prefix)?.strip_suffix(".free")?;
-            let seq = seq.parse::<u32>().ok()?;
+            let seq = file_seq(e.file_name().to_str()?, shard, "free")?;
             Some((seq, e.path(), e.metadata().ok()?.len()))
         })
         .collect();
@@ -700,6 +702,21 @@ mod sealing {
         let seg = read_segment(&v2).unwrap();
         assert_eq!(seg.records.len(), 1);
         assert!(seg.torn.unwrap().1.contains("zero-length"));
+    }
+
+    #[test]
+    fn file_names_give_their_shard_s_numbers() {
+        let path = segment_path(Path::new("d"), "s", 2, 41);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(file_seq(name, 2, "seg"), Some(41));
+        assert_eq!(file_seq(name, 1, "seg"), None);
+        assert_eq!(file_seq(name, 2, "free"), None);
+        let free = free_path(Path::new("d"), "s", 2, 7);
+        assert_eq!(
+            file_seq(free.file_name().unwrap().to_str().unwrap(), 2, "free"),
+            Some(7)
+        );
+        assert_eq!(file_seq("002-00000007.seg.tmp", 2, "seg"), None);
     }
 
     #[test]
