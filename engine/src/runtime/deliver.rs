@@ -526,6 +526,7 @@ impl Delivery {
                 records += self.count_records(seq, unsent, end).await;
             }
         }
+        self.log().borrow_mut().counted(self.sink.index);
         let cursor = self.log().borrow().cursor(self.sink.index);
         if self.read < cursor {
             // Nothing in flight lies past the new cursor: sending starts over there.

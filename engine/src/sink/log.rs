@@ -81,6 +81,9 @@ pub struct StreamLog {
     records: u64,
     /// Each sink's confirmed cursor.
     cursors: Vec<Pos>,
+    /// Per sink, the oldest segment `drop_oldest` gave up whose records the sink has not yet
+    /// counted ([`StreamLog::counted`]): retention keeps it and those after it on disk.
+    counting: Vec<Option<u32>>,
 }
 
 impl StreamLog {
@@ -114,6 +117,7 @@ impl StreamLog {
             marks: VecDeque::new(),
             records: 0,
             cursors: cursors.iter().map(|c| c.unwrap_or(oldest)).collect(),
+            counting: vec![None; cursors.len()],
         };
         log.marks.push_back(Mark {
             pos: log.head(),
@@ -305,6 +309,8 @@ impl StreamLog {
     /// `drop_oldest`: while sink `sink`'s backlog is at least `max` bytes, gives up its oldest
     /// sealed segment: its cursor moves to the start of the next. Returns each segment given up
     /// with the range `(seq, from, end)` the sink had not delivered (to count its records).
+    /// Retention keeps the segments given up until the sink says it counted them
+    /// ([`StreamLog::counted`]).
     pub fn drop_oldest(&mut self, sink: usize, max: u64) -> Vec<(u32, u64, u64)> {
         let mut dropped = Vec::new();
         while self.backlog_bytes(sink) >= max {
@@ -325,8 +331,18 @@ impl StreamLog {
             dropped.push((s.seq, from, s.end));
             self.cursors[sink] = Pos::start(next.seq);
         }
+        if let Some(&(first, _, _)) = dropped.first() {
+            let held = &mut self.counting[sink];
+            *held = Some(held.map_or(first, |h| h.min(first)));
+        }
         self.prune_marks();
         dropped
+    }
+
+    /// Sink `sink` counted the records of the segments `drop_oldest` gave up: retention may
+    /// let them go.
+    pub fn counted(&mut self, sink: usize) {
+        self.counting[sink] = None;
     }
 
     /// Removes from the log and returns the segments to delete now: with sinks, the sealed
@@ -335,8 +351,10 @@ impl StreamLog {
     pub fn expired(&mut self, retention: &Retention, shards: usize, now_ms: u64) -> Vec<u32> {
         let mut out = Vec::new();
         if !self.cursors.is_empty() {
-            let min = self.cursors.iter().min().copied().expect("some sink");
-            while self.segments.len() > 1 && self.segments[0].seq < min.seq {
+            let min = self.cursors.iter().map(|c| c.seq);
+            let min = min.chain(self.counting.iter().flatten().copied()).min();
+            let min = min.expect("some sink");
+            while self.segments.len() > 1 && self.segments[0].seq < min {
                 out.push(self.segments.pop_front().expect("len > 1").seq);
             }
             return out;
@@ -471,6 +489,14 @@ mod tests {
             vec![],
             "never the segment being written"
         );
+        let keep = Retention::default();
+        assert_eq!(
+            log.expired(&keep, 1, 10),
+            Vec::<u32>::new(),
+            "kept on disk while the sink counts their records"
+        );
+        log.counted(0);
+        assert_eq!(log.expired(&keep, 1, 10), vec![0, 1]);
     }
 
     #[test]
