@@ -6,9 +6,15 @@
 //! Points: `segment_created` (a segment file exists, its first block not yet written: at
 //! start-up and at every rotation); `free_file_headed` (a free file being reused has the new
 //! segment's header, durably, and not yet its name).
+//!
+//! `SLUICE_PAUSE_AT=NAME:MS` makes the task that reaches the pause point `NAME` wait `MS`
+//! milliseconds there, every time, so that a test can let other tasks run in a window that is
+//! otherwise a few awaits wide. Points: `drop_oldest_counting` (a sink's cursor moved past the
+//! segments `drop_oldest` gave up, their records not yet counted).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// The point named by `SLUICE_CRASH_AT` and after how many hits it fires.
 fn armed() -> Option<&'static (String, u64)> {
@@ -33,4 +39,17 @@ pub fn reach(name: &str) {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
     }
+}
+
+/// How long to wait at pause point `name`: what `SLUICE_PAUSE_AT` says for it, else `None`.
+pub fn pause(name: &str) -> Option<Duration> {
+    static ARMED: OnceLock<Option<(String, Duration)>> = OnceLock::new();
+    let (armed, wait) = ARMED
+        .get_or_init(|| {
+            let v = std::env::var("SLUICE_PAUSE_AT").ok()?;
+            let (name, ms) = v.split_once(':')?;
+            Some((name.to_owned(), Duration::from_millis(ms.parse().ok()?)))
+        })
+        .as_ref()?;
+    (armed == name).then_some(*wait)
 }

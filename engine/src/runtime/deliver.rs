@@ -513,6 +513,9 @@ impl Delivery {
         if dropped.is_empty() {
             return;
         }
+        if let Some(wait) = crate::failpoint::pause("drop_oldest_counting") {
+            glommio::timer::sleep(wait).await;
+        }
         let mut records = 0;
         for &(seq, from, end) in &dropped {
             let unsent = if seq == self.read.seq {
