@@ -26,6 +26,10 @@
 #   env WORKLOAD  w1 (the default config), w2 or w3 (that workload's fixtures and events)
 #   env JSON    append the figures to this file as one JSON line
 #   env EXTRA   TOML appended to the config (a `[[streams.NAME.sink]]`, say)
+#
+# Besides the whole run's rate it prints the second half's (from the generator's per-second
+# timeline): a fresh engine zero-fills each stream's first segments until retention lets one
+# go for reuse, so steady state takes a long run (`DUR=180`: tuning.md, "Steady state").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:?usage: scripts/bench-engine.sh RATE [SINKS_TOML] [LABEL]}
@@ -115,6 +119,12 @@ for (k, shard), bs in sorted(buckets.items()):
 print(f"{label}: rate {rate}: {r['events_per_sec']:.0f} events/s acked, {r['events_failed']} failed; "
       f"ack latency µs p50 {l['p50']} p90 {l['p90']} p99 {l['p99']} p999 {l['p999']}")
 print(f"  p99 per second (µs): {' '.join(seconds)}")
+# The second half of the run: past the zero-filling of each stream's first segments, when the
+# run is long enough (tuning.md, "Steady state").
+late = [t["events_per_sec"] for t in r.get("timeline", []) if t["t_s"] > r["duration_s"] / 2]
+second_half = sum(late) / len(late) if late else 0
+if late:
+    print(f"  second half ({len(late)} s): {second_half:.0f} events/s acked")
 for k in ("batch", "write", "sync"):
     print(f"  engine {k} latency µs: {', '.join(m.get(k, []))}")
 if written:
@@ -124,5 +134,6 @@ if out:
     with open(out, "a") as f:
         f.write(json.dumps({"label": label, "rate": rate, "cores": cores, "report": r,
                             "p99_per_second_us": [int(x) for x in seconds], "engine": m,
-                            "device_bytes_written": written}) + "\n")
+                            "device_bytes_written": written,
+                            "events_per_sec_second_half": second_half}) + "\n")
 PY
