@@ -1126,12 +1126,15 @@ fn fill_and_free(dir: &Path, fs: Mounted) -> Vec<String> {
         }
     }
 
-    // Free the space: the full segments behind each writer's current one.
+    // Free the space: the full segments behind each writer's current one. The last two are
+    // kept: the current one, and the next when the writer prepared it ahead (a file deleted
+    // while open keeps its blocks until it is closed).
     for s in std::fs::read_dir(&data).unwrap().flatten() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(s.path())
             .unwrap()
             .flatten()
             .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
             .collect();
         files.sort();
         for shard in ["000-", "001-"] {
@@ -1139,7 +1142,7 @@ fn fill_and_free(dir: &Path, fs: Mounted) -> Vec<String> {
                 .iter()
                 .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(shard))
                 .collect();
-            for p in mine.iter().rev().skip(1) {
+            for p in mine.iter().rev().skip(2) {
                 let _ = std::fs::remove_file(p);
             }
         }
@@ -1363,7 +1366,9 @@ fn free_files(data: &Path) -> Vec<PathBuf> {
 }
 
 /// The highest segment number in `data` per stream directory and shard (segments and free
-/// files alike): what a restarted engine numbers its segments after.
+/// files alike): what a restarted engine numbers its segments after. Empty segments do not
+/// count: a restart removes them first (a crash may leave one a writer had just created,
+/// and the restarted writer then creates a segment of the same number).
 fn last_seqs(data: &Path) -> HashMap<(String, String), u32> {
     let mut out = HashMap::new();
     for s in STREAMS {
@@ -1372,6 +1377,12 @@ fn last_seqs(data: &Path) -> HashMap<(String, String), u32> {
             .flatten()
             .flatten()
         {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "seg")
+                && sluice::sink::segment::is_empty(&std::fs::read(&path).unwrap())
+            {
+                continue;
+            }
             let name = e.file_name().into_string().unwrap();
             let (shard, rest) = name.split_once('-').unwrap();
             let seq: u32 = rest.split_once('.').unwrap().0.parse().unwrap();
