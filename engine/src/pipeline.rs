@@ -16,8 +16,9 @@ use crate::config::Config;
 use crate::enrich::Tables;
 use crate::route::compiled::{Matcher, Matches};
 use crate::route::{ATTR_PREFIX, Ctx, Field, RouteSet, Value};
+use crate::sink::buf::RecordBuf;
 use crate::sink::record::{self, RecordFormat};
-use crate::sink::segment::{append_record, append_record_exact};
+use crate::sink::segment::append_record_exact;
 
 mod project;
 use crate::source::Coord;
@@ -29,7 +30,9 @@ use project::{Emits, Values};
 pub struct StreamOut {
     /// Framed records (segment record format), ready to append to a segment once the batch
     /// that wrote them has ended.
-    pub buf: Vec<u8>,
+    pub buf: RecordBuf,
+    /// Where a record whose length is not known in advance is written before it is framed.
+    scratch: Vec<u8>,
     /// The segment the stream's writer will put them in, as far as the commit task last
     /// said: records carry it ([`crate::sink::segment`]), and a writer that puts them in a
     /// later segment seals them again.
@@ -66,23 +69,20 @@ pub mod stage {
     ];
 }
 
-/// Appends one record to `s`, its payload written by `payload`: framed as a segment record,
-/// or (cut off before [`stage::FRAME`]) bare.
+/// Appends one record to `s`, its payload written by `payload` (into a scratch buffer, then
+/// copied in: its length is not known in advance): framed as a segment record, or (cut off
+/// before [`stage::FRAME`]) bare.
 #[inline(always)]
 fn put_record<const UPTO: u8>(
     s: &mut StreamOut,
     (partition, key): (u32, u64),
     payload: impl FnOnce(&mut Vec<u8>),
 ) {
-    let n = if UPTO < stage::FRAME {
-        let at = s.buf.len();
-        payload(&mut s.buf);
-        s.buf.len() - at
-    } else {
-        append_record(&mut s.buf, partition, s.seq, key, payload)
-    };
-    s.records += 1;
-    s.bytes += n as u64;
+    let mut scratch = std::mem::take(&mut s.scratch);
+    scratch.clear();
+    payload(&mut scratch);
+    put_record_exact::<UPTO>(s, (partition, key), scratch.len(), |c| c.put(&scratch));
+    s.scratch = scratch;
 }
 
 /// Appends one record of exactly `len` payload bytes to `s`, written by `payload` through a
@@ -658,7 +658,7 @@ impl Parts<'_> {
         let key = rejected.header.partition_key;
         // The envelope being rejected is the batch's latest.
         let source = self.sources.get(o.envelopes as usize - 1);
-        let n = append_record(&mut s.buf, o.partition, s.seq, key, |b| {
+        put_record::<{ stage::FRAME }>(s, (o.partition, key), |b| {
             record::dead_letter_record(
                 b,
                 format,
@@ -668,8 +668,6 @@ impl Parts<'_> {
                 source,
             )
         });
-        s.records += 1;
-        s.bytes += n as u64;
         self.counters.dead_letters[usize::from(rejected.error.code()) - 1] += 1;
     }
 

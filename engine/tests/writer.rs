@@ -3,6 +3,7 @@
 //! and closed segments end at their last record.
 
 use glommio::LocalExecutorBuilder;
+use sluice::sink::buf::RecordBuf;
 use sluice::sink::record::RecordFormat;
 use sluice::sink::segment::{
     RECORD_HEADER_BYTES, SegmentKind, append_record, file_seq, find_segments, free_files,
@@ -28,6 +29,8 @@ fn spec(dir: &std::path::Path, stream: &str, prefill_bytes: u64) -> WriterSpec {
 struct Written {
     sent: Vec<Vec<Vec<u8>>>,
     kinds: [usize; 3],
+    /// Appends that wrote the buffer as it was, and appends that copied the records out.
+    appends: (u64, u64),
     gone: Vec<usize>,
     let_go: usize,
     freed: usize,
@@ -49,6 +52,10 @@ fn write_rounds(dir: &std::path::Path, prefill_bytes: u64, rounds: usize, reuse:
                     .await
                     .unwrap(),
             ];
+            // As the commit task does: each stream's records go into a buffer readied by its
+            // writer, which then takes it as it is.
+            let mut bufs: Vec<(RecordBuf, RecordBuf)> =
+                (0..2).map(|_| Default::default()).collect();
             let mut sent: Vec<Vec<Vec<u8>>> = vec![Vec::new(), Vec::new()];
             let mut kinds = [0usize; 3];
             let mut gone = vec![0usize; 2];
@@ -57,8 +64,8 @@ fn write_rounds(dir: &std::path::Path, prefill_bytes: u64, rounds: usize, reuse:
             let mut x = 0x9e37_79b9_7f4a_7c15u64;
             for round in 0..rounds {
                 let mut needs = Vec::new();
-                for (i, w) in writers.iter_mut().enumerate() {
-                    let mut out = Vec::new();
+                for (i, (w, (next, out))) in writers.iter_mut().zip(&mut bufs).enumerate() {
+                    let mut framed = Vec::new();
                     // Stream b is quiet every third round; sizes vary from a few bytes to
                     // several blocks so records straddle block boundaries.
                     let n = if i == 1 && round % 3 == 0 {
@@ -73,12 +80,16 @@ fn write_rounds(dir: &std::path::Path, prefill_bytes: u64, rounds: usize, reuse:
                         let len = 1 + (x % 3000) as usize;
                         let payload: Vec<u8> = (0..len).map(|k| (k as u64 ^ x) as u8).collect();
                         // Framed for segment 0: the writer seals them for theirs.
-                        append_record(&mut out, round as u32, 0, 7, |o| {
+                        append_record(&mut framed, round as u32, 0, 7, |o| {
                             o.extend_from_slice(&payload)
                         });
                         sent[i].push(payload);
                     }
-                    let need = w.append(&out).await.unwrap();
+                    next.extend_from_slice(&framed);
+                    w.ready_next(next, out);
+                    std::mem::swap(next, out);
+                    let need = w.append(out).await.unwrap();
+                    out.clear();
                     kinds[need as usize] += 1;
                     needs.push(need);
                 }
@@ -121,10 +132,14 @@ fn write_rounds(dir: &std::path::Path, prefill_bytes: u64, rounds: usize, reuse:
                     glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
                 }
             }
+            let mut appends = (0, 0);
             for w in writers {
+                let (in_place, copied) = w.appends();
+                appends = (appends.0 + in_place, appends.1 + copied);
                 w.close().await.unwrap();
             }
             Written {
+                appends,
                 sent,
                 kinds,
                 gone,
@@ -161,13 +176,20 @@ fn read_back(dir: &std::path::Path, stream: &str) -> (Vec<Vec<u8>>, usize) {
 #[test]
 fn rounds_read_back_across_rotations_with_prefill() {
     let dir = tempfile::tempdir().unwrap();
-    let Written { sent, kinds, .. } = write_rounds(dir.path(), 256 << 10, 1500, false);
+    let Written {
+        sent,
+        kinds,
+        appends,
+        ..
+    } = write_rounds(dir.path(), 256 << 10, 1500, false);
+    let mut rotations = 0;
     for (i, stream) in ["a", "b"].into_iter().enumerate() {
         let (got, segments) = read_back(dir.path(), stream);
         assert!(
             segments >= 3,
             "stream {stream} rotated ({segments} segments)"
         );
+        rotations += segments - 1;
         assert_eq!(got.len(), sent[i].len());
         assert!(
             got == sent[i],
@@ -180,6 +202,15 @@ fn rounds_read_back_across_rotations_with_prefill() {
     assert!(
         flush > sync,
         "flush-only appends {flush}, synced appends {sync}"
+    );
+    // Records are copied out only for each stream's first write and the two around each
+    // rotation (their buffers were readied before the next segment's start was known): the
+    // others' buffers were readied with their segment's partial block.
+    let (in_place, copied) = appends;
+    assert!(
+        copied as usize <= 2 + 2 * rotations
+            && in_place as usize >= flush + sync - 2 - 2 * rotations,
+        "appends in place {in_place}, copied {copied}, rotations {rotations}"
     );
 }
 

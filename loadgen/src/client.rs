@@ -358,25 +358,31 @@ fn aligned(b: &[u8]) -> AlignedBuf {
     out
 }
 
-/// Re-seals every envelope of `frame` in place under fresh nonces. `plain` is the frame with
-/// its envelopes' payloads in the clear: the first time, the envelopes are opened to make it;
-/// after that, it is copied in and only sealed (about half the AES-GCM work: one pass of
-/// each, not two).
-fn reseal(frame: &mut [u8], plain: &mut Option<AlignedBuf>, keys: &Keyring, nonces: &mut Nonces) {
-    match plain {
-        Some(p) => frame.copy_from_slice(p),
-        None => {
-            open_envelopes(frame, keys);
-            *plain = Some(aligned(frame));
-        }
+/// Seals a copy of `frame` into `out` under fresh nonces, for sending again. The first time,
+/// `frame` (as the pool sealed it) is opened in place and kept in the clear (`*opened` says
+/// so): from then on each re-seal is a copy and one AES-GCM pass. `out` is the sender's one
+/// buffer, used again for every frame, so that the sealing writes to memory in its caches
+/// rather than to the pool's (read once, from memory, for the copy).
+fn reseal(
+    frame: &mut [u8],
+    opened: &mut bool,
+    out: &mut AlignedBuf,
+    keys: &Keyring,
+    nonces: &mut Nonces,
+) {
+    if !*opened {
+        open_envelopes(frame, keys);
+        *opened = true;
     }
-    for_each_envelope(frame, |header, aad, body, tag| {
+    out.clear();
+    out.extend_from_slice(frame);
+    for_each_envelope(out, |header, aad, body, tag| {
         let cipher = keys.get(header.key_id).expect("sealed with these keys");
         header.nonce = nonces.next();
         aad.copy_from_slice(&header.encode());
         *tag = cipher.seal_in_place(&header.nonce, aad, body);
     });
-    reseal_frame(frame).expect("a frame we built");
+    reseal_frame(out).expect("a frame we built");
 }
 
 /// Opens every envelope of `frame` (sealed by us) in place.
@@ -636,8 +642,9 @@ fn send_frames(
         counter: 0,
     };
     let n = frames.len();
-    // Each frame's payloads in the clear, kept once it is first re-sealed.
-    let mut plain: Vec<Option<AlignedBuf>> = (0..n).map(|_| None).collect();
+    // Which frames are kept in the clear (once first re-sealed), and where each re-seal goes.
+    let mut opened = vec![false; n];
+    let mut resealed = AlignedBuf::new();
     let mut k = 0usize;
     loop {
         if stop.load(Ordering::Relaxed) || Instant::now() >= plan.deadline {
@@ -659,14 +666,23 @@ fn send_frames(
             None => Instant::now(),
         };
         let f = &mut frames[k % n];
-        if k >= n {
-            reseal(&mut f.bytes, &mut plain[k % n], keys, &mut nonces);
+        let bytes = if k < n {
+            &f.bytes[..]
+        } else {
+            reseal(
+                &mut f.bytes,
+                &mut opened[k % n],
+                &mut resealed,
+                keys,
+                &mut nonces,
+            );
             totals.resealed.fetch_add(1, Ordering::Relaxed);
-        }
+            &resealed[..]
+        };
         if tx.send((intended, f.events)).is_err() {
             break;
         }
-        if stream.write_all(&f.bytes).is_err() {
+        if stream.write_all(bytes).is_err() {
             break;
         }
         totals
@@ -744,8 +760,9 @@ mod tests {
         out
     }
 
-    /// Re-sealed frames, the first time (opened and kept in the clear) and after (copied in and
-    /// sealed), hold the same payloads under nonces never used before, and parse whole.
+    /// Re-sealed frames, the first time (the pool's frame opened and kept in the clear) and
+    /// after (copied out and sealed), hold the same payloads under nonces never used before,
+    /// and parse whole.
     #[test]
     fn resealed_frames_carry_the_same_events_under_fresh_nonces() {
         let keys = sluice_workload::demo_keyring(Backend::default());
@@ -761,18 +778,19 @@ mod tests {
             }
         }
         let original: Vec<_> = pool.iter().map(|f| opened(&f.bytes, &keys)).collect();
-        let mut plain: Vec<Option<AlignedBuf>> = pool.iter().map(|_| None).collect();
+        let mut clear = vec![false; pool.len()];
+        let mut out = AlignedBuf::new();
         for round in 0..3 {
-            for ((f, p), want) in pool.iter_mut().zip(&mut plain).zip(&original) {
-                reseal(&mut f.bytes, p, &keys, &mut nonces);
-                assert!(p.is_some(), "kept in the clear");
-                let got = opened(&f.bytes, &keys);
+            for ((f, c), want) in pool.iter_mut().zip(&mut clear).zip(&original) {
+                reseal(&mut f.bytes, c, &mut out, &keys, &mut nonces);
+                assert!(*c, "kept in the clear");
+                let got = opened(&out, &keys);
                 assert_eq!(got.len(), want.len());
                 for ((nonce, body), (_, want_body)) in got.iter().zip(want) {
                     assert_eq!(body, want_body, "round {round}: the same payload");
                     assert!(seen.insert(*nonce), "round {round}: a fresh nonce");
                 }
-                let mut bytes = aligned(&f.bytes);
+                let mut bytes = aligned(&out);
                 BatchFrame::parse(&mut bytes, &Limits::default()).expect("a whole frame");
             }
         }

@@ -11,6 +11,7 @@ use super::shard::{Shard, record_us};
 use crate::commit::Step;
 use crate::config::Durability;
 use crate::metrics::LATENCY_US_MAX;
+use crate::sink::buf::RecordBuf;
 use crate::sink::log::Pos;
 use crate::sink::writer::{Durable, SegmentWriter, join_each, sync_round};
 
@@ -49,7 +50,9 @@ fn note_write(
 
 /// Runs until the shard stops and nothing it took is left, then closes the writers.
 pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Result<(), String> {
-    let mut drained: Vec<Vec<u8>> = writers.iter().map(|_| Vec::new()).collect();
+    // Each stream's records on their way to its writer, while the pipeline frames the next
+    // round's into the buffer readied for them.
+    let mut drained: Vec<RecordBuf> = writers.iter().map(|_| RecordBuf::default()).collect();
     let mut needs: Vec<Durable> = Vec::with_capacity(writers.len());
     // Each stream's failing write (by errno), and the failing sync round, as last logged.
     let mut failing: Vec<Option<String>> = writers.iter().map(|_| None).collect();
@@ -73,17 +76,19 @@ pub(super) async fn run(shard: Rc<Shard>, mut writers: Vec<SegmentWriter>) -> Re
             Step::Write => {
                 {
                     let mut p = shard.pipeline.borrow_mut();
-                    for (out, d) in p.out.iter_mut().zip(drained.iter_mut()) {
+                    let streams = p.out.iter_mut().zip(drained.iter_mut());
+                    for ((out, d), w) in streams.zip(writers.iter_mut()) {
+                        w.ready_next(&mut out.buf, d);
                         std::mem::swap(&mut out.buf, d);
                     }
                     for (w, records) in written.iter_mut().zip(&p.counters.records) {
                         w.1 = *records;
                     }
                 }
-                let bytes = drained.iter().map(Vec::len).sum();
+                let bytes = drained.iter().map(|d| d.len()).sum();
                 let appends = writers
                     .iter_mut()
-                    .zip(&drained)
+                    .zip(drained.iter_mut())
                     .map(|(w, d)| async move { (w.stream().to_owned(), w.append(d).await) });
                 let results = join_each(appends).await;
                 let results: Vec<_> = results

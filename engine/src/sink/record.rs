@@ -229,10 +229,61 @@ fn overrun() -> ! {
     panic!("a record wrote more bytes than it measured")
 }
 
+/// A growable buffer that records are appended to: a `Vec<u8>`, or a stream's
+/// [`RecordBuf`](crate::sink::buf::RecordBuf), whose memory its segment write takes as it is.
+pub trait Out {
+    /// Bytes written.
+    fn len(&self) -> usize;
+    /// Whether none are.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Makes room for at least `n` bytes after the written ones.
+    fn reserve(&mut self, n: usize);
+    /// Where the written bytes start; room [`reserve`](Out::reserve)d lies after them.
+    fn as_mut_ptr(&mut self) -> *mut u8;
+    /// Takes the first `len` bytes as written.
+    ///
+    /// # Safety
+    /// They must lie within the written bytes and the room reserved after them, and be
+    /// initialized.
+    unsafe fn set_len(&mut self, len: usize);
+    /// The written bytes.
+    fn as_mut_slice(&mut self) -> &mut [u8];
+}
+
+impl Out for Vec<u8> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    #[inline(always)]
+    fn reserve(&mut self, n: usize) {
+        Vec::reserve(self, n)
+    }
+    #[inline(always)]
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        Vec::as_mut_ptr(self)
+    }
+    #[inline(always)]
+    unsafe fn set_len(&mut self, len: usize) {
+        // SAFETY: as the caller guarantees.
+        unsafe { Vec::set_len(self, len) }
+    }
+    #[inline(always)]
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
 /// Appends exactly `len` bytes to `out`, written by `write` front to back through a cursor
 /// over room reserved once. Panics (having appended nothing) if `write` writes more or fewer.
 #[inline(always)]
-pub fn append_exact(out: &mut Vec<u8>, len: usize, write: impl for<'id> FnOnce(&mut Cursor<'id>)) {
+pub fn append_exact<O: Out + ?Sized>(
+    out: &mut O,
+    len: usize,
+    write: impl for<'id> FnOnce(&mut Cursor<'id>),
+) {
     out.reserve(len);
     let at = out.len();
     let mut c = Cursor {

@@ -35,7 +35,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::record::{Cursor, RecordFormat, append_exact};
+use super::record::{Cursor, Out, RecordFormat, append_exact};
 
 pub const SEGMENT_MAGIC: [u8; 4] = *b"SLSG";
 pub const SEGMENT_VERSION: u8 = 3;
@@ -182,8 +182,8 @@ pub fn append_record(
 /// [`append_record`] for a payload of exactly `len` bytes, written through a cursor over room
 /// reserved once for the whole framed record. Returns the framed length.
 #[inline(always)]
-pub fn append_record_exact(
-    out: &mut Vec<u8>,
+pub fn append_record_exact<O: Out + ?Sized>(
+    out: &mut O,
     partition: u32,
     seq: u32,
     key: u64,
@@ -206,7 +206,7 @@ pub fn append_record_exact(
         );
         c.zeros(framed - RECORD_HEADER_BYTES - len);
     });
-    seal(out, start);
+    seal(out.as_mut_slice(), start);
     framed
 }
 

@@ -3,7 +3,9 @@
 //!
 //! A commit round hands each writer the records its stream got since the last round. The writer
 //! writes them behind the segment's partial last block in one aligned write (rewriting that
-//! block), then the round makes them durable:
+//! block), then the round makes them durable. The records are framed straight into memory that
+//! write takes as it is, led by that block's bytes ([`RecordBuf`], [`SegmentWriter::ready_next`]):
+//! they are not copied on their way to the device.
 //!
 //! - An O_DIRECT write that lands on blocks already written and made durable changes no
 //!   metadata; it sits in the device's volatile write cache until the next cache flush. One
@@ -18,8 +20,8 @@
 //!   a filesystem where the flush argument does not hold) gets an fdatasync of its own file.
 //!
 //! - A segment retention lets go (of a stream no network sink reads) is kept as a free file
-//!   ([`free_path`]), at most one per stream and shard, and the filler makes it the next segment instead of creating and
-//!   zero-filling a new one: its blocks were written and made durable in its earlier use, so
+//!   ([`free_path`]), at most one per stream and shard, and the filler makes it the next
+//!   segment instead of creating and zero-filling a new one: its blocks were written and made durable in its earlier use, so
 //!   writes over them need only a flush, and the device takes each record's bytes once
 //!   instead of twice (its zeros, then the records). Records carry their segment's number,
 //!   so a reader ends at the first one left from the earlier use (`sink::segment`).
@@ -41,6 +43,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 use glommio::sync::Semaphore;
 use glommio::{Task, spawn_local};
 
+use super::buf::RecordBuf;
 use super::record::RecordFormat;
 use super::segment::{
     SEGMENT_HEADER_BYTES, SegmentHeader, SegmentKind, free_files, free_path, next_seq,
@@ -126,8 +129,16 @@ struct Lane {
 /// The writer of one stream on one shard.
 pub struct SegmentWriter {
     lane: Rc<Lane>,
-    /// The current segment's partial last block.
+    /// The current segment's partial last block, and what it will be once the write in
+    /// flight is done.
     tail: Vec<u8>,
+    next_tail: Vec<u8>,
+    /// About the most bytes a write round brought lately: what [`Self::ready_next`] readies
+    /// room for.
+    round_bytes: usize,
+    /// Writes that took the records' memory as it was, and writes that copied them out.
+    in_place: u64,
+    copied: u64,
     /// The zero-filling task: present exactly when writes over its zeros need only a device
     /// flush (see the module notes).
     filler: Option<Task<()>>,
@@ -525,16 +536,61 @@ impl SegmentWriter {
         Ok(SegmentWriter {
             lane,
             tail,
+            next_tail: Vec::with_capacity(BLOCK as usize),
+            round_bytes: 0,
+            in_place: 0,
+            copied: 0,
             filler,
             retiring: None,
         })
     }
 
-    /// Writes whole framed records at the end of the current segment (rotating first if it is
-    /// full) and says what makes them durable. On error nothing moved: the same records may
-    /// be written again.
-    pub async fn append(&mut self, records: &[u8]) -> io::Result<Durable> {
-        if records.is_empty() {
+    /// Readies `next` for the records framed after `pending`'s, which this writer's next
+    /// [`append`](Self::append) takes: memory for about the most bytes a round brought lately
+    /// (more grows it, with a copy), led by the bytes the segment's last partial block will
+    /// hold once `pending`'s are written. Seals `pending`'s records for the current segment
+    /// first, as `append` would, so that the lead is what it writes. (Around a rotation two
+    /// rounds' records are copied out: those readied for the full segment, and those readied
+    /// while its successor was not known.)
+    pub fn ready_next(&mut self, pending: &mut RecordBuf, next: &mut RecordBuf) {
+        // The most lately: it forgets a 64th a round (half in about 45 rounds).
+        self.round_bytes = pending.len().max(self.round_bytes - self.round_bytes / 64);
+        let capacity = self.round_bytes + self.round_bytes / 4 + 2 * BLOCK as usize;
+        let lane = &*self.lane;
+        let end = lane.end.get();
+        if end >= lane.spec.segment_bytes_max {
+            next.ready(glommio::allocate_dma_buffer, capacity, 0, None, |_| {});
+            return;
+        }
+        let seq = lane.seq.get();
+        reseal_records(pending, seq);
+        let new_end = end + pending.len() as u64;
+        let keep = (new_end % BLOCK) as usize;
+        let from_records = keep.min(pending.len());
+        // Records that end in the block the current tail is in: the tail goes in front.
+        let from_tail = keep - from_records;
+        let (tail, records) = (&self.tail, &pending[pending.len() - from_records..]);
+        next.ready(
+            glommio::allocate_dma_buffer,
+            capacity,
+            keep,
+            Some((seq, new_end)),
+            |lead| {
+                lead[..from_tail].copy_from_slice(&tail[tail.len() - from_tail..]);
+                lead[from_tail..].copy_from_slice(records);
+            },
+        );
+    }
+
+    /// Writes the framed records `buf` holds at the end of the current segment (rotating
+    /// first if it is full) and says what makes them durable. The write takes `buf`'s memory
+    /// as it is when its lead is this segment's partial last block ([`ready_next`]
+    /// readied it so); it copies the records out otherwise. Either way `buf` is left without
+    /// records. On error nothing moved: the segment ends where it did.
+    ///
+    /// [`ready_next`]: Self::ready_next
+    pub async fn append(&mut self, buf: &mut RecordBuf) -> io::Result<Durable> {
+        if buf.is_empty() {
             return Ok(Durable::Nothing);
         }
         if self.lane.end.get() >= self.lane.spec.segment_bytes_max {
@@ -544,7 +600,7 @@ impl SegmentWriter {
         let end = lane.end.get();
         let at = end - end % BLOCK;
         debug_assert_eq!(self.tail.len() as u64, end - at);
-        let n = self.tail.len() + records.len();
+        let n = self.tail.len() + buf.len();
         // Zeros to the block's end, and at least a zero record length after the last record:
         // past it may lie an earlier use's bytes.
         let size = (n + 4).next_multiple_of(BLOCK as usize);
@@ -568,25 +624,40 @@ impl SegmentWriter {
         // The filler never writes zeros under this write, even if it fails.
         lane.reserved.set(lane.reserved.get().max(upto));
         let file = lane.file.borrow().clone();
-        let mut buf = file.alloc_dma_buffer(size);
-        let bytes = buf.as_bytes_mut();
-        bytes[..self.tail.len()].copy_from_slice(&self.tail);
-        bytes[self.tail.len()..n].copy_from_slice(records);
-        reseal_records(&mut bytes[self.tail.len()..n], lane.seq.get());
+        let seq = lane.seq.get();
+        reseal_records(buf, seq);
+        let mut mem = match buf.take_led_by(seq, end, &self.tail, size) {
+            Some((mem, len)) => {
+                debug_assert_eq!(len, n);
+                self.in_place += 1;
+                mem
+            }
+            None => {
+                let mut mem = file.alloc_dma_buffer(size);
+                let bytes = mem.as_bytes_mut();
+                bytes[..self.tail.len()].copy_from_slice(&self.tail);
+                bytes[self.tail.len()..n].copy_from_slice(buf);
+                buf.clear();
+                self.copied += 1;
+                mem
+            }
+        };
+        mem.trim_to_size(size);
+        let bytes = mem.as_bytes_mut();
         bytes[n..].fill(0);
-        let new_end = end + records.len() as u64;
+        let new_end = end + (n - self.tail.len()) as u64;
         let keep = (new_end % BLOCK) as usize;
-        let mut tail = [0u8; BLOCK as usize];
-        tail[..keep].copy_from_slice(&bytes[n - keep..n]);
-        write_exact(&file, buf, at).await.map_err(|e| {
+        // Kept aside (not on this future's stack, which the commit task's join boxes).
+        self.next_tail.clear();
+        self.next_tail.extend_from_slice(&bytes[n - keep..n]);
+        write_exact(&file, mem, at).await.map_err(|e| {
             let spec = &lane.spec;
             named(
                 e,
                 &segment_path(&spec.dir, &spec.stream, spec.shard, lane.seq.get()),
             )
         })?;
-        self.tail.clear();
-        self.tail.extend_from_slice(&tail[..keep]);
+        std::mem::swap(&mut self.tail, &mut self.next_tail);
         lane.end.set(new_end);
         if self.filler.is_some() && lane.wants_fill() {
             lane.wake.signal(1);
@@ -710,6 +781,12 @@ impl SegmentWriter {
     pub fn sealing_seq(&self) -> u32 {
         let lane = &self.lane;
         lane.seq.get() + u32::from(lane.end.get() >= lane.spec.segment_bytes_max)
+    }
+
+    /// How many of its writes took the records' memory as it was, and how many copied them
+    /// out ([`append`](Self::append)).
+    pub fn appends(&self) -> (u64, u64) {
+        (self.in_place, self.copied)
     }
 
     /// How many of its segments this writer made from free files.
