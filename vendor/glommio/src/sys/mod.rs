@@ -172,6 +172,9 @@ pub(crate) fn sendmsg_syscall(
 }
 
 mod dma_buffer;
+// sluice: no longer called (`Reactor::wait` fences instead; vendor/README.md), kept as
+// published.
+#[allow(dead_code)]
 mod membarrier;
 pub(crate) mod source;
 pub(crate) mod sysfs;
@@ -306,6 +309,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // sluice: what was queued for the executor is visible to it before the flag is read,
+        // as the fence it issues after setting the flag makes the flag visible here
+        // (`Reactor::wait`; vendor/README.md).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
