@@ -201,6 +201,10 @@ impl Out for RecordBuf {
         unsafe { self.ptr.add(self.lead) }
     }
 
+    /// # Safety
+    /// As [`Out::set_len`]: `len` records' bytes, counted from the end of the lead, lie
+    /// within the memory and were written. `deref` and the writer's take read exactly
+    /// `lead..lead + len`, so nothing unwritten is read; nothing here dereferences.
     #[inline(always)]
     unsafe fn set_len(&mut self, len: usize) {
         debug_assert!(self.lead + len <= self.capacity());
