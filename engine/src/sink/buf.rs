@@ -25,17 +25,18 @@ const CAPACITY_MIN: usize = 4 * BLOCK;
 /// alone: the lead is not part of what it derefs to, nor of [`Out::len`].
 pub struct RecordBuf {
     mem: Option<DmaBuffer>,
-    /// `mem`'s start and length (a dangling pointer and 0 without memory), kept apart so that
-    /// appending reads no enum.
-    ptr: *mut u8,
-    cap: usize,
+    /// Where the records start in `mem` (just after the lead), their bytes and the room for
+    /// them (`mem`'s length less the lead): kept as a `Vec` keeps its own, so that appending
+    /// reads no enum and does no arithmetic on the lead. A dangling pointer and zeros
+    /// without memory.
+    records: *mut u8,
+    len: usize,
+    room: usize,
     /// Where more memory comes from: glommio's registered buffers in a shard
     /// ([`glommio::allocate_dma_buffer`]), the heap elsewhere (benches, tests).
     alloc: fn(usize) -> DmaBuffer,
     /// Bytes of `mem` before the records.
     lead: usize,
-    /// Bytes of `mem` written, the lead's included.
-    len: usize,
     /// The segment and the offset whose partial block the lead holds.
     lead_of: Option<(u32, u64)>,
 }
@@ -44,11 +45,11 @@ impl Default for RecordBuf {
     fn default() -> Self {
         RecordBuf {
             mem: None,
-            ptr: std::ptr::NonNull::dangling().as_ptr(),
-            cap: 0,
+            records: std::ptr::NonNull::dangling().as_ptr(),
+            len: 0,
+            room: 0,
             alloc: glommio::allocate_dma_buffer_global,
             lead: 0,
-            len: 0,
             lead_of: None,
         }
     }
@@ -57,7 +58,7 @@ impl Default for RecordBuf {
 impl std::fmt::Debug for RecordBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordBuf")
-            .field("records", &(self.len - self.lead))
+            .field("records", &self.len)
             .field("lead", &self.lead)
             .field("capacity", &self.capacity())
             .field("lead_of", &self.lead_of)
@@ -69,8 +70,9 @@ impl std::ops::Deref for RecordBuf {
     type Target = [u8];
     #[inline(always)]
     fn deref(&self) -> &[u8] {
-        // SAFETY: `lead..len` lies within the memory (empty without), and was written.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(self.lead), self.len - self.lead) }
+        // SAFETY: the records' `len` bytes lie within the memory (none without), and were
+        // written.
+        unsafe { std::slice::from_raw_parts(self.records, self.len) }
     }
 }
 
@@ -78,28 +80,41 @@ impl std::ops::DerefMut for RecordBuf {
     #[inline(always)]
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as for `deref`; the memory is this buffer's alone.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(self.lead), self.len - self.lead) }
+        unsafe { std::slice::from_raw_parts_mut(self.records, self.len) }
     }
 }
 
 impl RecordBuf {
     /// Bytes of memory held, the lead's included.
     pub fn capacity(&self) -> usize {
-        self.cap
+        self.lead + self.room
     }
 
-    /// Takes `mem` as this buffer's memory.
-    fn hold(&mut self, mut mem: Option<DmaBuffer>) {
-        (self.ptr, self.cap) = match &mut mem {
-            Some(m) => (m.as_mut_ptr(), m.len()),
+    /// Takes `mem` as this buffer's memory, led by `lead` bytes (written, or to be), and
+    /// `len` bytes of records after them (written).
+    fn hold(&mut self, mut mem: Option<DmaBuffer>, lead: usize, len: usize) {
+        (self.records, self.room) = match &mut mem {
+            Some(m) => {
+                assert!(lead + len <= m.len(), "the lead and records fit the memory");
+                // SAFETY: the lead lies within the memory (asserted).
+                (unsafe { m.as_mut_ptr().add(lead) }, m.len() - lead)
+            }
             None => (std::ptr::NonNull::dangling().as_ptr(), 0),
         };
         self.mem = mem;
+        self.lead = lead;
+        self.len = len;
+    }
+
+    /// The memory's start: the lead's.
+    fn start(&mut self) -> *mut u8 {
+        // SAFETY: `records` is `lead` bytes into the memory (0 without).
+        unsafe { self.records.sub(self.lead) }
     }
 
     /// Drops the records, keeping the lead and the memory.
     pub fn clear(&mut self) {
-        self.len = self.lead;
+        self.len = 0;
     }
 
     /// Appends `b`.
@@ -109,7 +124,7 @@ impl RecordBuf {
         }
         Out::reserve(self, b.len());
         // SAFETY: `reserve` made room for `b` after the written bytes; `b` is not in it.
-        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.ptr.add(self.len), b.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.records.add(self.len), b.len()) };
         self.len += b.len();
     }
 
@@ -127,18 +142,18 @@ impl RecordBuf {
         let want = capacity.max(lead).next_multiple_of(BLOCK).max(CAPACITY_MIN);
         let have = self.capacity();
         // Memory kept from a round that was copied out is used again unless far off the size.
-        if self.mem.is_none() || have < want || have > 4 * want {
-            self.hold(Some(alloc(want)));
-        }
+        let mem = match self.mem.take() {
+            Some(m) if have >= want && have <= 4 * want => m,
+            _ => alloc(want),
+        };
+        self.hold(Some(mem), lead, 0);
         self.alloc = alloc;
         // SAFETY: the memory holds at least `want >= lead` bytes, this buffer's alone.
-        fill(unsafe { std::slice::from_raw_parts_mut(self.ptr, lead) });
-        self.lead = lead;
-        self.len = lead;
+        fill(unsafe { std::slice::from_raw_parts_mut(self.start(), lead) });
         self.lead_of = lead_of;
     }
 
-    /// The memory whole, `len` bytes written of which the first are the lead, if the lead
+    /// The memory whole and its bytes written, of which the first are the lead, if the lead
     /// is `lead` as the partial block of segment `seq` at `offset`, with room for `size`
     /// bytes in all. Leaves this buffer empty, without memory.
     pub(crate) fn take_led_by(
@@ -157,11 +172,9 @@ impl RecordBuf {
         if self.capacity() < size {
             self.grow(size);
         }
-        let len = self.len;
+        let len = self.lead + self.len;
         let mem = self.mem.take()?;
-        self.hold(None);
-        self.lead = 0;
-        self.len = 0;
+        self.hold(None, 0, 0);
         self.lead_of = None;
         Some((mem, len))
     }
@@ -175,40 +188,40 @@ impl RecordBuf {
             .next_multiple_of(BLOCK)
             .max(CAPACITY_MIN);
         let mut m = (self.alloc)(size);
-        // SAFETY: the old memory's first `len` bytes were written (none without memory).
-        let old = unsafe { std::slice::from_raw_parts(self.ptr, self.len) };
-        m.as_bytes_mut()[..self.len].copy_from_slice(old);
-        self.hold(Some(m));
+        let written = self.lead + self.len;
+        // SAFETY: the old memory's lead and records were written (none without memory).
+        let old = unsafe { std::slice::from_raw_parts(self.start(), written) };
+        m.as_bytes_mut()[..written].copy_from_slice(old);
+        self.hold(Some(m), self.lead, self.len);
     }
 }
 
 impl Out for RecordBuf {
     #[inline(always)]
     fn len(&self) -> usize {
-        self.len - self.lead
+        self.len
     }
 
     #[inline(always)]
     fn reserve(&mut self, n: usize) {
-        if self.capacity() - self.len < n {
-            self.grow(self.len + n);
+        if self.room - self.len < n {
+            self.grow(self.lead + self.len + n);
         }
     }
 
     #[inline(always)]
     fn as_mut_ptr(&mut self) -> *mut u8 {
-        // SAFETY: the lead lies within the memory (and is 0 without).
-        unsafe { self.ptr.add(self.lead) }
+        self.records
     }
 
     /// # Safety
     /// As [`Out::set_len`]: `len` records' bytes, counted from the end of the lead, lie
-    /// within the memory and were written. `deref` and the writer's take read exactly
-    /// `lead..lead + len`, so nothing unwritten is read; nothing here dereferences.
+    /// within the memory and were written. `deref` and the writer's take read exactly the
+    /// lead and those bytes, so nothing unwritten is read; nothing here dereferences.
     #[inline(always)]
     unsafe fn set_len(&mut self, len: usize) {
-        debug_assert!(self.lead + len <= self.capacity());
-        self.len = self.lead + len;
+        debug_assert!(len <= self.room);
+        self.len = len;
     }
 
     #[inline(always)]
