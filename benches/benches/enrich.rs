@@ -2,6 +2,9 @@
 //!
 //! - `enrich/w1/warm`: the three lookups of a W1 event against the W1 tables in memory, over
 //!   4,096 events whose strings sit in one buffer (as in a batch just decrypted).
+//! - `enrich/w1/spread`: the same over 262,144 events, as many as a live stream brings before
+//!   a key comes round again: W1's ids and prefixes spread over the tables (customers 12 MB,
+//!   geo 5 MB), so most lookups miss the core's caches and its TLB, as they do in the engine.
 //! - `enrich/w1-mmdb/warm`: the same with geo from GeoLite2-City through the shard's cache,
 //!   warmed by one pass over the events.
 //! - `enrich/mmdb/uncached`: one GeoLite2-City lookup (trie walk and record decode) per
@@ -22,6 +25,7 @@ use sluice_protocol::{Event, EventView};
 use sluice_workload::{Workload, WorkloadGen};
 
 const EVENTS: usize = 4096;
+const SPREAD_EVENTS: usize = 262_144;
 
 fn database() -> Database {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -55,6 +59,35 @@ fn enrich(c: &mut Criterion) {
     group.throughput(Throughput::Elements(EVENTS as u64));
     let mut tables = Tables::w1(1);
     group.bench_function("w1/warm", |b| b.iter(|| black_box(join_all(&mut tables))));
+    group.finish();
+
+    // Events without their attributes: the lookups read only their keys.
+    let mut g = WorkloadGen::new(Workload::W1, 43);
+    let spread: Vec<Event> = (0..SPREAD_EVENTS)
+        .map(|_| {
+            let mut e = g.next_upload(0).events.remove(0);
+            e.attrs.clear();
+            e
+        })
+        .collect();
+    let spread_views: Vec<EventView<'_>> = spread.iter().map(Event::view_without_attrs).collect();
+    let mut group = c.benchmark_group("enrich");
+    group.throughput(Throughput::Elements(SPREAD_EVENTS as u64));
+    let mut tables = Tables::w1(1);
+    group.bench_function("w1/spread", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            for v in &spread_views {
+                let e = tables.lookup(v);
+                n += u64::from(e.geo.is_some()) + u64::from(e.customer.is_some());
+            }
+            black_box(n)
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("enrich");
+    group.throughput(Throughput::Elements(EVENTS as u64));
 
     let mut tables = Tables::w1(1);
     tables.use_mmdb(db.clone(), sluice::config::MMDB_CACHE_ENTRIES);
