@@ -538,17 +538,18 @@ fn on_huge_pages<T: Clone>(elem: T, n: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
     // The whole huge pages inside the vector's memory, advised before the fill: the kernel
     // picks a page's size when it is first touched.
-    let at = v.as_ptr() as usize;
-    let (start, end) = (
-        at.next_multiple_of(HUGE),
-        (at + n * size_of::<T>()) / HUGE * HUGE,
-    );
     #[cfg(target_os = "linux")]
-    if end > start {
-        // SAFETY: `madvise` only advises how to back these pages, which lie in the vector's
-        // allocation; it neither reads nor moves them.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+    {
+        let at = v.as_ptr() as usize;
+        let start = at.next_multiple_of(HUGE);
+        let end = (at + n * size_of::<T>()) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: `madvise` only advises how to back the pages of `start..end`, which lie
+            // inside the vector's allocation (rounded inwards to whole huge pages); it neither
+            // reads, writes nor unmaps them.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
         }
     }
     v.resize(n, elem);

@@ -79,7 +79,8 @@ impl std::ops::Deref for RecordBuf {
 impl std::ops::DerefMut for RecordBuf {
     #[inline(always)]
     fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as for `deref`; the memory is this buffer's alone.
+        // SAFETY: as for `deref`: `records[..len]` lies within the memory and was written;
+        // the memory is this buffer's alone, and `&mut self` keeps it so while borrowed.
         unsafe { std::slice::from_raw_parts_mut(self.records, self.len) }
     }
 }
@@ -123,7 +124,8 @@ impl RecordBuf {
             return;
         }
         Out::reserve(self, b.len());
-        // SAFETY: `reserve` made room for `b` after the written bytes; `b` is not in it.
+        // SAFETY: `reserve` left `room - len >= b.len()`, so `records[len..len + b.len()]`
+        // lies within the memory; `b`, borrowed apart from `self`, is not in it.
         unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.records.add(self.len), b.len()) };
         self.len += b.len();
     }
@@ -148,7 +150,8 @@ impl RecordBuf {
         };
         self.hold(Some(mem), lead, 0);
         self.alloc = alloc;
-        // SAFETY: the memory holds at least `want >= lead` bytes, this buffer's alone.
+        // SAFETY: `hold` asserted that the lead fits the memory, and `start()` is the
+        // memory's first byte: `start()[..lead]` lies within it, this buffer's alone.
         fill(unsafe { std::slice::from_raw_parts_mut(self.start(), lead) });
         self.lead_of = lead_of;
     }
