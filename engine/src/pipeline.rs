@@ -612,22 +612,23 @@ impl Parts<'_> {
             matcher.matching(&ctx, matches);
             emits.prefetch(matches);
             let missing = ctx.enriched.customer_missing;
-            let mut values = Values::new(&ctx, value_buf);
-            matches.for_each(|i| {
-                let rule = &emits.rules[i];
-                if !rule.sampler.keeps(event.event_id) {
-                    return;
-                }
-                for &stream in emits.streams(rule) {
-                    o.records += 1;
-                    if UPTO < stage::PROJECT_ENCODE {
-                        continue;
+            if !matches.is_empty() {
+                let mut values =
+                    (UPTO >= stage::PROJECT_ENCODE).then(|| Values::new(&ctx, value_buf));
+                matches.for_each(|i| {
+                    let rule = &emits.rules[i];
+                    if !rule.sampler.keeps(event.event_id) {
+                        return;
                     }
-                    let (s, format) = (&mut out[stream], formats[stream]);
-                    emits.emit::<UPTO, _>(s, format, at, rule, &mut values, missing);
-                }
-            });
-            if matches.is_empty() {
+                    for &stream in emits.streams(rule) {
+                        o.records += 1;
+                        if let Some(v) = &mut values {
+                            let (s, format) = (&mut out[stream], formats[stream]);
+                            emits.emit::<UPTO, _>(s, format, at, rule, v, missing);
+                        }
+                    }
+                });
+            } else {
                 counters.unmatched += 1;
                 if let Some(stream) = routes.unmatched() {
                     o.records += 1;

@@ -53,6 +53,16 @@ pub struct GeoRow {
     pub asn: u32,
 }
 
+impl GeoRow {
+    /// A row with no values: what a missing row reads as.
+    pub const NONE: GeoRow = GeoRow {
+        country: Sym::NONE,
+        region: Sym::NONE,
+        city: Sym::NONE,
+        asn: 0,
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceRow {
     pub brand: Sym,
@@ -61,12 +71,31 @@ pub struct DeviceRow {
     pub os: Sym,
 }
 
+impl DeviceRow {
+    /// A row with no values: what a missing row reads as.
+    pub const NONE: DeviceRow = DeviceRow {
+        brand: Sym::NONE,
+        model: Sym::NONE,
+        platform: Sym::NONE,
+        os: Sym::NONE,
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CustomerRow {
     pub plan: Sym,
     pub signup_country: Sym,
     /// `None` where the source has no value.
     pub profiles: Option<u16>,
+}
+
+impl CustomerRow {
+    /// A row with no values: what a missing row reads as.
+    pub const NONE: CustomerRow = CustomerRow {
+        plan: Sym::NONE,
+        signup_country: Sym::NONE,
+        profiles: None,
+    };
 }
 
 /// The rows one event joins to; `None` where its key has no row.
