@@ -41,7 +41,7 @@ pub use aead::{
 };
 pub use envelope::{EnvelopeHeader, EnvelopeMut, Opened, Opener, Rejected, seal_envelope};
 pub use error::Error;
-pub use event::{Attr, Attrs, ClientIp, Event, EventView, Payload, PayloadFormat};
+pub use event::{Attr, Attrs, ClientIp, Event, EventView, Events, Payload, PayloadFormat};
 pub use frame::{
     Ack, AckStatus, BatchFrame, FrameBuilder, FrameHeader, FrameKind, HelloReply, ShardAddr,
     decode_frame_header, encode_hello, fnv1a64, mix64, partition_for, partition_key_for_device,

@@ -383,9 +383,10 @@ impl<'c, 'e, S: Source<'e>> Values<'c, 'e, S> {
             record::put(self.buf, json);
         } else {
             match self.kinds[i] {
-                KIND_U64 => {
-                    record::put(self.buf, itoa::Buffer::new().format(self.nums[i]).as_bytes())
-                }
+                KIND_U64 => record::put(
+                    self.buf,
+                    itoa::Buffer::new().format(self.nums[i]).as_bytes(),
+                ),
                 KIND_STR => {
                     // SAFETY: a string's text came from a `&str` (`Values::new`).
                     let s = unsafe { std::str::from_utf8_unchecked(self.texts[i]) };
@@ -425,7 +426,10 @@ impl<'c, 'e, S: Source<'e>> Values<'c, 'e, S> {
         };
         let kind = self.kinds[i];
         let text = if kind == KIND_IP {
-            assert!(self.ip_len != 0, "an address's text is made before it is read");
+            assert!(
+                self.ip_len != 0,
+                "an address's text is made before it is read"
+            );
             &self.ip[..usize::from(self.ip_len)]
         } else {
             self.texts[i]

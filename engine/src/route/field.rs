@@ -247,7 +247,10 @@ where
         put(Field::GeoCountry, text(geo.country));
         put(Field::GeoRegion, text(geo.region));
         put(Field::GeoCity, text(geo.city));
-        put(Field::GeoAsn, num((geo.asn != 0).then_some(u64::from(geo.asn))));
+        put(
+            Field::GeoAsn,
+            num((geo.asn != 0).then_some(u64::from(geo.asn))),
+        );
         let device = r.device.unwrap_or(DeviceRow::NONE);
         put(Field::DeviceBrand, text(device.brand));
         put(Field::DeviceModel, text(device.model));
@@ -256,7 +259,10 @@ where
         let customer = r.customer.unwrap_or(CustomerRow::NONE);
         put(Field::CustomerPlan, text(customer.plan));
         put(Field::CustomerSignupCountry, text(customer.signup_country));
-        put(Field::CustomerProfiles, num(customer.profiles.map(u64::from)));
+        put(
+            Field::CustomerProfiles,
+            num(customer.profiles.map(u64::from)),
+        );
     }
 
     /// [`Ctx::get`], inlined where the caller takes the value apart at once (so that it
