@@ -316,6 +316,36 @@ where
 mod tests {
     use super::*;
 
+    /// `each_value` hands every field what `get` gives: for W1 events joined to their rows,
+    /// and for the same events with no rows.
+    #[test]
+    fn each_value_gives_what_get_gives() {
+        use sluice_workload::{Workload, WorkloadGen};
+        let mut tables = Tables::w1(1);
+        let mut generator = WorkloadGen::new(Workload::W1, 1);
+        let events: Vec<_> = (0..100)
+            .flat_map(|_| generator.next_upload(1).events)
+            .collect();
+        for e in &events {
+            let view = e.view_without_attrs();
+            let joined = tables.lookup(&view);
+            assert!(joined.geo.is_some() && joined.device.is_some() && joined.customer.is_some());
+            for enriched in [joined, Enriched::default()] {
+                let ctx = Ctx {
+                    event: &view,
+                    enriched,
+                    tables: &tables,
+                };
+                let mut seen = Vec::new();
+                ctx.each_value(|f, v| {
+                    assert_eq!(v, ctx.get(f), "{f:?}");
+                    seen.push(f);
+                });
+                assert_eq!(seen, Field::ALL, "every field once, in order");
+            }
+        }
+    }
+
     #[test]
     fn indexes_are_places_in_all() {
         for (i, f) in Field::ALL.iter().enumerate() {
