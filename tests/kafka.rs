@@ -359,9 +359,12 @@ fn kafka_a_stopped_broker_stalls_only_its_stream_until_drop_oldest_gives_up_segm
         "kafka isolation (drop_oldest): {FAST} {:.0} records/s before, {:.0} while {SLOW}'s broker was stopped",
         r.before, r.during
     );
+    // A stalled stream would deliver next to nothing. Each rate is two seconds of batched
+    // confirmations on a shared host, so the bound leaves room for noise: a clean-clone CI run
+    // with the isolation intact measured 0.88 (7,152 against 8,138), under the 0.9 this was.
     assert!(
-        r.during >= 0.9 * r.before,
-        "{} < 90% of {}",
+        r.during >= 0.8 * r.before,
+        "{} < 80% of {}",
         r.during,
         r.before
     );
