@@ -393,7 +393,7 @@ impl<'a> Payload<'a> {
     }
 
     /// The event at `i`.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, i: usize) -> Option<EventView<'_>> {
         match self {
             Payload::Rkyv(e) => e.get(i).map(EventView::from_archived),
@@ -463,11 +463,7 @@ impl<'p> Iterator for Events<'p, '_> {
 
     #[inline(always)]
     fn next(&mut self) -> Option<EventView<'p>> {
-        let i = self.at;
-        let view = match self.payload {
-            Payload::Rkyv(e) => EventView::from_archived(e.get(i)?),
-            Payload::Json(e) => e.get(i)?.view(),
-        };
+        let view = self.payload.get(self.at)?;
         self.at += 1;
         Some(view)
     }

@@ -348,7 +348,9 @@ impl<'c, 'e, S: Source<'e>> Values<'c, 'e, S> {
     /// Makes the event's address text, if it has an address and the text is not made yet.
     #[inline(always)]
     fn address(&mut self) {
-        if self.ip_len == 0 && self.kinds[Field::ClientIp.index().unwrap_or(0)] == KIND_IP {
+        if self.ip_len == 0
+            && self.kinds[Field::ClientIp.index().expect("an event field")] == KIND_IP
+        {
             self.format_address();
         }
     }
