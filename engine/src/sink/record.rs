@@ -569,10 +569,7 @@ pub fn write_rkyv_fields(c: &mut Cursor<'_>, strings: usize, fields: &[RkyvField
 #[inline(always)]
 fn string_repr(b: &[u8], next: &mut usize, pos: usize) -> u64 {
     if b.len() <= 8 {
-        let mut r = [0xffu8; 8];
-        // SAFETY: `b.len()` bytes fit in `r`, a local apart from `b`.
-        unsafe { copy_short(r.as_mut_ptr(), b.as_ptr(), b.len()) };
-        u64::from_le_bytes(r)
+        inline_word(b)
     } else {
         let l = b.len() as u32;
         let l = (l & 0x3f) | 0x80 | ((l & !0x3f) << 2);
@@ -580,6 +577,36 @@ fn string_repr(b: &[u8], next: &mut usize, pos: usize) -> u64 {
         *next += b.len();
         u64::from(offset) << 32 | u64::from(l)
     }
+}
+
+/// `b` (at most 8 bytes) as the little-endian word of an inline archived string: its bytes,
+/// then `0xff`. Made in a register from at most three loads of `b`: a word built by narrow
+/// stores into memory and read back whole waits for them (the store cannot be forwarded),
+/// and that wait was the encode stage's largest.
+#[inline(always)]
+fn inline_word(b: &[u8]) -> u64 {
+    use std::ptr::read_unaligned as rd;
+    let (n, p) = (b.len(), b.as_ptr());
+    debug_assert!(n <= 8);
+    // SAFETY: in every arm, each read lies within `b[..n]` (the second of a pair ends at `n`,
+    // the first starts at 0, and the size condition keeps both in).
+    let bytes = unsafe {
+        if n == 8 {
+            return u64::from_le(rd(p.cast::<u64>()));
+        } else if n >= 4 {
+            let lo = u64::from(u32::from_le(rd(p.cast::<u32>())));
+            let hi = u64::from(u32::from_le(rd(p.add(n - 4).cast::<u32>())));
+            // The two overlap where `n` < 8, on the same bytes.
+            lo | hi << (8 * (n - 4))
+        } else if n > 0 {
+            // 1 to 3 bytes: the first, the middle and the last (some the same).
+            let (a, m, z) = (*p, *p.add(n / 2), *p.add(n - 1));
+            u64::from(a) | u64::from(m) << (8 * (n / 2)) | u64::from(z) << (8 * (n - 1))
+        } else {
+            0
+        }
+    };
+    bytes | !0u64 << (8 * n)
 }
 
 /// The serializable borrowed record that [`rkyv_record_by_rkyv`] hands rkyv.
@@ -829,6 +856,17 @@ mod tests {
             serde_json::from_str(&rkyv_record_to_json(&aligned).unwrap()).unwrap();
         assert_eq!(json.as_object().unwrap().len(), FIELDS_PER_RECORD_MAX);
         assert_eq!(json[format!("f{}", FIELDS_PER_RECORD_MAX - 1)], 7);
+    }
+
+    /// An inline string's word is its bytes then `0xff`, at every length up to 8.
+    #[test]
+    fn an_inline_word_is_the_bytes_then_ff() {
+        let text = b"abcdefgh";
+        for n in 0..=8 {
+            let mut want = [0xffu8; 8];
+            want[..n].copy_from_slice(&text[..n]);
+            assert_eq!(inline_word(&text[..n]), u64::from_le_bytes(want), "{n} bytes");
+        }
     }
 }
 
