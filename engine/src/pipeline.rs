@@ -613,21 +613,28 @@ impl Parts<'_> {
             emits.prefetch(matches);
             let missing = ctx.enriched.customer_missing;
             if !matches.is_empty() {
-                let mut values =
-                    (UPTO >= stage::PROJECT_ENCODE).then(|| Values::new(&ctx, value_buf));
-                matches.for_each(|i| {
-                    let rule = &emits.rules[i];
-                    if !rule.sampler.keeps(event.event_id) {
-                        return;
-                    }
-                    for &stream in emits.streams(rule) {
-                        o.records += 1;
-                        if let Some(v) = &mut values {
-                            let (s, format) = (&mut out[stream], formats[stream]);
-                            emits.emit::<UPTO, _>(s, format, at, rule, v, missing);
+                let mut records = |mut values: Option<&mut Values<'_, '_>>| {
+                    matches.for_each(|i| {
+                        let rule = &emits.rules[i];
+                        if !rule.sampler.keeps(event.event_id) {
+                            return;
                         }
-                    }
-                });
+                        for &stream in emits.streams(rule) {
+                            o.records += 1;
+                            if let Some(v) = &mut values {
+                                let (s, format) = (&mut out[stream], formats[stream]);
+                                emits.emit::<UPTO, _>(s, format, at, rule, v, missing);
+                            }
+                        }
+                    })
+                };
+                if UPTO >= stage::PROJECT_ENCODE {
+                    // Made where it stays: moved (into an `Option`), it was copied with wide
+                    // loads that waited for the narrow stores that made it.
+                    records(Some(&mut Values::new(&ctx, value_buf)));
+                } else {
+                    records(None);
+                }
             } else {
                 counters.unmatched += 1;
                 if let Some(stream) = routes.unmatched() {

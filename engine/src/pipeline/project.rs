@@ -202,32 +202,23 @@ impl Emits {
                     v.address();
                 }
                 let v = &*v;
-                let mut all =
-                    [const { MaybeUninit::<RkyvField<'_>>::uninit() }; FIELDS_PER_RULE_MAX + 1];
-                let mut n = 0;
                 let mut strings = r.rkyv_names as usize;
-                for (p, f) in fields.iter().zip(&mut all) {
-                    let field = v.rkyv(p.name, p.field);
-                    strings += record::out_of_line(field.text);
-                    f.write(field);
-                    n += 1;
+                for p in fields {
+                    strings += record::out_of_line(v.rkyv(p.name, p.field).text);
                 }
-                if missing {
-                    let mark = RkyvField {
-                        name: MISSING_MARK.as_bytes(),
-                        kind: KIND_STR,
-                        num: 0,
-                        text: MISSING_VALUE,
-                    };
-                    strings += record::out_of_line(mark.name) + record::out_of_line(mark.text);
-                    all[n].write(mark);
-                    n += 1;
+                let mark = missing.then_some(RkyvField {
+                    name: MISSING_MARK.as_bytes(),
+                    kind: KIND_STR,
+                    num: 0,
+                    text: MISSING_VALUE,
+                });
+                if let Some(m) = &mark {
+                    strings += record::out_of_line(m.name) + record::out_of_line(m.text);
                 }
-                // SAFETY: entries 0..n were written above.
-                let all =
-                    unsafe { std::slice::from_raw_parts(all.as_ptr().cast::<RkyvField<'_>>(), n) };
+                let n = fields.len() + usize::from(missing);
                 put_record_exact::<UPTO>(s, at, record::rkyv_len(n, strings), |c| {
-                    record::write_rkyv_fields(c, strings, all)
+                    let all = fields.iter().map(|p| v.rkyv(p.name, p.field));
+                    record::write_rkyv_fields(c, strings, all.chain(mark))
                 });
             }
         }

@@ -221,6 +221,50 @@ impl Cursor<'_> {
     pub fn written(&self) -> usize {
         self.at
     }
+
+    /// Splits the room left in two, the next `first` bytes and the rest, for `write` to
+    /// fill side by side: the first whole (else it panics), the second from its start.
+    #[inline(always)]
+    pub fn split<R>(
+        &mut self,
+        first: usize,
+        write: impl for<'a, 'b> FnOnce(&mut Cursor<'a>, &mut Cursor<'b>) -> R,
+    ) -> R {
+        if first > self.len - self.at {
+            overrun();
+        }
+        let rest = self.len - self.at - first;
+        // SAFETY: `room[at..at + first]` and `room[at + first..len]` lie in the reserved
+        // room (checked above), one after the other.
+        let (a, b) = unsafe {
+            let a = self.room.add(self.at);
+            (a, a.add(first))
+        };
+        let mut head = Cursor {
+            room: a,
+            len: first,
+            at: 0,
+            _brand: std::marker::PhantomData,
+        };
+        let mut tail = Cursor {
+            room: b,
+            len: rest,
+            at: 0,
+            _brand: std::marker::PhantomData,
+        };
+        let r = write(&mut head, &mut tail);
+        if head.at != first {
+            short();
+        }
+        self.at += first + tail.at;
+        r
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn short() -> ! {
+    panic!("a record left part of its room unwritten")
 }
 
 #[cold]
@@ -488,7 +532,7 @@ pub fn rkyv_record<'v>(
         .map(|f| out_of_line(f.name) + out_of_line(f.text))
         .sum();
     append_exact(out, rkyv_len(fields.len(), strings), |c| {
-        write_rkyv_fields(c, strings, fields)
+        write_rkyv_fields(c, strings, fields.iter().copied())
     });
 }
 
@@ -528,53 +572,53 @@ pub fn rkyv_len(n: usize, strings: usize) -> usize {
 /// Writes `fields` as rkyv writes `Vec<RecordField>`: each field's name and text that are
 /// too long to lie inline (over 8 bytes), in order; zeros to an 8-byte boundary; the 32-byte
 /// entries; and the root (a relative pointer to the entries, and their count). Their
-/// out-of-line strings take `strings` bytes; the record takes [`rkyv_len`] bytes from where
-/// the cursor is, which must be 8-byte aligned where the record will lie.
+/// out-of-line strings take `strings` bytes; the record takes [`rkyv_len`] bytes (of as many
+/// fields as `fields` yields) from where the cursor is, which must be 8-byte aligned where
+/// the record will lie. One pass: each field's strings and its entry are written side by
+/// side, into the two parts of the record's room.
 #[inline(always)]
-pub fn write_rkyv_fields(c: &mut Cursor<'_>, strings: usize, fields: &[RkyvField<'_>]) {
-    let start = c.written();
-    for f in fields {
-        if f.name.len() > 8 {
-            c.put(f.name);
-        }
-        if f.text.len() > 8 {
-            c.put(f.text);
-        }
-    }
-    assert_eq!(
-        c.written() - start,
-        strings,
-        "out-of-line strings as measured"
-    );
+pub fn write_rkyv_fields<'f>(
+    c: &mut Cursor<'_>,
+    strings: usize,
+    fields: impl Iterator<Item = RkyvField<'f>>,
+) {
     let entries = strings.next_multiple_of(8);
-    c.zeros(entries - strings);
-    // Where the next out-of-line string lies, relative to the record.
-    let mut s = 0;
-    let mut e = entries;
-    for f in fields {
-        let name = string_repr(f.name, &mut s, e);
-        let text = string_repr(f.text, &mut s, e + 24);
-        // The kind, then the padding before `num`, zeroed as rkyv zeroes it.
-        c.put32([name, u64::from(f.kind), f.num, text]);
-        e += ENTRY_BYTES;
-    }
-    // The root: the entries relative to it, and their count.
-    let offset = (entries as i32 - e as i32) as u32;
-    c.put8((u64::from(fields.len() as u32) << 32 | u64::from(offset)).to_le_bytes());
+    c.split(entries, |out_of_line, c| {
+        // Where the next entry lies, relative to the record.
+        let mut e = entries;
+        for f in fields {
+            let name = string_repr(out_of_line, f.name, e);
+            let text = string_repr(out_of_line, f.text, e + 24);
+            // The kind, then the padding before `num`, zeroed as rkyv zeroes it.
+            c.put32([name, u64::from(f.kind), f.num, text]);
+            e += ENTRY_BYTES;
+        }
+        assert_eq!(
+            out_of_line.written(),
+            strings,
+            "out-of-line strings as measured"
+        );
+        out_of_line.zeros(entries - strings);
+        // The root: the entries relative to it, and their count.
+        let count = (e - entries) / ENTRY_BYTES;
+        let offset = (entries as i32 - e as i32) as u32;
+        c.put8((u64::from(count as u32) << 32 | u64::from(offset)).to_le_bytes());
+    });
 }
 
 /// An archived string's 8 bytes (as a little-endian word) at `pos` (relative to the record):
-/// inline, `0xff`-filled, or the length (marked out of line) and the offset of its bytes at
-/// `*next`, which then moves past them.
+/// inline, `0xff`-filled; or its length (marked out of line) and the offset of its bytes,
+/// which are written to `out_of_line` (whose start is the record's).
 #[inline(always)]
-fn string_repr(b: &[u8], next: &mut usize, pos: usize) -> u64 {
+fn string_repr(out_of_line: &mut Cursor<'_>, b: &[u8], pos: usize) -> u64 {
     if b.len() <= 8 {
         inline_word(b)
     } else {
+        let at = out_of_line.written();
+        out_of_line.put(b);
         let l = b.len() as u32;
         let l = (l & 0x3f) | 0x80 | ((l & !0x3f) << 2);
-        let offset = (*next as i32 - pos as i32) as u32;
-        *next += b.len();
+        let offset = (at as i32 - pos as i32) as u32;
         u64::from(offset) << 32 | u64::from(l)
     }
 }
@@ -865,7 +909,11 @@ mod tests {
         for n in 0..=8 {
             let mut want = [0xffu8; 8];
             want[..n].copy_from_slice(&text[..n]);
-            assert_eq!(inline_word(&text[..n]), u64::from_le_bytes(want), "{n} bytes");
+            assert_eq!(
+                inline_word(&text[..n]),
+                u64::from_le_bytes(want),
+                "{n} bytes"
+            );
         }
     }
 }

@@ -224,8 +224,8 @@ impl Matcher {
     /// nothing is new; call it after enriching and before matching.
     #[inline]
     pub fn sync(&mut self, tables: &Tables) {
-        let strings = tables.strings();
-        if self.synced == strings.len() {
+        let count = tables.strings().len();
+        if self.synced == count {
             return;
         }
         for p in &mut self.sym_probes {
@@ -235,17 +235,17 @@ impl Matcher {
             };
             let at = self.slot_at[p.slot];
             let null = (at + slot.null_row() * self.words) as u32;
-            for (i, s) in strings.iter().enumerate().skip(p.offs.len()) {
+            for (i, s) in tables.strings().enumerate().skip(p.offs.len()) {
                 p.offs.push(if i == Sym::NONE.index() {
                     null
                 } else {
                     literals
-                        .get(&**s)
+                        .get(s)
                         .map_or(p.other, |&id| (at + id as usize * self.words) as u32)
                 });
             }
         }
-        self.synced = strings.len();
+        self.synced = count;
     }
 
     /// Words in a rule bitset.
