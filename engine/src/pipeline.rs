@@ -629,9 +629,11 @@ impl Parts<'_> {
                     })
                 };
                 if UPTO >= stage::PROJECT_ENCODE {
-                    // Made where it stays: moved (into an `Option`), it was copied with wide
-                    // loads that waited for the narrow stores that made it.
-                    records(Some(&mut Values::new(&ctx, value_buf)));
+                    // Read where they stay: moved (into an `Option`), they were copied with
+                    // wide loads that waited for the narrow stores that made them.
+                    let mut values = Values::new(&ctx, value_buf);
+                    values.read();
+                    records(Some(&mut values));
                 } else {
                     records(None);
                 }

@@ -517,7 +517,7 @@ pub fn rkyv_record<'v>(
             Value::Null => (KIND_NULL, 0, &b""[..]),
         };
         all[n].write(RkyvField {
-            name: name.as_bytes(),
+            name: RkyvName::new(name.as_bytes()),
             kind,
             num,
             text,
@@ -529,7 +529,7 @@ pub fn rkyv_record<'v>(
         unsafe { std::slice::from_raw_parts(all.as_ptr().cast::<RkyvField<'_>>(), n) };
     let strings = fields
         .iter()
-        .map(|f| out_of_line(f.name) + out_of_line(f.text))
+        .map(|f| out_of_line(f.name.bytes) + out_of_line(f.text))
         .sum();
     append_exact(out, rkyv_len(fields.len(), strings), |c| {
         write_rkyv_fields(c, strings, fields.iter().copied())
@@ -551,10 +551,31 @@ const _: () = {
 /// One field as an rkyv record holds it.
 #[derive(Debug, Clone, Copy)]
 pub struct RkyvField<'a> {
-    pub name: &'a [u8],
+    pub name: RkyvName<'a>,
     pub kind: u8,
     pub num: u64,
     pub text: &'a [u8],
+}
+
+/// A field's name as an rkyv record holds it: its bytes, and its archived string's word but
+/// the offset, made once (a rule's names are made when the rule is laid out): the inline
+/// word, or the length marked out of line.
+#[derive(Debug, Clone, Copy)]
+pub struct RkyvName<'a> {
+    pub bytes: &'a [u8],
+    word: u64,
+}
+
+impl<'a> RkyvName<'a> {
+    #[inline(always)]
+    pub fn new(bytes: &'a [u8]) -> Self {
+        let word = if bytes.len() <= 8 {
+            inline_word(bytes)
+        } else {
+            out_of_line_len(bytes.len())
+        };
+        RkyvName { bytes, word }
+    }
 }
 
 /// The bytes of `s` that an archived string keeps out of line (those over 8 are not inline).
@@ -587,7 +608,13 @@ pub fn write_rkyv_fields<'f>(
         // Where the next entry lies, relative to the record.
         let mut e = entries;
         for f in fields {
-            let name = string_repr(out_of_line, f.name, e);
+            let name = if f.name.bytes.len() <= 8 {
+                f.name.word
+            } else {
+                let offset = (out_of_line.written() as i32 - e as i32) as u32;
+                out_of_line.put(f.name.bytes);
+                u64::from(offset) << 32 | f.name.word
+            };
             let text = string_repr(out_of_line, f.text, e + 24);
             // The kind, then the padding before `num`, zeroed as rkyv zeroes it.
             c.put32([name, u64::from(f.kind), f.num, text]);
@@ -614,13 +641,17 @@ fn string_repr(out_of_line: &mut Cursor<'_>, b: &[u8], pos: usize) -> u64 {
     if b.len() <= 8 {
         inline_word(b)
     } else {
-        let at = out_of_line.written();
+        let offset = (out_of_line.written() as i32 - pos as i32) as u32;
         out_of_line.put(b);
-        let l = b.len() as u32;
-        let l = (l & 0x3f) | 0x80 | ((l & !0x3f) << 2);
-        let offset = (at as i32 - pos as i32) as u32;
-        u64::from(offset) << 32 | u64::from(l)
+        u64::from(offset) << 32 | out_of_line_len(b.len())
     }
+}
+
+/// An out-of-line archived string's length, marked out of line (its word's low half).
+#[inline(always)]
+fn out_of_line_len(len: usize) -> u64 {
+    let l = len as u32;
+    u64::from((l & 0x3f) | 0x80 | ((l & !0x3f) << 2))
 }
 
 /// `b` (at most 8 bytes) as the little-endian word of an inline archived string: its bytes,
