@@ -4,8 +4,10 @@
 //! rules project some of the same fields).
 //!
 //! A record is written in two passes: the first finds its values and measures it, the second
-//! writes it front to back into room reserved once for the whole framed record, each piece a
-//! short copy ([`Cursor`]). The bytes are those of [`record::json_record`] and
+//! writes it into room reserved once for the whole framed record, each piece a short copy
+//! ([`Cursor`]): front to back, or (an rkyv record) its out-of-line strings and its field
+//! entries side by side, in the two parts of the room. The bytes are those of
+//! [`record::json_record`] and
 //! [`record::rkyv_record`] (the golden and proptest tests hold them to it).
 
 use std::mem::MaybeUninit;
@@ -325,7 +327,7 @@ impl<'c, 'e, S: Source<'e>> Values<'c, 'e, S> {
     /// Reads every field of the event (its records project about ten of the twenty, and
     /// reading them all in one run costs less than a dispatch on each). Apart from
     /// [`Values::new`] so that the values are written where they stay: read into a value that
-    /// `new` returned, they were copied out whole (about 100 instructions an event).
+    /// `new` returned, they were copied out whole (37 instructions a W1 event).
     #[inline(always)]
     pub(super) fn read(&mut self) {
         let Values {
