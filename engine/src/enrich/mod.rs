@@ -196,7 +196,8 @@ impl Strings {
             text: len(s.len()),
             json: len(json.len()),
         });
-        let _ = len(self.bytes.len());
+        // The whole buffer within u32 too, so that a span's ends (`at + text + json`) are.
+        len(self.bytes.len());
         self.interned.insert(s.into(), sym);
         sym
     }

@@ -17,7 +17,7 @@ use crate::enrich::prefetch;
 use crate::route::compiled::Matches;
 use crate::route::{Ctx, FIELDS_PER_RULE_MAX, Field, RouteSet, Sampler, Value};
 use crate::sink::record::{
-    self, IP_TEXT_MAX, KIND_IP, KIND_NULL, KIND_STR, KIND_U64, RecordFormat, RkyvField, RkyvName,
+    self, IP_TEXT_MAX, KIND_IP, KIND_NULL, KIND_STR, KIND_U64, RecordFormat, RkyvField, RkyvStr,
 };
 
 /// The field a record carries when an enrichment table had no answer for its event in time;
@@ -69,7 +69,7 @@ pub(super) struct EmitRule {
 #[derive(Debug, Clone, Copy)]
 struct Projected {
     field: Field,
-    name: RkyvName<'static>,
+    name: RkyvStr<'static>,
     /// Its key and the punctuation before it, in [`Emits::keys`].
     key: (u32, u32),
 }
@@ -92,7 +92,7 @@ impl Emits {
                 e.keys.extend_from_slice(&record::json_key(f.name()));
                 e.fields.push(Projected {
                     field: *f,
-                    name: RkyvName::new(f.name().as_bytes()),
+                    name: RkyvStr::new(f.name().as_bytes()),
                     key: (at, e.keys.len() as u32),
                 });
                 rkyv_names += record::out_of_line(f.name().as_bytes());
@@ -209,7 +209,7 @@ impl Emits {
                     strings += record::out_of_line(v.rkyv(p.name, p.field).text);
                 }
                 let mark = missing.then(|| RkyvField {
-                    name: RkyvName::new(MISSING_MARK.as_bytes()),
+                    name: RkyvStr::new(MISSING_MARK.as_bytes()),
                     kind: KIND_STR,
                     num: 0,
                     text: MISSING_VALUE,
@@ -418,7 +418,7 @@ impl<'c, 'e, S: Source<'e>> Values<'c, 'e, S> {
     /// Field `f`, named `name`, as an rkyv record holds it (an address's text once made:
     /// [`Values::address`]), or an attribute.
     #[inline(always)]
-    fn rkyv<'s>(&'s self, name: RkyvName<'s>, f: Field) -> RkyvField<'s> {
+    fn rkyv<'s>(&'s self, name: RkyvStr<'s>, f: Field) -> RkyvField<'s> {
         let Some(i) = f.index() else {
             let (kind, text) = match self.ctx.value(f) {
                 Value::Str(s) => (KIND_STR, s.as_bytes()),

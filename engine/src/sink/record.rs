@@ -517,7 +517,7 @@ pub fn rkyv_record<'v>(
             Value::Null => (KIND_NULL, 0, &b""[..]),
         };
         all[n].write(RkyvField {
-            name: RkyvName::new(name.as_bytes()),
+            name: RkyvStr::new(name.as_bytes()),
             kind,
             num,
             text,
@@ -551,30 +551,44 @@ const _: () = {
 /// One field as an rkyv record holds it.
 #[derive(Debug, Clone, Copy)]
 pub struct RkyvField<'a> {
-    pub name: RkyvName<'a>,
+    pub name: RkyvStr<'a>,
     pub kind: u8,
     pub num: u64,
     pub text: &'a [u8],
 }
 
-/// A field's name as an rkyv record holds it: its bytes, and its archived string's word but
-/// the offset, made once (a rule's names are made when the rule is laid out): the inline
-/// word, or the length marked out of line.
+/// A string as an rkyv record holds it: its bytes, and its archived word but the offset (the
+/// inline word, or the length marked out of line). A rule's field names are made once, when
+/// the rule is laid out; a value's text as its record is written.
 #[derive(Debug, Clone, Copy)]
-pub struct RkyvName<'a> {
+pub struct RkyvStr<'a> {
     pub bytes: &'a [u8],
     word: u64,
 }
 
-impl<'a> RkyvName<'a> {
+impl<'a> RkyvStr<'a> {
     #[inline(always)]
     pub fn new(bytes: &'a [u8]) -> Self {
         let word = if bytes.len() <= 8 {
             inline_word(bytes)
         } else {
-            out_of_line_len(bytes.len())
+            let l = bytes.len() as u32;
+            u64::from((l & 0x3f) | 0x80 | ((l & !0x3f) << 2))
         };
-        RkyvName { bytes, word }
+        RkyvStr { bytes, word }
+    }
+
+    /// Its archived 8 bytes (as a little-endian word) at `pos` (relative to the record): the
+    /// inline word, or the length and the offset of its bytes, which are written to
+    /// `out_of_line` (whose start is the record's).
+    #[inline(always)]
+    fn place(self, out_of_line: &mut Cursor<'_>, pos: usize) -> u64 {
+        if self.bytes.len() <= 8 {
+            return self.word;
+        }
+        let offset = (out_of_line.written() as i32 - pos as i32) as u32;
+        out_of_line.put(self.bytes);
+        u64::from(offset) << 32 | self.word
     }
 }
 
@@ -608,14 +622,8 @@ pub fn write_rkyv_fields<'f>(
         // Where the next entry lies, relative to the record.
         let mut e = entries;
         for f in fields {
-            let name = if f.name.bytes.len() <= 8 {
-                f.name.word
-            } else {
-                let offset = (out_of_line.written() as i32 - e as i32) as u32;
-                out_of_line.put(f.name.bytes);
-                u64::from(offset) << 32 | f.name.word
-            };
-            let text = string_repr(out_of_line, f.text, e + 24);
+            let name = f.name.place(out_of_line, e);
+            let text = RkyvStr::new(f.text).place(out_of_line, e + 24);
             // The kind, then the padding before `num`, zeroed as rkyv zeroes it.
             c.put32([name, u64::from(f.kind), f.num, text]);
             e += ENTRY_BYTES;
@@ -631,27 +639,6 @@ pub fn write_rkyv_fields<'f>(
         let offset = (entries as i32 - e as i32) as u32;
         c.put8((u64::from(count as u32) << 32 | u64::from(offset)).to_le_bytes());
     });
-}
-
-/// An archived string's 8 bytes (as a little-endian word) at `pos` (relative to the record):
-/// inline, `0xff`-filled; or its length (marked out of line) and the offset of its bytes,
-/// which are written to `out_of_line` (whose start is the record's).
-#[inline(always)]
-fn string_repr(out_of_line: &mut Cursor<'_>, b: &[u8], pos: usize) -> u64 {
-    if b.len() <= 8 {
-        inline_word(b)
-    } else {
-        let offset = (out_of_line.written() as i32 - pos as i32) as u32;
-        out_of_line.put(b);
-        u64::from(offset) << 32 | out_of_line_len(b.len())
-    }
-}
-
-/// An out-of-line archived string's length, marked out of line (its word's low half).
-#[inline(always)]
-fn out_of_line_len(len: usize) -> u64 {
-    let l = len as u32;
-    u64::from((l & 0x3f) | 0x80 | ((l & !0x3f) << 2))
 }
 
 /// `b` (at most 8 bytes) as the little-endian word of an inline archived string: its bytes,
