@@ -611,34 +611,127 @@ fn geo_row(rows: &PrefixRows, ip: IpAddr) -> Option<GeoRow> {
     }
 }
 
-/// `n` copies of `elem`, in memory the kernel is asked to back with huge pages (2 MiB) before
-/// it is first touched. The tables' rows are read at random: over 4 KiB pages W1's customer
-/// (12 MB) and geo (5 MB) rows span more pages than the core's TLB holds, and most lookups
-/// walk the page tables first (`enrich/w1/spread`: 53 against 45 ns an event, tuning.md).
-/// Where the kernel has none to give, or transparent huge pages are off, the pages are the
-/// usual ones.
-fn on_huge_pages<T: Clone>(elem: T, n: usize) -> Vec<T> {
-    const HUGE: usize = 2 << 20;
-    let mut v = Vec::with_capacity(n);
-    // The whole huge pages inside the vector's memory, advised before the fill: the kernel
-    // picks a page's size when it is first touched.
-    #[cfg(target_os = "linux")]
-    {
-        let at = v.as_ptr() as usize;
-        let start = at.next_multiple_of(HUGE);
-        let end = (at + n * size_of::<T>()) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: `madvise` only advises how to back the pages of `start..end`, which lie
-            // inside the vector's allocation (rounded inwards to whole huge pages); it neither
+/// A table's row array, in memory of its own, aligned to and rounded up to whole huge pages
+/// (2 MiB), which the kernel is asked to back with huge pages before it is first touched; and
+/// so is each clone's (a shard's pipeline holds a clone of the config's tables, made again at
+/// each reload). The rows are read at random: over 4 KiB pages W1's customer (12 MB) and geo
+/// (5 MB) rows span more pages than the core's TLB holds, and most lookups walk the page
+/// tables first (tuning.md, "The tables on huge pages"). Where the kernel has none to give, or
+/// transparent huge pages are off, the pages are the usual ones.
+struct HugeVec<T: Copy> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+}
+
+const HUGE_PAGE: usize = 2 << 20;
+
+impl<T: Copy> HugeVec<T> {
+    /// `n` copies of `elem`.
+    fn filled(elem: T, n: usize) -> HugeVec<T> {
+        let v = HugeVec::<T>::uninit(n);
+        for i in 0..n {
+            // SAFETY: `uninit` allocated room for `n` elements at `ptr`.
+            unsafe { v.ptr.as_ptr().add(i).write(elem) };
+        }
+        v
+    }
+
+    /// Room for `n` elements, not yet written (`filled` and `clone` write them all before the
+    /// vector is read).
+    fn uninit(n: usize) -> HugeVec<T> {
+        let Some(layout) = Self::layout(n) else {
+            return HugeVec {
+                ptr: std::ptr::NonNull::dangling(),
+                len: n,
+            };
+        };
+        // SAFETY: the layout's size is not zero (`layout` gives none for no bytes).
+        let p = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(p.cast::<T>()) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        #[cfg(target_os = "linux")]
+        if layout.align() == HUGE_PAGE {
+            // SAFETY: `madvise` only advises how to back the pages of the allocation just
+            // made (whole huge pages: its start and size are multiples of one); it neither
             // reads, writes nor unmaps them.
             unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+                libc::madvise(p.cast(), layout.size(), libc::MADV_HUGEPAGE);
             }
         }
+        HugeVec { ptr, len: n }
     }
-    v.resize(n, elem);
-    v
+
+    /// The allocation for `n` elements: from one huge page up, whole huge pages aligned to
+    /// one; less, a plain array (rounded up to a huge page, a small table would take one
+    /// whole once touched); `None` for no bytes (no rows, or zero-sized ones).
+    fn layout(n: usize) -> Option<std::alloc::Layout> {
+        let array = std::alloc::Layout::array::<T>(n).expect("a table fits in memory");
+        if array.size() == 0 {
+            return None;
+        }
+        if array.size() < HUGE_PAGE {
+            return Some(array);
+        }
+        let size = array.size().next_multiple_of(HUGE_PAGE);
+        let layout = std::alloc::Layout::from_size_align(size, HUGE_PAGE.max(array.align()));
+        Some(layout.expect("a table fits in memory"))
+    }
 }
+
+impl<T: Copy> Drop for HugeVec<T> {
+    fn drop(&mut self) {
+        if let Some(layout) = Self::layout(self.len) {
+            // SAFETY: `uninit` allocated `ptr` with this very layout (the length never
+            // changes); the elements are `Copy`, with nothing to drop.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
+        }
+    }
+}
+
+impl<T: Copy> Clone for HugeVec<T> {
+    fn clone(&self) -> HugeVec<T> {
+        let v = HugeVec::<T>::uninit(self.len);
+        // SAFETY: both hold room for `len` elements, and `self`'s are written; two
+        // allocations do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), v.ptr.as_ptr(), self.len) };
+        v
+    }
+}
+
+impl<T: Copy> Default for HugeVec<T> {
+    fn default() -> HugeVec<T> {
+        HugeVec::uninit(0)
+    }
+}
+
+impl<T: Copy> std::ops::Deref for HugeVec<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` holds `len` written elements (or is dangling, aligned, for none of
+        // any size but zero-sized ones, which need no memory).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Copy> std::ops::DerefMut for HugeVec<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as for `deref`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Copy + std::fmt::Debug> std::fmt::Debug for HugeVec<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+// SAFETY: a `HugeVec` owns its elements as a `Vec` does; sending or sharing it sends or shares
+// them.
+unsafe impl<T: Copy + Send> Send for HugeVec<T> {}
+// SAFETY: as above.
+unsafe impl<T: Copy + Sync> Sync for HugeVec<T> {}
 
 /// Asks the CPU to bring the line at `p` into its caches, without waiting for it.
 #[inline(always)]
@@ -658,7 +751,7 @@ pub(crate) fn prefetch<T>(p: *const T) {
 /// 100,000 prefixes take 5 MB, more than the core's caches, and their Zipf spread misses.
 #[derive(Debug, Clone)]
 struct PrefixRows {
-    slots: Vec<PrefixSlot>,
+    slots: HugeVec<PrefixSlot>,
     /// 64 less the log2 of the slot count: a key's home slot is its hash's top bits.
     shift: u32,
     len: usize,
@@ -684,7 +777,7 @@ impl PrefixRows {
             },
         };
         let mut t = PrefixRows {
-            slots: on_huge_pages(empty, cap),
+            slots: HugeVec::filled(empty, cap),
             shift: 64 - cap.trailing_zeros(),
             len: rows.len(),
         };
@@ -735,7 +828,7 @@ impl PrefixRows {
 #[derive(Debug, Clone)]
 struct Rows<V: Copy> {
     map: HashMap<u64, V>,
-    dense: Vec<Option<V>>,
+    dense: HugeVec<Option<V>>,
     /// Rows held (counted once: `/metrics` asks every publish).
     len: usize,
 }
@@ -744,7 +837,7 @@ impl<V: Copy> Default for Rows<V> {
     fn default() -> Self {
         Rows {
             map: HashMap::new(),
-            dense: Vec::new(),
+            dense: HugeVec::default(),
             len: 0,
         }
     }
@@ -764,7 +857,7 @@ impl<V: Copy> Rows<V> {
         self.len = self.map.len();
         let max = self.map.keys().max().copied().unwrap_or(0);
         if !self.map.is_empty() && max < 2 * self.map.len() as u64 + 1024 {
-            let mut dense = on_huge_pages(None, max as usize + 1);
+            let mut dense = HugeVec::filled(None, max as usize + 1);
             for (k, v) in self.map.drain() {
                 dense[k as usize] = Some(v);
             }
@@ -980,17 +1073,53 @@ fn json_records(text: &str, columns: &[&str]) -> Result<Vec<Rec>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::on_huge_pages;
+    use super::HugeVec;
 
     /// Asking for huge pages changes nothing of what the vector holds, at any size: none, less
-    /// than a huge page, and several with parts of pages at both ends.
+    /// than a huge page, and several with parts of pages at both ends; nor of what a clone
+    /// holds.
     #[test]
     fn a_vector_on_huge_pages_holds_its_copies() {
         for n in [0, 1, 1000, (5 << 20) / 12 + 3] {
-            let v = on_huge_pages([1u32, 2, 3], n);
+            let v = HugeVec::filled([1u32, 2, 3], n);
             assert_eq!(v.len(), n);
             assert!(v.iter().all(|x| *x == [1, 2, 3]));
+            let c = v.clone();
+            assert_eq!(&c[..], &v[..]);
         }
+    }
+
+    /// The advice is kept by a clone, which is what a shard's pipeline reads (a plain `Vec`
+    /// clone lost it): the kernel marks the middle of a clone's memory `hg` (advised
+    /// `MADV_HUGEPAGE`) in `/proc/self/smaps`, whether or not it had huge pages to give.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_clone_is_advised_onto_huge_pages_too() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            return; // a kernel without transparent huge pages takes no such advice
+        }
+        let advised = |at: usize| {
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let mut inside = false;
+            for line in smaps.lines() {
+                let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+                if let Some((from, to)) = range
+                    && let (Ok(from), Ok(to)) = (
+                        usize::from_str_radix(from, 16),
+                        usize::from_str_radix(to, 16),
+                    )
+                {
+                    inside = (from..to).contains(&at);
+                } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return flags.split_whitespace().any(|f| f == "hg");
+                }
+            }
+            panic!("no mapping holds {at:#x}")
+        };
+        let v = HugeVec::filled(7u64, 2 << 20); // 16 MiB: whole huge pages inside
+        let c = v.clone();
+        assert!(advised(v.as_ptr().wrapping_add(v.len() / 2) as usize));
+        assert!(advised(c.as_ptr().wrapping_add(c.len() / 2) as usize));
     }
 
     /// Interned strings read back as they went in, each with its JSON, however they mix
