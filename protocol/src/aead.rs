@@ -35,6 +35,23 @@ pub trait Aead: Send + Sync {
         buf: &mut [u8],
     ) -> [u8; TAG_BYTES];
 
+    /// Encrypts `plaintext` into `out` (as long) and returns the tag: the bytes of copying it
+    /// there and calling [`Aead::seal_in_place`], which is what backends without a pass of
+    /// their own do.
+    ///
+    /// # Panics
+    /// If `plaintext` and `out` differ in length.
+    fn seal_to(
+        &self,
+        nonce: &[u8; NONCE_BYTES],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> [u8; TAG_BYTES] {
+        out.copy_from_slice(plaintext);
+        self.seal_in_place(nonce, aad, out)
+    }
+
     /// Verifies `tag` and decrypts `buf` in place. On `Err` the contents of `buf` are
     /// unspecified (`ring` zeroes them; `aes-gcm` leaves the unauthenticated decryption),
     /// unless [`Aead::verifies_before_decrypting`] says they are untouched.
@@ -254,6 +271,18 @@ impl Aead for VaesAead {
     #[inline]
     fn seal_in_place(&self, nonce: &[u8; NONCE_BYTES], aad: &[u8], buf: &mut [u8]) -> [u8; 16] {
         self.0.seal(nonce, aad, buf)
+    }
+
+    /// One pass: the keystream is XORed in as the plaintext is read, with no copy first.
+    #[inline]
+    fn seal_to(
+        &self,
+        nonce: &[u8; NONCE_BYTES],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> [u8; 16] {
+        self.0.seal_to(nonce, aad, plaintext, out)
     }
 
     /// Verifies before decrypting: on `Err`, `buf` still holds the ciphertext.

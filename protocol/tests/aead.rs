@@ -133,6 +133,13 @@ fn every_length_to_2100_and_aad_to_40_agrees_with_ring() {
                     "{b} {aad_len} {len}"
                 );
                 assert_eq!(ours, theirs, "{b}: aad {aad_len}, length {len}");
+                let mut out = vec![0xa5; len];
+                let tag_to = c.seal_to(&[len as u8; 12], &aad, &plaintext, &mut out);
+                assert_eq!(
+                    (tag_to, &out),
+                    (tag, &ours),
+                    "{b} seal_to: aad {aad_len}, length {len}"
+                );
                 c.open_in_place(&[len as u8; 12], &aad, &mut ours, &tag)
                     .unwrap();
                 assert_eq!(ours, plaintext);

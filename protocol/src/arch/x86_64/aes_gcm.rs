@@ -79,10 +79,41 @@ impl VaesGcm {
             buf.len() as u64 <= GCM_BYTES_MAX,
             "AES-GCM seals at most 2^36 - 32 bytes"
         );
-        // SAFETY: `self` exists only where the features were detected (see `new`).
+        let at = buf.as_mut_ptr();
+        // SAFETY: `self` exists only where the features were detected (see `new`); `ctr` reads
+        // and writes the `buf.len()` bytes of `buf`, in place.
         unsafe {
-            self.ctr(nonce, buf);
+            self.ctr(nonce, at, at, buf.len());
             to_bytes(self.tag(nonce, aad, buf))
+        }
+    }
+
+    /// Encrypts `plaintext` into `out`, in one pass over both; returns the tag. The bytes are
+    /// those of copying `plaintext` into `out` and sealing it there with [`VaesGcm::seal`].
+    ///
+    /// # Panics
+    /// If the two differ in length, or are over GCM's limit of 2^36 - 32 bytes.
+    pub fn seal_to(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> [u8; 16] {
+        assert_eq!(
+            plaintext.len(),
+            out.len(),
+            "AES-GCM seals into as many bytes"
+        );
+        assert!(
+            out.len() as u64 <= GCM_BYTES_MAX,
+            "AES-GCM seals at most 2^36 - 32 bytes"
+        );
+        // SAFETY: as in `seal`; `ctr` reads the `out.len()` bytes of `plaintext` and writes
+        // those of `out`, two slices that cannot overlap (one is borrowed mutably).
+        unsafe {
+            self.ctr(nonce, plaintext.as_ptr(), out.as_mut_ptr(), out.len());
+            to_bytes(self.tag(nonce, aad, out))
         }
     }
 
@@ -100,7 +131,8 @@ impl VaesGcm {
             if _mm_testz_si128(diff, diff) == 0 {
                 return false;
             }
-            self.ctr(nonce, buf);
+            let at = buf.as_mut_ptr();
+            self.ctr(nonce, at, at, buf.len());
         }
         true
     }
@@ -148,9 +180,14 @@ impl VaesGcm {
         s
     }
 
-    /// XORs `buf` with the keystream from counter 2 on (GCM's CTR mode with a 96-bit nonce).
+    /// Writes the `len` bytes at `src` XORed with the keystream from counter 2 on (GCM's CTR
+    /// mode with a 96-bit nonce) to the `len` bytes at `dst`.
+    ///
+    /// # Safety
+    /// `src` must be valid to read and `dst` to write for `len` bytes, and the two are either
+    /// the same address (in place) or do not overlap.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,aes,pclmulqdq")]
-    fn ctr(&self, nonce: &[u8; 12], buf: &mut [u8]) {
+    unsafe fn ctr(&self, nonce: &[u8; 12], src: *const u8, dst: *mut u8, len: usize) {
         let rk: [__m512i; 15] = std::array::from_fn(|i| _mm512_broadcast_i32x4(self.round_keys[i]));
         let reverse = reverse_lanes();
         // Counter blocks kept byte-reversed, so the big-endian 32-bit counter is the low dword
@@ -161,8 +198,8 @@ impl VaesGcm {
             _mm512_set_epi32(0, 0, 0, 5, 0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2),
         );
         let four = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
-        let mut wide = buf.chunks_exact_mut(512);
-        for block in &mut wide {
+        let mut at = 0;
+        while len - at >= 512 {
             let mut k = [_mm512_setzero_si512(); 8];
             for v in &mut k {
                 *v = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, reverse), rk[0]);
@@ -173,28 +210,32 @@ impl VaesGcm {
                     *v = _mm512_aesenc_epi128(*v, *r);
                 }
             }
-            for (v, out) in k.iter().zip(block.chunks_exact_mut(64)) {
+            for (i, v) in k.iter().enumerate() {
                 let v = _mm512_aesenclast_epi128(*v, rk[14]);
-                // SAFETY: `out` is 64 bytes long.
+                let o = at + 64 * i;
+                // SAFETY: `o + 64 <= len`, inside both buffers (the caller's contract). In
+                // place, each 64 bytes are read before they are written.
                 unsafe {
-                    let data = _mm512_loadu_si512(out.as_ptr().cast());
-                    _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_xor_si512(data, v));
+                    let data = _mm512_loadu_si512(src.add(o).cast());
+                    _mm512_storeu_si512(dst.add(o).cast(), _mm512_xor_si512(data, v));
                 }
             }
+            at += 512;
         }
-        for part in wide.into_remainder().chunks_mut(64) {
+        while at < len {
             let mut v = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, reverse), rk[0]);
             ctr = _mm512_add_epi32(ctr, four);
             for r in &rk[1..14] {
                 v = _mm512_aesenc_epi128(v, *r);
             }
             v = _mm512_aesenclast_epi128(v, rk[14]);
-            let m = mask(part.len());
-            // SAFETY: the mask covers `part.len()` bytes of `part`.
+            let m = mask((len - at).min(64));
+            // SAFETY: the mask covers the `min(len - at, 64)` bytes left in both buffers.
             unsafe {
-                let data = _mm512_maskz_loadu_epi8(m, part.as_ptr().cast());
-                _mm512_mask_storeu_epi8(part.as_mut_ptr().cast(), m, _mm512_xor_si512(data, v));
+                let data = _mm512_maskz_loadu_epi8(m, src.add(at).cast());
+                _mm512_mask_storeu_epi8(dst.add(at).cast(), m, _mm512_xor_si512(data, v));
             }
+            at += 64;
         }
     }
 }
