@@ -619,7 +619,7 @@ impl Parts<'_> {
                         if !rule.sampler.keeps(event.event_id) {
                             return;
                         }
-                        for &stream in emits.streams(rule) {
+                        for stream in emits.streams(rule) {
                             o.records += 1;
                             if let Some(v) = &mut values {
                                 let (s, format) = (&mut out[stream], formats[stream]);

@@ -231,7 +231,18 @@ pub fn streams(
 ) -> Result<(Vec<StreamSpec>, StreamSpec), ConfigError> {
     let mut streams = Vec::new();
     let mut dead_letter = None;
-    for (name, s) in raw {
+    for (i, (name, s)) in raw.iter().enumerate() {
+        if i + 1 >= crate::route::STREAMS_MAX {
+            // The dead-letter stream comes after them all; the pipeline numbers streams in
+            // a `u16`.
+            return Err(src.err(
+                s.span(),
+                format!(
+                    "streams.{name}: at most {} streams",
+                    crate::route::STREAMS_MAX - 1
+                ),
+            ));
+        }
         let r = s.get_ref();
         let format = RecordFormat::from_str(&r.format)
             .map_err(|why| src.err(s.span(), format!("streams.{name}: {why}")))?;
@@ -392,4 +403,31 @@ pub fn sinks(src: &Source, s: &RawSinks) -> Result<Sinks, ConfigError> {
         durability,
         prefill_bytes: s.prefill_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::fmt::Write;
+
+    #[test]
+    fn streams_past_the_limit_are_refused_at_the_first_one_over() {
+        let base = sluice_workload::fixtures::default_config();
+        // The default's 11 streams and these, in name order: the 65,536th is zz65524.
+        let mut text = base.clone();
+        for i in 0..65_535 {
+            write!(text, "\n[streams.zz{i:05}]\nformat = \"json\"\n").unwrap();
+        }
+        let err = Config::parse(&text, "many.toml", std::path::Path::new(".")).unwrap_err();
+        assert!(
+            err.reason
+                .contains("streams.zz65524: at most 65535 streams"),
+            "{err}"
+        );
+        let line = text.lines().position(|l| l == "[streams.zz65524]").unwrap() + 1;
+        assert!((line..=line + 1).contains(&err.line), "{err}");
+        // Up to the one before it, they are accepted.
+        let fewer = &text[..text.find("\n[streams.zz65524]").unwrap()];
+        Config::parse(fewer, "fewer.toml", std::path::Path::new(".")).unwrap();
+    }
 }

@@ -27,45 +27,57 @@ const MISSING_VALUE: &[u8] = b"customer";
 /// The missing mark in a JSON record, after the rule's fields.
 const MISSING_JSON: &[u8] = b",\"enrich_missing\":\"customer\"";
 
-/// What each rule of a route set emits, laid out for the per-event loop in flat arrays, so
-/// that a rule's records read a few adjacent cache lines (W3 has 10,000 rules): its sampling,
-/// its streams, and the fields it projects.
+/// What each rule of a route set emits, laid out for the per-event loop: each rule in one
+/// cache line (its sampling, and the streams it writes and the fields it projects as small
+/// ids, inline), and each field a rule projects once for all rules (its JSON key with the
+/// punctuation before it, its rkyv name). So a matched rule is one line to read, or to ask
+/// for ahead with no second, dependent ask (W3 has 10,000 rules: 640 KB of lines, where
+/// rules that pointed into arrays of streams, fields and keys took about 4 MB).
 #[derive(Debug, Default)]
 pub(super) struct Emits {
     pub(super) rules: Vec<EmitRule>,
-    streams: Vec<usize>,
-    fields: Vec<Projected>,
-    /// Every projected field's JSON key with the punctuation before it (`{"name":` for a
-    /// rule's first field, `,"name":` for the others), back to back.
+    /// The ids of rules with more than [`IDS_INLINE`] streams and fields.
+    spilled: Vec<u16>,
+    /// Every field some rule projects, twice: first as a record's first field (its key
+    /// `{"name":`), then as any other (`,"name":`). A rule's field ids index it.
+    projected: Vec<Projected>,
+    /// The keys of [`Emits::projected`], back to back.
     keys: Vec<u8>,
-    /// Whether the matched rules' data is asked for ahead ([`Emits::prefetch`]): where it
-    /// all takes more than [`PREFETCH_BYTES_MIN`].
+    /// Whether the matched rules are asked for ahead ([`Emits::prefetch`]): where they take
+    /// more than [`PREFETCH_BYTES_MIN`].
     prefetching: bool,
 }
 
-/// The size of the rules' emit data from which [`Emits::prefetch`] asks for it ahead. Less
-/// stays in the L2 cache (W1's 100 rules take under 100 KB): there, asking costs more than
-/// it saves (W1 +3-5% ns an event, 9 interleaved runs), while W3's 10,000 rules (about 4 MB)
-/// gain 3-17% (interleaved runs in a quiet and a noisy hour).
+/// The size of the rules from which [`Emits::prefetch`] asks for them ahead. Less stays in
+/// the L2 cache (W1's 100 rules take 6.4 KB): there, asking costs more than it saves (W1
+/// +3-5% ns an event, 9 interleaved runs), while W3's 10,000 rules (640 KB) gain.
 const PREFETCH_BYTES_MIN: usize = 256 << 10;
 
+/// A rule's stream and field ids kept in its line; a rule with more keeps them in
+/// [`Emits::spilled`].
+const IDS_INLINE: usize = 11;
+
 #[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
 pub(super) struct EmitRule {
     pub(super) sampler: Sampler,
-    /// Ranges in [`Emits::streams`] and [`Emits::fields`].
-    streams: (u32, u32),
-    fields: (u32, u32),
-    /// Where its keys start in [`Emits::keys`].
-    keys_at: u32,
     /// A JSON record's bytes but its values: the keys and punctuation.
     json_fixed: u32,
     /// An rkyv record's out-of-line bytes of field names.
     rkyv_names: u32,
+    /// Where its ids start in [`Emits::spilled`], if they are not inline.
+    spilled_at: u32,
+    streams: u16,
+    fields: u16,
+    /// Its stream ids, then its field ids (into [`Emits::projected`]), when they fit.
+    inline: [u16; IDS_INLINE],
     /// Whether it projects the event's address (whose text is made when first needed).
     address: bool,
 }
 
-/// One field a rule projects.
+const _: () = assert!(size_of::<EmitRule>() == 64, "a rule in one cache line");
+
+/// A field as a rule projects it.
 #[derive(Debug, Clone, Copy)]
 struct Projected {
     field: Field,
@@ -75,83 +87,103 @@ struct Projected {
 }
 
 impl Emits {
+    /// The layout of `routes`, whose stream indexes are under 2^16 and which project at
+    /// most [`crate::route::PROJECTED_FIELDS_MAX`] distinct fields ([`RouteSet::compile`] checks both).
     pub(super) fn new(routes: &RouteSet) -> Emits {
         let mut e = Emits::default();
+        let mut ids_of = hashbrown::HashMap::new();
         for r in routes.rules() {
-            let streams = (
-                e.streams.len() as u32,
-                (e.streams.len() + r.streams.len()) as u32,
-            );
-            e.streams.extend_from_slice(&r.streams);
-            let first = e.fields.len() as u32;
-            let keys_from = e.keys.len();
+            let mut ids: Vec<u16> = r
+                .streams
+                .iter()
+                .map(|&s| u16::try_from(s).expect("stream indexes are under 2^16"))
+                .collect();
             let mut rkyv_names = 0;
+            let mut json_fixed = 1 + usize::from(r.fields.is_empty());
             for (i, f) in r.fields.iter().enumerate() {
-                let at = e.keys.len() as u32;
-                e.keys.push(if i == 0 { b'{' } else { b',' });
-                e.keys.extend_from_slice(&record::json_key(f.name()));
-                e.fields.push(Projected {
-                    field: *f,
-                    name: RkyvStr::new(f.name().as_bytes()),
-                    key: (at, e.keys.len() as u32),
+                let first = *ids_of.entry(*f).or_insert_with(|| {
+                    let id = u16::try_from(e.projected.len()).expect("under the checked limit");
+                    for punctuation in [b'{', b','] {
+                        let at = e.keys.len() as u32;
+                        e.keys.push(punctuation);
+                        e.keys.extend_from_slice(&record::json_key(f.name()));
+                        e.projected.push(Projected {
+                            field: *f,
+                            name: RkyvStr::new(f.name().as_bytes()),
+                            key: (at, e.keys.len() as u32),
+                        });
+                    }
+                    id
                 });
+                let id = first + u16::from(i > 0);
+                let key = e.projected[usize::from(id)].key;
+                json_fixed += (key.1 - key.0) as usize;
+                ids.push(id);
                 rkyv_names += record::out_of_line(f.name().as_bytes());
             }
-            // The closing brace, and the opening one of a record with no fields.
-            let json_fixed = e.keys.len() - keys_from + 1 + usize::from(r.fields.is_empty());
+            let mut inline = [0; IDS_INLINE];
+            let spilled_at = if ids.len() <= IDS_INLINE {
+                inline[..ids.len()].copy_from_slice(&ids);
+                0
+            } else {
+                e.spilled.extend_from_slice(&ids);
+                (e.spilled.len() - ids.len()) as u32
+            };
             e.rules.push(EmitRule {
                 sampler: r.sampler(),
-                streams,
-                fields: (first, e.fields.len() as u32),
-                keys_at: keys_from as u32,
                 json_fixed: json_fixed as u32,
                 rkyv_names: rkyv_names as u32,
+                spilled_at,
+                streams: r.streams.len() as u16,
+                fields: r.fields.len() as u16,
+                inline,
                 address: r.fields.contains(&Field::ClientIp),
             });
         }
-        let bytes = e.rules.len() * size_of::<EmitRule>()
-            + e.streams.len() * size_of::<usize>()
-            + e.fields.len() * size_of::<Projected>()
-            + e.keys.len();
-        e.prefetching = bytes >= PREFETCH_BYTES_MIN;
+        e.prefetching = e.rules.len() * size_of::<EmitRule>() >= PREFETCH_BYTES_MIN;
         e
     }
 
-    /// Asks for the emit data of the rules an event `matches`, so that their cache misses
-    /// overlap instead of following one another: first each rule, then what it points to
-    /// (its streams, fields and keys).
-    /// W3's 10,000 rules' data (about 4 MB) does not stay in cache, and a matched rule read
-    /// cold touches about eight lines, one after another.
+    /// Asks for the rules an event `matches`, so that their cache misses overlap instead of
+    /// following one another (each is one line; a rule with spilled ids, rare, reads them
+    /// when its records are written).
     #[inline(always)]
     pub(super) fn prefetch(&self, matches: &Matches) {
         if !self.prefetching {
             return;
         }
         matches.for_each(|i| prefetch(self.rules.as_ptr().wrapping_add(i)));
-        matches.for_each(|i| {
-            let r = &self.rules[i];
-            prefetch(self.streams.as_ptr().wrapping_add(r.streams.0 as usize));
-            let fields = self.fields.as_ptr().wrapping_add(r.fields.0 as usize);
-            let fields_end = self.fields.as_ptr().wrapping_add(r.fields.1 as usize);
-            lines(fields.cast(), fields_end.cast());
-            let keys = self.keys.as_ptr().wrapping_add(r.keys_at as usize);
-            lines(keys, keys.wrapping_add(r.json_fixed as usize));
-        });
     }
 
-    #[inline]
-    pub(super) fn streams(&self, r: &EmitRule) -> &[usize] {
-        &self.streams[r.streams.0 as usize..r.streams.1 as usize]
+    /// Rule `r`'s stream ids, then its field ids.
+    #[inline(always)]
+    fn ids<'a>(&'a self, r: &'a EmitRule) -> &'a [u16] {
+        let n = usize::from(r.streams) + usize::from(r.fields);
+        if n <= IDS_INLINE {
+            &r.inline[..n]
+        } else {
+            &self.spilled[r.spilled_at as usize..][..n]
+        }
     }
 
-    #[inline]
-    fn fields(&self, r: &EmitRule) -> &[Projected] {
-        &self.fields[r.fields.0 as usize..r.fields.1 as usize]
+    /// The indexes of the streams rule `r` writes to.
+    #[inline(always)]
+    pub(super) fn streams<'a>(&'a self, r: &'a EmitRule) -> impl Iterator<Item = usize> + 'a {
+        self.ids(r)[..usize::from(r.streams)]
+            .iter()
+            .map(|&s| usize::from(s))
     }
 
-    #[inline]
-    fn key(&self, p: &Projected) -> &[u8] {
-        &self.keys[p.key.0 as usize..p.key.1 as usize]
+    /// The fields rule `r` projects, in order.
+    #[inline(always)]
+    fn fields<'a>(
+        &'a self,
+        r: &'a EmitRule,
+    ) -> impl ExactSizeIterator<Item = &'a Projected> + Clone + 'a {
+        self.ids(r)[usize::from(r.streams)..].iter().map(|&f| {
+            // SAFETY: `Emits::new` made every field id from an index of `projected`.
+            unsafe { self.projected.get_unchecked(usize::from(f)) }
+        })
     }
 
     /// Appends rule `r`'s record of the event of `v` (`missing`: with the mark) to `s` at
@@ -168,33 +200,36 @@ impl Emits {
         missing: bool,
     ) {
         let fields = self.fields(r);
+        let none = r.fields == 0;
         match format {
             RecordFormat::Json => {
-                // Where each value's JSON lies in `v`'s buffer.
+                // Each field's key (in `keys`) and where its value's JSON lies in `v`'s
+                // buffer, found once.
                 let mut places =
-                    [const { MaybeUninit::<(u32, u32)>::uninit() }; FIELDS_PER_RULE_MAX];
+                    [const { MaybeUninit::<[(u32, u32); 2]>::uninit() }; FIELDS_PER_RULE_MAX];
                 let mut len = r.json_fixed as usize;
-                for (p, to) in fields.iter().zip(&mut places) {
+                let n = fields.len();
+                for (p, to) in fields.zip(&mut places) {
                     let (a, b) = v.json(p.field);
                     len += (b - a) as usize;
-                    to.write((a, b));
+                    to.write([p.key, (a, b)]);
                 }
                 if missing {
-                    len += MISSING_JSON.len() - usize::from(fields.is_empty());
+                    len += MISSING_JSON.len() - usize::from(none);
                 }
-                let buf = &v.buf[..];
+                let (keys, buf) = (&self.keys[..], &v.buf[..]);
                 put_record_exact::<UPTO>(s, at, len, |c| {
-                    if fields.is_empty() {
+                    if none {
                         c.put(b"{");
                     }
-                    for (p, place) in fields.iter().zip(&places) {
-                        // SAFETY: the loop above wrote a place for each of the same `fields`.
-                        let (a, b) = unsafe { place.assume_init() };
-                        c.put(self.key(p));
+                    for place in &places[..n] {
+                        // SAFETY: the loop above wrote the first `n` places.
+                        let [(k, l), (a, b)] = unsafe { place.assume_init() };
+                        c.put(&keys[k as usize..l as usize]);
                         c.put(&buf[a as usize..b as usize]);
                     }
                     if missing {
-                        c.put(&MISSING_JSON[usize::from(fields.is_empty())..]);
+                        c.put(&MISSING_JSON[usize::from(none)..]);
                     }
                     c.put(b"}");
                 });
@@ -205,7 +240,7 @@ impl Emits {
                 }
                 let v = &*v;
                 let mut strings = r.rkyv_names as usize;
-                for p in fields {
+                for p in fields.clone() {
                     strings += record::out_of_line(v.rkyv(p.name, p.field).text);
                 }
                 let mark = missing.then(|| RkyvField {
@@ -219,25 +254,11 @@ impl Emits {
                 }
                 let n = fields.len() + usize::from(missing);
                 put_record_exact::<UPTO>(s, at, record::rkyv_len(n, strings), |c| {
-                    let all = fields.iter().map(|p| v.rkyv(p.name, p.field));
+                    let all = fields.map(|p| v.rkyv(p.name, p.field));
                     record::write_rkyv_fields(c, strings, all.chain(mark))
                 });
             }
         }
-    }
-}
-
-/// Asks for each cache line of `from..to` (a hint: nothing is read).
-#[inline(always)]
-fn lines(from: *const u8, to: *const u8) {
-    let mut at = from;
-    while at < to {
-        prefetch(at);
-        at = at.wrapping_add(64);
-    }
-    // The last line, where `from` was not at a line's start.
-    if from < to {
-        prefetch(to.wrapping_sub(1));
     }
 }
 
@@ -545,19 +566,27 @@ mod tests {
                 })
                 .collect();
             let given = Given(given, made.iter().map(|(f, j)| (*f, j.as_slice())).collect());
+            // After a rule of every field in reverse (whose ids spill out of its line), so
+            // that the rule's own may too, after another's, and its fields' keys were laid
+            // out by the first rule, at other places in its record.
+            let source = |name: &str, fields: Vec<String>| RuleSource {
+                name: name.into(),
+                streams: vec![0],
+                when: "event_type == \"x\"".into(),
+                fields,
+                sample: None,
+            };
+            let every = pool.iter().rev().map(|f| f.name().to_owned()).collect();
             let routes = RouteSet::compile(
-                &[RuleSource {
-                    name: "r".into(),
-                    streams: vec![0],
-                    when: "event_type == \"x\"".into(),
-                    fields: fields.iter().map(|f| f.name().to_owned()).collect(),
-                    sample: None,
-                }],
+                &[
+                    source("every", every),
+                    source("r", fields.iter().map(|f| f.name().to_owned()).collect()),
+                ],
                 None,
             )
             .unwrap();
             let emits = Emits::new(&routes);
-            let rule = &emits.rules[0];
+            let rule = &emits.rules[1];
             let named = || fields.iter().map(|&f| (f.name(), given.value(f)));
             let mut buf = Vec::new();
             for missing in [false, true] {

@@ -168,6 +168,14 @@ impl Field {
 /// Most fields one rule projects.
 pub const FIELDS_PER_RULE_MAX: usize = 64;
 
+/// The most distinct fields the rules of a route set project between them (the pipeline
+/// numbers each twice in a `u16`).
+pub const PROJECTED_FIELDS_MAX: usize = 32_767;
+
+/// Streams a rule may write to are those numbered under this (the pipeline keeps a rule's
+/// streams as `u16`s).
+pub const STREAMS_MAX: usize = 1 << 16;
+
 /// How a client attribute's field name starts.
 pub const ATTR_PREFIX: &str = "attrs.";
 

@@ -50,7 +50,9 @@ pub mod compiled;
 mod strtab;
 
 pub use expr::{Expr, Lit, Op, version_key};
-pub use field::{ATTR_PREFIX, Ctx, FIELDS_PER_RULE_MAX, Field, Value};
+pub use field::{
+    ATTR_PREFIX, Ctx, FIELDS_PER_RULE_MAX, Field, PROJECTED_FIELDS_MAX, STREAMS_MAX, Value,
+};
 pub use parse::{ParseError, parse};
 pub use rules::{RouteSet, Rule, RuleError, RulePart, RuleSource, Sampler};
 
@@ -112,6 +114,44 @@ mod tests {
             assert!(err.reason.contains(want), "{src}: {err}");
             assert_eq!(err.at, at, "{src}: {err}");
         }
+    }
+
+    /// The pipeline keeps a rule's streams and fields as `u16` ids: a route set beyond them
+    /// is refused with the rule that crosses the line.
+    #[test]
+    fn stream_and_field_limits_are_errors() {
+        let rule = |name: String, streams: Vec<usize>, fields: Vec<String>| RuleSource {
+            name,
+            streams,
+            when: "true".into(),
+            fields,
+            sample: None,
+        };
+        let fields = || vec!["event_id".to_string()];
+        let ok = RouteSet::compile(&[rule("a".into(), vec![STREAMS_MAX - 1], fields())], None);
+        assert!(ok.is_ok());
+        let err = RouteSet::compile(&[rule("a".into(), vec![0, STREAMS_MAX], fields())], None)
+            .unwrap_err();
+        assert_eq!((err.rule, err.part), (0, RulePart::To), "{err:?}");
+        assert!(err.reason.contains("first 65536 streams"), "{err:?}");
+
+        // Distinct attributes, 64 to a rule: the rule that brings the count past the limit.
+        let names: Vec<String> = (0..=PROJECTED_FIELDS_MAX)
+            .map(|i| format!("attrs.limit_{i}"))
+            .collect();
+        let rules: Vec<RuleSource> = names
+            .chunks(FIELDS_PER_RULE_MAX)
+            .enumerate()
+            .map(|(i, c)| rule(format!("r{i}"), vec![0], c.to_vec()))
+            .collect();
+        let err = RouteSet::compile(&rules, None).unwrap_err();
+        assert_eq!(err.rule, rules.len() - 1, "{err:?}");
+        assert_eq!(err.part, RulePart::Fields);
+        assert!(
+            err.reason.contains("at most 32767 distinct fields"),
+            "{err:?}"
+        );
+        assert!(RouteSet::compile(&rules[..rules.len() - 1], None).is_ok());
     }
 
     #[test]

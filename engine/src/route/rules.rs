@@ -2,7 +2,7 @@
 //! their errors.
 
 use super::expr::Expr;
-use super::field::{FIELDS_PER_RULE_MAX, Field};
+use super::field::{FIELDS_PER_RULE_MAX, Field, PROJECTED_FIELDS_MAX, STREAMS_MAX};
 use super::parse::parse;
 
 /// A rule as written in the config.
@@ -98,6 +98,7 @@ impl RouteSet {
     ) -> Result<RouteSet, RuleError> {
         let mut rules = Vec::with_capacity(sources.len());
         let mut names = std::collections::HashSet::new();
+        let mut projected = std::collections::HashSet::new();
         for (i, s) in sources.iter().enumerate() {
             let err = |part, reason: String| RuleError {
                 rule: i,
@@ -112,6 +113,12 @@ impl RouteSet {
             }
             if s.streams.is_empty() {
                 return Err(err(RulePart::To, "`to` names no stream".into()));
+            }
+            if s.streams.iter().any(|&x| x >= STREAMS_MAX) {
+                return Err(err(
+                    RulePart::To,
+                    format!("a rule writes only to the first {STREAMS_MAX} streams"),
+                ));
             }
             let expr = parse(&s.when).map_err(|e| err(RulePart::When(e.at), e.reason))?;
             if s.fields.is_empty() {
@@ -134,6 +141,15 @@ impl RouteSet {
                         .ok_or_else(|| err(RulePart::Fields, format!("unknown field {f:?}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            projected.extend(fields.iter().copied());
+            if projected.len() > PROJECTED_FIELDS_MAX {
+                return Err(err(
+                    RulePart::Fields,
+                    format!(
+                        "the rules project at most {PROJECTED_FIELDS_MAX} distinct fields between them"
+                    ),
+                ));
+            }
             let salt = sluice_protocol::fnv1a64(s.name.as_bytes());
             rules.push(Rule {
                 name: s.name.clone(),
