@@ -27,6 +27,10 @@
 #   env JSON    append the figures to this file as one JSON line
 #   env EXTRA   TOML appended to the config (a `[[streams.NAME.sink]]`, say)
 #
+# It also prints how many cores the engine and the generator each kept busy while the clock
+# ran (their CPU time from /proc, sampled twice a second): a generator near the cores it was
+# given is the limit, not the engine.
+#
 # Besides the whole run's rate it prints the second half's (from the generator's per-second
 # timeline): a fresh engine zero-fills each stream's first segments until retention lets one
 # go for reuse, so steady state takes a long run (`DUR=180`: tuning.md, "Steady state").
@@ -80,7 +84,15 @@ stat="/sys/class/block/$(basename "$(df --output=source "$work" | tail -1)")/sta
 sectors() { if [ -r "$stat" ]; then awk '{print $7}' "$stat"; else echo 0; fi; }
 written_before=$(sectors)
 ${LOADGEN_PREFIX:-} "$bin/loadgen" run --connections "${CONNS:-4}" ${BATCH:+--batch "$BATCH"} ${WINDOW:+--window "$WINDOW"} ${POOL:+--pool "$POOL"} --rate "$rate" --workload "$workload" --duration "${DUR:-10}" \
-    --report "$run/report.json" > "$run/loadgen.log" 2>&1
+    --report "$run/report.json" > "$run/loadgen.log" 2>&1 &
+loadgen=$!
+# The CPU time of both processes, twice a second, for how many cores each kept busy.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2> /dev/null || echo -; }
+while kill -0 $loadgen 2> /dev/null; do
+    echo "$(date +%s.%N) $(ticks $engine) $(ticks $loadgen)"
+    sleep 0.5
+done > "$run/cpu.txt" &
+wait $loadgen
 written=$(( ($(sectors) - written_before) * 512 ))
 python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9180/metrics").read().decode())' \
     > "$run/metrics.txt"
@@ -127,6 +139,23 @@ if late:
     print(f"  second half ({len(late)} s): {second_half:.0f} events/s acked")
 for k in ("batch", "write", "sync"):
     print(f"  engine {k} latency µs: {', '.join(m.get(k, []))}")
+# Cores each process kept busy over the clocked part of the run (its last `duration_s` seconds:
+# the generator seals its pool before the clock starts).
+import os
+samples = []
+for line in open(f"{run}/cpu.txt"):
+    t, e, g = line.split()
+    if e != "-" and g != "-":
+        samples.append((float(t), int(e), int(g)))
+busy = {}
+if samples:
+    inside = [x for x in samples if x[0] >= samples[-1][0] - r["duration_s"]]
+    (t0, e0, g0), (t1, e1, g1) = inside[0], inside[-1]
+    if t1 > t0:
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = {"engine": round((e1 - e0) / hz / (t1 - t0), 2),
+                "generator": round((g1 - g0) / hz / (t1 - t0), 2)}
+        print(f"  cores busy ({t1 - t0:.1f} s): engine {busy['engine']}, generator {busy['generator']}")
 if written:
     print(f"  device writes: {written / r['duration_s'] / 1e6:.0f} MB/s over the run, "
           f"{written / max(r['events_acked'], 1):.0f} bytes per event acked")
@@ -135,5 +164,6 @@ if out:
         f.write(json.dumps({"label": label, "rate": rate, "cores": cores, "report": r,
                             "p99_per_second_us": [int(x) for x in seconds], "engine": m,
                             "device_bytes_written": written,
-                            "events_per_sec_second_half": second_half}) + "\n")
+                            "events_per_sec_second_half": second_half,
+                            "cores_busy": busy}) + "\n")
 PY

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Shard scaling on a many-core host: `sluice run` with 1 to 14 shards (one core each, from core
-# 0 up) against `loadgen run --rate max` held to the last two cores, then 2 shards at 250,000
+# 0 up) against `loadgen run --rate max` held to the last two cores, and 12 shards with the
+# generator on the last four (at 14 shards its two cores are the limit: each line says how many
+# cores the engine and the generator kept busy), then 2 shards at 250,000
 # events/s open loop with the generator on cores of its own and on the engine's cores. W1,
 # durability `interval_us = 1000` unless a line says otherwise. Every line of figures is also
 # appended to $OUT/scaling.jsonl, with the host's description in $OUT/host.txt.
@@ -10,7 +12,8 @@
 #   env BIN     where the release binaries are (default: target/release)
 #   env OUT     where the report goes (default: target/scaling)
 #   env DUR     seconds per run (default 5)
-#   env SHARDS  the shard counts to run (default: "1 2 4 8 14")
+#   env SHARDS  the runs: N shards against the generator on the last two cores, or N/G on the
+#               last G (default: "1 2 4 8 14 12/4")
 #   env SINKS   the scaling runs' durability line (see scripts/bench-engine.sh)
 #   env LATENCY 0 skips the 250,000 events/s runs
 #   env DATA    where the runs' data go (default: target/scaling-data)
@@ -38,14 +41,18 @@ run() { # LABEL RATE CORES LOADGEN_CORES CONNS [SINKS]
     command -v taskset > /dev/null && pin="taskset -c $4"
     CORES=$3 LOADGEN_PREFIX="$pin" CONNS=$5 \
         scripts/bench-engine.sh "$2" "${6:-$interval}" "$1" 2>&1 \
-        | tee -a "$out/log.txt" | head -6
+        | tee -a "$out/log.txt"
     rm -rf "$DATA"
 }
-for n in ${SHARDS:-1 2 4 8 14}; do
-    [ "$n" -le $((ncpu - 2)) ] || continue
+for spec in ${SHARDS:-1 2 4 8 14 12/4}; do
+    n=${spec%/*} g=2
+    [ "$spec" = "$n" ] || g=${spec#*/}
+    [ $((n + g)) -le "$ncpu" ] || continue
     cores=$(seq -s, 0 $((n - 1)))
     conns=$((n > 4 ? n : 4))
-    run "shards-$n" max "$cores" "$lg" "$conns"
+    label="shards-$n"
+    [ "$g" = 2 ] || label="shards-$n-generator-$g"
+    run "$label" max "$cores" "$(seq -s, $((ncpu - g)) $((ncpu - 1)))" "$conns"
 done
 [ "${LATENCY:-1}" = 1 ] || exit 0
 run "2-shards-250k-own-cores" 250000 0,1 "$lg" 4
