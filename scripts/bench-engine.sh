@@ -28,8 +28,8 @@
 #   env EXTRA   TOML appended to the config (a `[[streams.NAME.sink]]`, say)
 #
 # It also prints how many cores the engine and the generator each kept busy while the clock
-# ran (their CPU time from /proc, sampled twice a second): a generator near the cores it was
-# given is the limit, not the engine.
+# ran, and how much of it in the kernel (their CPU time from /proc, sampled twice a second): a
+# generator near the cores it was given is the limit, not the engine.
 #
 # Besides the whole run's rate it prints the second half's (from the generator's per-second
 # timeline): a fresh engine zero-fills each stream's first segments until retention lets one
@@ -87,7 +87,7 @@ ${LOADGEN_PREFIX:-} "$bin/loadgen" run --connections "${CONNS:-4}" ${BATCH:+--ba
     --report "$run/report.json" > "$run/loadgen.log" 2>&1 &
 loadgen=$!
 # The CPU time of both processes, twice a second, for how many cores each kept busy.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2> /dev/null || echo -; }
+ticks() { awk '{print $14, $15}' "/proc/$1/stat" 2> /dev/null || echo - -; }
 while kill -0 $loadgen 2> /dev/null; do
     echo "$(date +%s.%N) $(ticks $engine) $(ticks $loadgen)"
     sleep 0.5
@@ -142,20 +142,23 @@ for k in ("batch", "write", "sync"):
 # Cores each process kept busy over the clocked part of the run (its last `duration_s` seconds:
 # the generator seals its pool before the clock starts).
 import os
+# Each line: the time, then user and system ticks of the engine, then of the generator.
 samples = []
 for line in open(f"{run}/cpu.txt"):
-    t, e, g = line.split()
-    if e != "-" and g != "-":
-        samples.append((float(t), int(e), int(g)))
+    x = line.split()
+    if len(x) == 5 and "-" not in x:
+        samples.append((float(x[0]), *map(int, x[1:])))
 busy = {}
 if samples:
     inside = [x for x in samples if x[0] >= samples[-1][0] - r["duration_s"]]
-    (t0, e0, g0), (t1, e1, g1) = inside[0], inside[-1]
-    if t1 > t0:
-        hz = os.sysconf("SC_CLK_TCK")
-        busy = {"engine": round((e1 - e0) / hz / (t1 - t0), 2),
-                "generator": round((g1 - g0) / hz / (t1 - t0), 2)}
-        print(f"  cores busy ({t1 - t0:.1f} s): engine {busy['engine']}, generator {busy['generator']}")
+    a, b = inside[0], inside[-1]
+    if b[0] > a[0]:
+        per = lambda i: round((b[i] - a[i]) / os.sysconf("SC_CLK_TCK") / (b[0] - a[0]), 2)
+        busy = {"engine": round(per(1) + per(2), 2), "engine_system": per(2),
+                "generator": round(per(3) + per(4), 2), "generator_system": per(4)}
+        print(f"  cores busy ({b[0] - a[0]:.1f} s): engine {busy['engine']} "
+              f"(system {busy['engine_system']}), generator {busy['generator']} "
+              f"(system {busy['generator_system']})")
 if written:
     print(f"  device writes: {written / r['duration_s'] / 1e6:.0f} MB/s over the run, "
           f"{written / max(r['events_acked'], 1):.0f} bytes per event acked")

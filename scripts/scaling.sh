@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Shard scaling on a many-core host: `sluice run` with 1 to 14 shards (one core each, from core
-# 0 up) against `loadgen run --rate max` held to the last two cores, and 12 shards with the
-# generator on the last four (at 14 shards its two cores are the limit: each line says how many
-# cores the engine and the generator kept busy), then 2 shards at 250,000
-# events/s open loop with the generator on cores of its own and on the engine's cores. W1,
-# durability `interval_us = 1000` unless a line says otherwise. Every line of figures is also
+# Shard scaling on a many-core host, W1, one run each:
+#  - `sluice run` with 1, 2, 4, 8 and 14 shards (one core each, from core 0 up) against
+#    `loadgen run --rate max` held to the last two cores, and 12 shards with the generator on
+#    the last four (each line says how many cores the engine and the generator kept busy: at
+#    14 shards the generator's two can be the limit);
+#  - 2 shards on cores 0 and 1, then on 0 and nproc/2: whether the host's cores are whole or
+#    hardware threads sharing one (a lent VM's lscpu may not say);
+#  - 2 shards at 250,000 events/s open loop, the generator on cores of its own, then on the
+#    engine's.
+# Durability `interval_us = 1000` unless a line says otherwise. Every line of figures is also
 # appended to $OUT/scaling.jsonl, with the host's description in $OUT/host.txt.
 #
 #   BIN=target/release OUT=/tmp/scaling scripts/scaling.sh
@@ -15,6 +19,7 @@
 #   env SHARDS  the runs: N shards against the generator on the last two cores, or N/G on the
 #               last G (default: "1 2 4 8 14 12/4")
 #   env SINKS   the scaling runs' durability line (see scripts/bench-engine.sh)
+#   env PAIRS   0 skips the two 2-shard runs on chosen cores
 #   env LATENCY 0 skips the 250,000 events/s runs
 #   env DATA    where the runs' data go (default: target/scaling-data)
 set -uo pipefail
@@ -31,6 +36,8 @@ lg=$((ncpu - 2)),$((ncpu - 1))
     grep -m1 'model name' /proc/cpuinfo
     df -T "$(dirname "$DATA")" | tail -1
     ulimit -l
+    lscpu | grep -E '^(Thread|Core|Socket|Model name|L[23] cache)'
+    grep -H . /sys/devices/system/cpu/cpu*/topology/thread_siblings_list
 } > "$out/host.txt" 2>&1
 cat "$out/host.txt"
 ok() { "$BIN/sluice" check > /dev/null 2>&1 || { echo "sluice check failed"; return 1; }; }
@@ -54,6 +61,11 @@ for spec in ${SHARDS:-1 2 4 8 14 12/4}; do
     [ "$g" = 2 ] || label="shards-$n-generator-$g"
     run "$label" max "$cores" "$(seq -s, $((ncpu - g)) $((ncpu - 1)))" "$conns"
 done
+if [ "${PAIRS:-1}" = 1 ]; then
+    for second in 1 $((ncpu / 2)); do
+        run "pair-0-$second" max "0,$second" "$lg" 4
+    done
+fi
 [ "${LATENCY:-1}" = 1 ] || exit 0
 run "2-shards-250k-own-cores" 250000 0,1 "$lg" 4
 run "2-shards-250k-own-cores-none" 250000 0,1 "$lg" 4 'durability = "none"'
