@@ -100,7 +100,7 @@ kill -INT $engine
 wait $engine || true
 trap - EXIT
 python3 - "$run" "$label" "$rate" "${JSON:-}" "${CORES:-}" "$written" <<'PY'
-import json, re, sys
+import json, os, re, sys
 run, label, rate, out, cores, written = sys.argv[1:]
 written = int(written)
 r = json.load(open(f"{run}/report.json"))
@@ -140,9 +140,8 @@ if late:
 for k in ("batch", "write", "sync"):
     print(f"  engine {k} latency µs: {', '.join(m.get(k, []))}")
 # Cores each process kept busy over the clocked part of the run (its last `duration_s` seconds:
-# the generator seals its pool before the clock starts).
-import os
-# Each line: the time, then user and system ticks of the engine, then of the generator.
+# the generator seals its pool before the clock starts). Each line of cpu.txt: the time, then
+# user and system ticks of the engine, then of the generator.
 samples = []
 for line in open(f"{run}/cpu.txt"):
     x = line.split()

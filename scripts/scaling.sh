@@ -4,8 +4,9 @@
 #    `loadgen run --rate max` held to the last two cores, and 12 shards with the generator on
 #    the last four (each line says how many cores the engine and the generator kept busy: at
 #    14 shards the generator's two can be the limit);
-#  - 2 shards on cores 0 and 1, then on 0 and nproc/2: whether the host's cores are whole or
-#    hardware threads sharing one (a lent VM's lscpu may not say);
+#  - 2 shards on cores 0 and 1, then on 0 and nproc/2: a hint of whether the host's cores are
+#    whole or hardware threads sharing one (a lent VM's lscpu may not say); single runs on a
+#    lent VM vary by up to 20%, so repeat them before reading much into a difference;
 #  - 2 shards at 250,000 events/s open loop, the generator on cores of its own, then on the
 #    engine's.
 # Durability `interval_us = 1000` unless a line says otherwise. Every line of figures is also
