@@ -28,8 +28,10 @@
 #   env EXTRA   TOML appended to the config (a `[[streams.NAME.sink]]`, say)
 #
 # It also prints how many cores the engine and the generator each kept busy while the clock
-# ran, and how much of it in the kernel (their CPU time from /proc, sampled twice a second): a
-# generator near the cores it was given is the limit, not the engine.
+# ran, how much of it in the kernel, and how much in the engine's io_uring workers (their CPU
+# time from /proc, sampled twice a second): a generator near the cores it was given is the
+# limit, not the engine; workers busy mean writes the kernel could not start inline (on tmpfs,
+# each of them: tuning.md, "Scaling across cores").
 #
 # Besides the whole run's rate it prints the second half's (from the generator's per-second
 # timeline): a fresh engine zero-fills each stream's first segments until retention lets one
@@ -88,8 +90,11 @@ ${LOADGEN_PREFIX:-} "$bin/loadgen" run --connections "${CONNS:-4}" ${BATCH:+--ba
 loadgen=$!
 # The CPU time of both processes, twice a second, for how many cores each kept busy.
 ticks() { awk '{print $14, $15}' "/proc/$1/stat" 2> /dev/null || echo - -; }
+# The engine's io_uring workers (`iou-wrk-*` threads: the kernel hands them the writes it
+# cannot start without blocking, such as every write to tmpfs), counted in its system time.
+workers() { cat /proc/"$1"/task/*/stat 2> /dev/null | awk '$2 ~ /^\(iou-wrk/ {t += $14 + $15} END {print t + 0}'; }
 while kill -0 $loadgen 2> /dev/null; do
-    echo "$(date +%s.%N) $(ticks $engine) $(ticks $loadgen)"
+    echo "$(date +%s.%N) $(ticks $engine) $(ticks $loadgen) $(workers $engine)"
     sleep 0.5
 done > "$run/cpu.txt" &
 wait $loadgen
@@ -141,11 +146,12 @@ for k in ("batch", "write", "sync"):
     print(f"  engine {k} latency µs: {', '.join(m.get(k, []))}")
 # Cores each process kept busy over the clocked part of the run (its last `duration_s` seconds:
 # the generator seals its pool before the clock starts). Each line of cpu.txt: the time, then
-# user and system ticks of the engine, then of the generator.
+# user and system ticks of the engine, then of the generator, then the ticks of the engine's
+# io_uring workers alive then (a worker idle for a while exits and its ticks leave the sum).
 samples = []
 for line in open(f"{run}/cpu.txt"):
     x = line.split()
-    if len(x) == 5 and "-" not in x:
+    if len(x) == 6 and "-" not in x:
         samples.append((float(x[0]), *map(int, x[1:])))
 busy = {}
 if samples:
@@ -154,9 +160,11 @@ if samples:
     if b[0] > a[0]:
         per = lambda i: round((b[i] - a[i]) / os.sysconf("SC_CLK_TCK") / (b[0] - a[0]), 2)
         busy = {"engine": round(per(1) + per(2), 2), "engine_system": per(2),
+                "engine_io_workers": max(per(5), 0.0),
                 "generator": round(per(3) + per(4), 2), "generator_system": per(4)}
         print(f"  cores busy ({b[0] - a[0]:.1f} s): engine {busy['engine']} "
-              f"(system {busy['engine_system']}), generator {busy['generator']} "
+              f"(system {busy['engine_system']}, io_uring workers "
+              f"{busy['engine_io_workers']}), generator {busy['generator']} "
               f"(system {busy['generator_system']})")
 if written:
     print(f"  device writes: {written / r['duration_s'] / 1e6:.0f} MB/s over the run, "

@@ -4,6 +4,11 @@
 #    `loadgen run --rate max` held to the last two cores, and 12 shards with the generator on
 #    the last four (each line says how many cores the engine and the generator kept busy: at
 #    14 shards the generator's two can be the limit);
+#  - before each, as many copies of the in-process pipeline as that run has shards
+#    (`pipeline-rate --workload w1`, one on each of the same cores, no I/O, no generator),
+#    when `$BIN/pipeline-rate` is there: what the host's cores give plain CPU work when that
+#    many work at once, against which to read the shards' efficiency (a lent VM's vCPUs can
+#    run one copy at half speed while the others run at full);
 #  - 2 shards on cores 0 and 1, then on 0 and nproc/2: a hint of whether the host's cores are
 #    whole or hardware threads sharing one (a lent VM's lscpu may not say); single runs on a
 #    lent VM vary by up to 20%, so repeat them before reading much into a difference;
@@ -20,6 +25,7 @@
 #   env SHARDS  the runs: N shards against the generator on the last two cores, or N/G on the
 #               last G (default: "1 2 4 8 14 12/4")
 #   env SINKS   the scaling runs' durability line (see scripts/bench-engine.sh)
+#   env COPIES  0 skips the in-process copies
 #   env PAIRS   0 skips the two 2-shard runs on chosen cores
 #   env LATENCY 0 skips the 250,000 events/s runs
 #   env DATA    where the runs' data go (default: target/scaling-data)
@@ -52,6 +58,26 @@ run() { # LABEL RATE CORES LOADGEN_CORES CONNS [SINKS]
         | tee -a "$out/log.txt"
     rm -rf "$DATA"
 }
+copies() { # N: N copies of the in-process pipeline at once, on cores 0..N-1
+    [ "${COPIES:-1}" = 1 ] && [ -x "$BIN/pipeline-rate" ] || return 0
+    local tmp c
+    tmp=$(mktemp -d)
+    for c in $(seq 0 $(($1 - 1))); do
+        taskset -c "$c" "$BIN/pipeline-rate" --workload w1 --seconds 3 > "$tmp/$c.json" 2>&1 &
+    done
+    wait
+    python3 - "$1" "$tmp" "$JSON" <<'PY' 2>&1 | tee -a "$out/log.txt"
+import json, sys
+n, tmp, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+each = [round(json.load(open(f"{tmp}/{c}.json"))["events_per_sec"]) for c in range(n)]
+mean = sum(each) / n
+print(f"copies-{n}: in-process pipeline, {n} at once: mean {mean:.0f} events/s, each {each}")
+with open(out, "a") as f:
+    f.write(json.dumps({"label": f"copies-{n}", "events_per_sec_each": each,
+                        "events_per_sec_mean": mean}) + "\n")
+PY
+    rm -rf "$tmp"
+}
 for spec in ${SHARDS:-1 2 4 8 14 12/4}; do
     n=${spec%/*} g=2
     [ "$spec" = "$n" ] || g=${spec#*/}
@@ -60,6 +86,7 @@ for spec in ${SHARDS:-1 2 4 8 14 12/4}; do
     conns=$((n > 4 ? n : 4))
     label="shards-$n"
     [ "$g" = 2 ] || label="shards-$n-generator-$g"
+    [ "$g" != 2 ] || copies "$n"
     run "$label" max "$cores" "$(seq -s, $((ncpu - g)) $((ncpu - 1)))" "$conns"
 done
 if [ "${PAIRS:-1}" = 1 ]; then
