@@ -8,12 +8,14 @@
 #    (`pipeline-rate --workload w1`, one on each of the same cores, no I/O, no generator),
 #    when `$BIN/pipeline-rate` is there: what the host's cores give plain CPU work when that
 #    many work at once, against which to read the shards' efficiency (a lent VM's vCPUs can
-#    run one copy at half speed while the others run at full);
+#    run one copy at 55-75% of full speed while the others run at full);
 #  - 2 shards on cores 0 and 1, then on 0 and nproc/2: a hint of whether the host's cores are
 #    whole or hardware threads sharing one (a lent VM's lscpu may not say); single runs on a
 #    lent VM vary by up to 20%, so repeat them before reading much into a difference;
 #  - 2 shards at 250,000 events/s open loop, the generator on cores of its own, then on the
 #    engine's.
+# After the shard counts it prints each one's efficiency (its rate a shard against one
+# shard's) beside the copies' (each copy's rate against one copy's alone).
 # Durability `interval_us = 1000` unless a line says otherwise. Every line of figures is also
 # appended to $OUT/scaling.jsonl, with the host's description in $OUT/host.txt.
 #
@@ -89,6 +91,23 @@ for spec in ${SHARDS:-1 2 4 8 14 12/4}; do
     [ "$g" != 2 ] || copies "$n"
     run "$label" max "$cores" "$(seq -s, $((ncpu - g)) $((ncpu - 1)))" "$conns"
 done
+# Each shard count's rate a shard against one shard's, beside the copies' against one copy's.
+python3 - "$JSON" <<'PY' | tee -a "$out/log.txt"
+import json, re, sys
+shards, copies = {}, {}
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    x = re.fullmatch(r"(shards|copies)-(\d+)", d["label"])
+    if x and x[1] == "shards":
+        shards[int(x[2])] = d["report"]["events_per_sec"] / int(x[2])
+    elif x:
+        copies[int(x[2])] = d["events_per_sec_mean"]
+for n in sorted(shards):
+    line = f"efficiency, {n} shards: {100 * shards[n] / shards.get(1, shards[n]):.0f}% a shard of one shard"
+    if n in copies and 1 in copies:
+        line += f"; {n} copies: {100 * copies[n] / copies[1]:.0f}% each of one copy"
+    print(line)
+PY
 if [ "${PAIRS:-1}" = 1 ]; then
     for second in 1 $((ncpu / 2)); do
         run "pair-0-$second" max "0,$second" "$lg" 4
