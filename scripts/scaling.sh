@@ -4,7 +4,7 @@
 #    `loadgen run --rate max` held to the last two cores, and 12 shards with the generator on
 #    the last four (each line says how many cores the engine and the generator kept busy: at
 #    14 shards the generator's two can be the limit);
-#  - before each, as many copies of the in-process pipeline as that run has shards
+#  - before each run, as many copies of the in-process pipeline as it has shards
 #    (`pipeline-rate --workload w1`, one on each of the same cores, no I/O, no generator),
 #    when `$BIN/pipeline-rate` is there: what the host's cores give plain CPU work when that
 #    many work at once, against which to read the shards' efficiency (a lent VM's vCPUs can
@@ -88,7 +88,7 @@ for spec in ${SHARDS:-1 2 4 8 14 12/4}; do
     conns=$((n > 4 ? n : 4))
     label="shards-$n"
     [ "$g" = 2 ] || label="shards-$n-generator-$g"
-    [ "$g" != 2 ] || copies "$n"
+    copies "$n"
     run "$label" max "$cores" "$(seq -s, $((ncpu - g)) $((ncpu - 1)))" "$conns"
 done
 # Each shard count's rate a shard against one shard's, beside the copies' against one copy's.
@@ -97,15 +97,17 @@ import json, re, sys
 shards, copies = {}, {}
 for line in open(sys.argv[1]):
     d = json.loads(line)
-    x = re.fullmatch(r"(shards|copies)-(\d+)", d["label"])
+    x = re.fullmatch(r"(shards|copies)-(\d+)(-generator-(\d+))?", d["label"])
     if x and x[1] == "shards":
-        shards[int(x[2])] = d["report"]["events_per_sec"] / int(x[2])
+        shards[(int(x[2]), int(x[4] or 2))] = d["report"]["events_per_sec"] / int(x[2])
     elif x:
         copies[int(x[2])] = d["events_per_sec_mean"]
-for n in sorted(shards):
-    line = f"efficiency, {n} shards: {100 * shards[n] / shards.get(1, shards[n]):.0f}% a shard of one shard"
+one = shards.get((1, 2))
+for n, g in sorted(shards):
+    line = f"efficiency, {n} shard{'s' * (n > 1)}" + (f" (generator on {g})" if g != 2 else "")
+    line += f": {100 * shards[(n, g)] / (one or shards[(n, g)]):.0f}% a shard of one shard"
     if n in copies and 1 in copies:
-        line += f"; {n} copies: {100 * copies[n] / copies[1]:.0f}% each of one copy"
+        line += f"; {n} cop{'ies' if n > 1 else 'y'}: {100 * copies[n] / copies[1]:.0f}% each of one copy"
     print(line)
 PY
 if [ "${PAIRS:-1}" = 1 ]; then
