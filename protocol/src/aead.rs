@@ -54,7 +54,7 @@ pub trait Aead: Send + Sync {
 
     /// Verifies `tag` and decrypts `buf` in place. On `Err` the contents of `buf` are
     /// unspecified (`ring` zeroes them; `aes-gcm` leaves the unauthenticated decryption),
-    /// unless [`Aead::verifies_before_decrypting`] says they are untouched.
+    /// unless [`Aead::keeps_ciphertext_on_failure`] says they are untouched.
     fn open_in_place(
         &self,
         nonce: &[u8; NONCE_BYTES],
@@ -65,9 +65,8 @@ pub trait Aead: Send + Sync {
 
     fn backend(&self) -> Backend;
 
-    /// Whether a failed `open_in_place` leaves `buf` exactly as it was (the tag is checked
-    /// before anything is decrypted).
-    fn verifies_before_decrypting(&self) -> bool {
+    /// Whether a failed `open_in_place` leaves `buf` exactly as it was.
+    fn keeps_ciphertext_on_failure(&self) -> bool {
         false
     }
 }
@@ -285,7 +284,7 @@ impl Aead for VaesAead {
         self.0.seal_to(nonce, aad, plaintext, out)
     }
 
-    /// Verifies before decrypting: on `Err`, `buf` still holds the ciphertext.
+    /// On `Err`, `buf` holds the ciphertext as it was (`VaesGcm::open`).
     #[inline]
     fn open_in_place(
         &self,
@@ -305,7 +304,7 @@ impl Aead for VaesAead {
         Backend::Vaes
     }
 
-    fn verifies_before_decrypting(&self) -> bool {
+    fn keeps_ciphertext_on_failure(&self) -> bool {
         true
     }
 }

@@ -18,7 +18,7 @@
 //! decrypted in place is 16-byte aligned and its rkyv archive is read where it lies.
 //!
 //! A rejected envelope hands back its raw bytes as received, for the dead-letter stream. With a
-//! backend that verifies before decrypting (`vaes`) nothing is copied unless the envelope is
+//! backend whose failed open leaves the ciphertext as it was (`vaes`) nothing is copied unless the envelope is
 //! rejected: a bad tag leaves the ciphertext in place, and a plaintext that fails validation is
 //! sealed again, into the opener's scratch buffer, which gives back the exact ciphertext. Other
 //! backends may destroy the ciphertext on a bad tag, so [`Opener::open`] copies each envelope
@@ -306,17 +306,17 @@ impl Opener {
         };
         let (format, cipher) = cipher;
         // A backend that may destroy the ciphertext on a bad tag gets a copy kept aside first;
-        // one that verifies before decrypting leaves it in place, so nothing is copied unless
+        // one that leaves it as it was on a bad tag keeps it in place, so nothing is copied unless
         // the envelope is rejected.
-        let verifies_first = cipher.verifies_before_decrypting();
-        if !verifies_first {
+        let kept = cipher.keeps_ciphertext_on_failure();
+        if !kept {
             scratch.extend_from_slice(bytes);
         }
         let (aad, rest) = bytes.split_at_mut(ENVELOPE_HEADER_BYTES);
         let (body, tag) = rest.split_at_mut(header.payload_len as usize);
         let tag: &[u8; TAG_BYTES] = (&*tag).try_into().expect("frame decoder checked length");
         if cipher.open_in_place(&header.nonce, aad, body, tag).is_err() {
-            if verifies_first {
+            if kept {
                 scratch.extend_from_slice(aad);
                 scratch.extend_from_slice(body);
                 scratch.extend_from_slice(tag);
@@ -343,7 +343,7 @@ impl Opener {
                 payload,
             }),
             Err(error) => {
-                if verifies_first {
+                if kept {
                     // Sealing the plaintext again under the same key and nonce gives back the
                     // ciphertext exactly (the tag too, which is still in the buffer).
                     scratch.extend_from_slice(aad);
