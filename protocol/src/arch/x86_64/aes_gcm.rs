@@ -7,8 +7,8 @@
 //! [`POWERS`] precomputed powers of H, so that a message of up to about 8 KiB takes one
 //! reduction. Such a message is sealed or opened in one pass ([`VaesGcm::one_pass`]): each 64
 //! bytes of ciphertext are hashed as they are encrypted or decrypted, so the AES and the
-//! carry-less multiplications of the same bytes overlap (an open of 512 bytes 83 → 74 ns on the
-//! reference Zen 4). Longer messages take two passes.
+//! carry-less multiplications of the same bytes overlap (the W1 pipeline in 0.94 of the time
+//! on the reference Zen 4; tuning.md, "Ninth round"). Longer messages take two passes.
 //!
 //! GHASH is computed as POLYVAL (RFC 8452, Appendix A): with blocks and H byte-reversed and H
 //! multiplied by x, GHASH's bit-reflected field becomes POLYVAL's little-endian one, which maps
