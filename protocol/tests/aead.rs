@@ -148,18 +148,23 @@ fn every_length_to_2100_and_aad_to_40_agrees_with_ring() {
     }
 }
 
-/// Around the longest message `vaes` seals and opens in one pass (511 GHASH blocks with the
-/// length block: a little under 8 KiB with the AAD) and the first it takes in two: the same
-/// bytes as `ring` both ways, and a failed open leaves the ciphertext as it was on both paths.
+/// Around the longest message `vaes` hashes with one reduction (511 GHASH blocks with the
+/// length block: a little under 8 KiB with the AAD), and past it, where it hashes an AAD apart
+/// and the ciphertext in parts of 7,680 bytes (at, around and past their ends, and with an AAD
+/// long enough alone, the ciphertext empty or not): the same bytes as `ring` both ways, and a
+/// failed open leaves the ciphertext as it was.
 #[test]
-fn lengths_around_the_one_pass_limit_agree_with_ring_and_fail_cleanly() {
+fn lengths_around_the_one_reduction_limit_agree_with_ring_and_fail_cleanly() {
     let ring = Backend::Ring.cipher(&[0x5c; 32]);
     for b in Backend::available() {
         let c = b.cipher(&[0x5c; 32]);
-        for aad_len in [0u8, 1, 16, 17, 32, 40] {
-            let aad: Vec<u8> = (0..aad_len).collect();
-            for len in (8_100..=8_200usize).chain([16_384, 16_385]) {
-                let nonce = [len as u8 ^ aad_len; 12];
+        for aad_len in [0usize, 1, 16, 17, 32, 40, 8_200] {
+            let aad: Vec<u8> = (0..aad_len).map(|i| (i * 3) as u8).collect();
+            let lengths = [
+                0, 1, 64, 7_679, 7_680, 7_681, 15_360, 15_361, 16_384, 23_041,
+            ];
+            for len in (8_100..=8_200usize).chain(lengths) {
+                let nonce = [(len ^ aad_len) as u8; 12];
                 let plaintext: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
                 let (mut ours, mut theirs) = (plaintext.clone(), plaintext.clone());
                 let tag = c.seal_in_place(&nonce, &aad, &mut ours);
@@ -176,10 +181,17 @@ fn lengths_around_the_one_pass_limit_agree_with_ring_and_fail_cleanly() {
                     "{b} seal_to {len}"
                 );
                 assert_eq!(out, ours, "{b} seal_to: aad {aad_len}, length {len}");
-                let mut forged = ours.clone();
-                forged[len / 2] ^= 0x40;
+                // A changed byte, or with nothing to change, a changed tag.
+                let (mut forged, mut bad_tag) = (ours.clone(), tag);
+                match forged.get_mut(len / 2) {
+                    Some(byte) => *byte ^= 0x40,
+                    None => bad_tag[0] ^= 0x40,
+                }
                 let kept = forged.clone();
-                assert!(c.open_in_place(&nonce, &aad, &mut forged, &tag).is_err());
+                assert!(
+                    c.open_in_place(&nonce, &aad, &mut forged, &bad_tag)
+                        .is_err()
+                );
                 if c.keeps_ciphertext_on_failure() {
                     assert_eq!(forged, kept, "{b}: a failed open at {aad_len} + {len}");
                 }

@@ -3,18 +3,19 @@
 //!
 //! Why our own: at 512 bytes `ring` spends most of its ~155 ns in fixed per-call work, and a
 //! shard opens one envelope per event, so the fixed cost is the cost. This implementation
-//! works four blocks per vector: AES-CTR eight vectors (512 bytes) at a time, and GHASH with
+//! works four blocks per vector, eight vectors (512 bytes) at a time, and seals or opens in
+//! one pass over the message ([`VaesGcm::one_pass`]): each 64 bytes of ciphertext are hashed
+//! as they are encrypted or decrypted, so the AES and the carry-less multiplications of the
+//! same bytes overlap, and each byte is read once (the W1 pipeline in 0.94 of the time of
+//! hashing, then decrypting, on the reference Zen 4; tuning.md, "Ninth round"). GHASH uses
 //! [`POWERS`] precomputed powers of H, so that a message of up to about 8 KiB takes one
-//! reduction. Such a message is sealed or opened in one pass ([`VaesGcm::one_pass`]): each 64
-//! bytes of ciphertext are hashed as they are encrypted or decrypted, so the AES and the
-//! carry-less multiplications of the same bytes overlap (the W1 pipeline in 0.94 of the time
-//! on the reference Zen 4; tuning.md, "Ninth round"). Longer messages take two passes.
+//! reduction, and a longer one one every [`PART_BYTES`].
 //!
 //! GHASH is computed as POLYVAL (RFC 8452, Appendix A): with blocks and H byte-reversed and H
 //! multiplied by x, GHASH's bit-reflected field becomes POLYVAL's little-endian one, which maps
-//! straight onto carry-less multiplication. A failed `open` leaves the buffer as it was: the
-//! one-pass open XORs the keystream in again (so a forgery's plaintext exists only until
-//! then, inside the call), and the two-pass open verifies the tag before it decrypts.
+//! straight onto carry-less multiplication. A failed `open` leaves the buffer as it was: it
+//! XORs the keystream in again (so a forgery's plaintext exists only until then, inside the
+//! call).
 //!
 //! Each unchecked operation here is either a call into a `#[target_feature]` function, sound as a
 //! [`VaesGcm`] exists only after [`VaesGcm::new`] found the features, or a masked load or store
@@ -31,12 +32,17 @@ pub struct VaesGcm {
     powers: [__m128i; POWERS],
 }
 
+/// A long message's ciphertext is hashed this many bytes at a time, each part one reduction:
+/// whole 512-byte steps (so the counter blocks of one part end where the next part's begin),
+/// with the length block fewer than [`POWERS`] blocks.
+const PART_BYTES: usize = 512 * ((POWERS - 1) * 16 / 512);
+
 /// GCM's largest message: 2^32 - 2 blocks of 16 bytes.
 const GCM_BYTES_MAX: u64 = (1 << 36) - 32;
 
 /// Powers of H kept per key: a message of up to this many GHASH blocks (AAD, ciphertext and
-/// the length block) is hashed with one reduction, and sealed or opened in one pass. 8 KiB of
-/// powers a key: W2's envelopes (1 to 8 events, about 3.4 KB on average) fit.
+/// the length block) is hashed with one reduction. 8 KiB of powers a key: W2's envelopes (1
+/// to 8 events, about 3.4 KB on average) fit.
 const POWERS: usize = 512;
 
 impl VaesGcm {
@@ -87,14 +93,8 @@ impl VaesGcm {
         );
         let (at, len) = (buf.as_mut_ptr(), buf.len());
         // SAFETY: `self` exists only where the features were detected (see `new`); `one_pass`
-        // and `ctr` read and write the `len` bytes of `buf`, in place.
-        unsafe {
-            if one_pass_fits(aad, len) {
-                return to_bytes(self.one_pass::<false>(nonce, aad, at, at, len));
-            }
-            self.ctr(nonce, at, at, len);
-            to_bytes(self.tag(nonce, aad, buf))
-        }
+        // reads and writes the `len` bytes of `buf`, in place.
+        unsafe { to_bytes(self.one_pass::<false>(nonce, aad, at, at, len)) }
     }
 
     /// Encrypts `plaintext` into `out`, in one pass over both; returns the tag. The bytes are
@@ -119,16 +119,10 @@ impl VaesGcm {
             "AES-GCM seals at most 2^36 - 32 bytes"
         );
         let len = out.len();
-        // SAFETY: as in `seal`; `one_pass` and `ctr` read the `len` bytes of `plaintext` and
-        // write those of `out`, two slices that cannot overlap (one is borrowed mutably).
+        // SAFETY: as in `seal`; `one_pass` reads the `len` bytes of `plaintext` and writes
+        // those of `out`, two slices that cannot overlap (one is borrowed mutably).
         unsafe {
-            if one_pass_fits(aad, len) {
-                let tag =
-                    self.one_pass::<false>(nonce, aad, plaintext.as_ptr(), out.as_mut_ptr(), len);
-                return to_bytes(tag);
-            }
-            self.ctr(nonce, plaintext.as_ptr(), out.as_mut_ptr(), len);
-            to_bytes(self.tag(nonce, aad, out))
+            to_bytes(self.one_pass::<false>(nonce, aad, plaintext.as_ptr(), out.as_mut_ptr(), len))
         }
     }
 
@@ -142,27 +136,24 @@ impl VaesGcm {
         // SAFETY: `self` exists only where the features were detected (see `new`); `one_pass`
         // and `ctr` read and write the `len` bytes of `buf`, in place.
         unsafe {
-            if one_pass_fits(aad, len) {
-                let expected = self.one_pass::<true>(nonce, aad, at, at, len);
-                if !same(expected, tag) {
-                    // Decrypted already: the keystream once more makes it ciphertext again.
-                    self.ctr(nonce, at, at, len);
-                    return false;
-                }
-                return true;
-            }
-            if !same(self.tag(nonce, aad, buf), tag) {
+            let expected = self.one_pass::<true>(nonce, aad, at, at, len);
+            if !same(expected, tag) {
+                // Decrypted already: the keystream once more makes it ciphertext again.
+                self.ctr(nonce, at, at, len);
                 return false;
             }
-            self.ctr(nonce, at, at, len);
         }
         true
     }
 
-    /// GCM in one pass, for a message of fewer than [`POWERS`] blocks: writes the `len` bytes
-    /// at `src` XORed with the keystream to `dst` (decrypting when `OPEN`, encrypting
-    /// otherwise), hashing each 64 bytes of ciphertext as they pass (read when `OPEN`,
-    /// written otherwise), with one reduction at the end. Returns the tag.
+    /// GCM in one pass: writes the `len` bytes at `src` XORed with the keystream to `dst`
+    /// (decrypting when `OPEN`, encrypting otherwise), hashing each 64 bytes of ciphertext as
+    /// they pass (read when `OPEN`, written otherwise). Returns the tag.
+    ///
+    /// A message of fewer than [`POWERS`] blocks (with its length block) is hashed with one
+    /// reduction, its AAD's blocks in the same sum. A longer one hashes its AAD apart, then its
+    /// ciphertext [`POWERS`] blocks at a time, the running hash folded into each part's first
+    /// block (Horner's rule, a part at a step).
     ///
     /// # Safety
     /// As [`VaesGcm::ctr`]'s.
@@ -176,12 +167,16 @@ impl VaesGcm {
         len: usize,
     ) -> __m128i {
         let (a, c) = (aad.len().div_ceil(16), len.div_ceil(16));
-        debug_assert!(a + c < POWERS);
-        // Block j of the n = a + c + 1 (the length block last) takes H^(n-j+1).
-        let first = POWERS - (a + c + 1);
         let mut p = Product::new();
-        p.absorb(aad, &self.powers[first..first + a], _mm_setzero_si128());
-        let powers = &self.powers[first + a..first + a + c];
+        let mut s = _mm_setzero_si128();
+        let whole = a + c < POWERS;
+        if whole {
+            // Block j of the n = a + c + 1 (the length block last) takes H^(n-j+1).
+            let first = POWERS - (a + c + 1);
+            p.absorb(aad, &self.powers[first..first + a], s);
+        } else {
+            s = self.horner(s, aad);
+        }
         let rk: [__m512i; 15] = std::array::from_fn(|i| _mm512_broadcast_i32x4(self.round_keys[i]));
         let reverse = reverse_lanes();
         let base = _mm512_broadcast_i32x4(byte_reverse(counter_block(nonce, 0)));
@@ -190,94 +185,95 @@ impl VaesGcm {
             _mm512_set_epi32(0, 0, 0, 5, 0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2),
         );
         let four = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
-        let mut o = 0;
-        while len - o >= 512 {
-            let mut k = [_mm512_setzero_si512(); 8];
-            for v in &mut k {
-                *v = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, reverse), rk[0]);
-                ctr = _mm512_add_epi32(ctr, four);
-            }
-            for r in &rk[1..14] {
+        let mut part = 0;
+        loop {
+            // This part: the whole message, or PART_BYTES (the last part up to them, with the
+            // length block). Its block j of m takes H^(m-j+1); the running hash goes into its
+            // first block.
+            let end = if whole {
+                len
+            } else {
+                len.min(part + PART_BYTES)
+            };
+            let last = end == len;
+            let m = (end - part).div_ceil(16) + usize::from(last);
+            let powers = &self.powers[POWERS - m..];
+            let mut carry = _mm512_zextsi128_si512(s);
+            let mut o = part;
+            while end - o >= 512 {
+                let mut k = [_mm512_setzero_si512(); 8];
                 for v in &mut k {
-                    *v = _mm512_aesenc_epi128(*v, *r);
+                    *v = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, reverse), rk[0]);
+                    ctr = _mm512_add_epi32(ctr, four);
                 }
+                for r in &rk[1..14] {
+                    for v in &mut k {
+                        *v = _mm512_aesenc_epi128(*v, *r);
+                    }
+                }
+                for (i, v) in k.iter().enumerate() {
+                    let v = _mm512_aesenclast_epi128(*v, rk[14]);
+                    let q = o + 64 * i;
+                    // SAFETY: `q + 64 <= end <= len`, inside both buffers (the caller's
+                    // contract; in place, each 64 bytes are read before they are written);
+                    // the part's four powers of blocks `(q - part) / 16 ..` are inside
+                    // `powers`, which has one per block of the part.
+                    unsafe {
+                        let data = _mm512_loadu_si512(src.add(q).cast());
+                        let out = _mm512_xor_si512(data, v);
+                        let h = _mm512_loadu_si512(powers.as_ptr().add((q - part) / 16).cast());
+                        let sealed = if OPEN { data } else { out };
+                        let x = _mm512_xor_si512(_mm512_shuffle_epi8(sealed, reverse), carry);
+                        carry = _mm512_setzero_si512();
+                        p.add(x, h);
+                        _mm512_storeu_si512(dst.add(q).cast(), out);
+                    }
+                }
+                o += 512;
             }
-            for (i, v) in k.iter().enumerate() {
-                let v = _mm512_aesenclast_epi128(*v, rk[14]);
-                let q = o + 64 * i;
-                // SAFETY: `q + 64 <= len`, inside both buffers (the caller's contract; in
-                // place, each 64 bytes are read before they are written); the four powers of
-                // blocks `q / 16 ..` are inside `powers`, which has one per block.
+            while o < end {
+                let mut v = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, reverse), rk[0]);
+                ctr = _mm512_add_epi32(ctr, four);
+                for r in &rk[1..14] {
+                    v = _mm512_aesenc_epi128(v, *r);
+                }
+                v = _mm512_aesenclast_epi128(v, rk[14]);
+                let n = (end - o).min(64);
+                let mk = mask(n);
+                // SAFETY: the masks cover the `n` bytes left in both buffers and the powers
+                // of their `n.div_ceil(16)` blocks, inside `powers`. Masked-off bytes load as
+                // zeros (GHASH's padding) and are not stored.
                 unsafe {
-                    let data = _mm512_loadu_si512(src.add(q).cast());
-                    let out = _mm512_xor_si512(data, v);
-                    let h = _mm512_loadu_si512(powers.as_ptr().add(q / 16).cast());
+                    let data = _mm512_maskz_loadu_epi8(mk, src.add(o).cast());
+                    // Zeros past the message: what GHASH hashes of a sealed partial vector.
+                    let out = _mm512_maskz_mov_epi8(mk, _mm512_xor_si512(data, v));
+                    let h = _mm512_maskz_loadu_epi8(
+                        mask(16 * n.div_ceil(16)),
+                        powers.as_ptr().add((o - part) / 16).cast(),
+                    );
                     let sealed = if OPEN { data } else { out };
-                    p.add(_mm512_shuffle_epi8(sealed, reverse), h);
-                    _mm512_storeu_si512(dst.add(q).cast(), out);
+                    let x = _mm512_xor_si512(_mm512_shuffle_epi8(sealed, reverse), carry);
+                    carry = _mm512_setzero_si512();
+                    p.add(x, h);
+                    _mm512_mask_storeu_epi8(dst.add(o).cast(), mk, out);
                 }
+                o += 64;
             }
-            o += 512;
+            if last {
+                // An empty message: the running hash (its AAD's) goes into the length block.
+                let lengths =
+                    _mm_set_epi64x((aad.len() as u64 * 8) as i64, (len as u64 * 8) as i64);
+                let lengths = _mm_xor_si128(lengths, _mm512_castsi512_si128(carry));
+                p.absorb_block(lengths, self.powers[POWERS - 1]);
+                s = p.reduce();
+                break;
+            }
+            s = p.reduce();
+            p = Product::new();
+            part = end;
         }
-        while o < len {
-            let mut v = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, reverse), rk[0]);
-            ctr = _mm512_add_epi32(ctr, four);
-            for r in &rk[1..14] {
-                v = _mm512_aesenc_epi128(v, *r);
-            }
-            v = _mm512_aesenclast_epi128(v, rk[14]);
-            let n = (len - o).min(64);
-            let m = mask(n);
-            // SAFETY: the masks cover the `n` bytes left in both buffers and the powers of
-            // their `n.div_ceil(16)` blocks, inside `powers`. Masked-off bytes load as zeros
-            // (GHASH's padding) and are not stored.
-            unsafe {
-                let data = _mm512_maskz_loadu_epi8(m, src.add(o).cast());
-                // Zeros past the message: what GHASH hashes of a sealed partial vector.
-                let out = _mm512_maskz_mov_epi8(m, _mm512_xor_si512(data, v));
-                let h = _mm512_maskz_loadu_epi8(
-                    mask(16 * n.div_ceil(16)),
-                    powers.as_ptr().add(o / 16).cast(),
-                );
-                let sealed = if OPEN { data } else { out };
-                p.add(_mm512_shuffle_epi8(sealed, reverse), h);
-                _mm512_mask_storeu_epi8(dst.add(o).cast(), m, out);
-            }
-            o += 64;
-        }
-        let lengths = _mm_set_epi64x((aad.len() as u64 * 8) as i64, (len as u64 * 8) as i64);
-        p.absorb_block(lengths, self.powers[POWERS - 1]);
         _mm_xor_si128(
-            byte_reverse(p.reduce()),
-            encrypt_block(&self.round_keys, counter_block(nonce, 1)),
-        )
-    }
-
-    /// GHASH(aad, ciphertext) XOR E(J0).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,aes,pclmulqdq")]
-    fn tag(&self, nonce: &[u8; 12], aad: &[u8], ciphertext: &[u8]) -> __m128i {
-        // The length block, byte-reversed: ciphertext bits in the low half, AAD bits high.
-        let lengths = _mm_set_epi64x(
-            (aad.len() as u64 * 8) as i64,
-            (ciphertext.len() as u64 * 8) as i64,
-        );
-        let (a, c) = (aad.len().div_ceil(16), ciphertext.len().div_ceil(16));
-        let zero = _mm_setzero_si128();
-        let s = if a + c < POWERS {
-            // The whole message at once: block j of n takes H^(n-j+1); one reduction.
-            let first = POWERS - (a + c + 1);
-            let mut p = Product::new();
-            p.absorb(aad, &self.powers[first..first + a], zero);
-            p.absorb(ciphertext, &self.powers[first + a..first + a + c], zero);
-            p.absorb_block(lengths, self.powers[POWERS - 1]);
-            p.reduce()
-        } else {
-            let s = self.horner(self.horner(zero, aad), ciphertext);
-            dot(_mm_xor_si128(s, lengths), self.powers[POWERS - 1])
-        };
-        let ghash = byte_reverse(s);
-        _mm_xor_si128(
-            ghash,
+            byte_reverse(s),
             encrypt_block(&self.round_keys, counter_block(nonce, 1)),
         )
     }
@@ -423,13 +419,6 @@ impl Product {
             _mm_xor_si128(lo, _mm_slli_si128(mid, 8)),
         )
     }
-}
-
-/// Whether a message of `len` bytes after `aad` takes [`VaesGcm::one_pass`]: fewer than
-/// [`POWERS`] GHASH blocks with its length block.
-#[inline(always)]
-fn one_pass_fits(aad: &[u8], len: usize) -> bool {
-    aad.len().div_ceil(16) + len.div_ceil(16) < POWERS
 }
 
 /// Whether the computed tag is `tag`, in constant time: one test of all 128 bits.
