@@ -18,11 +18,11 @@
 //! decrypted in place is 16-byte aligned and its rkyv archive is read where it lies.
 //!
 //! A rejected envelope hands back its raw bytes as received, for the dead-letter stream. With a
-//! backend whose failed open leaves the ciphertext as it was (`vaes`) nothing is copied unless the envelope is
-//! rejected: a bad tag leaves the ciphertext in place, and a plaintext that fails validation is
-//! sealed again, into the opener's scratch buffer, which gives back the exact ciphertext. Other
-//! backends may destroy the ciphertext on a bad tag, so [`Opener::open`] copies each envelope
-//! aside before decrypting it with them.
+//! backend whose failed open leaves the ciphertext as it was (`vaes`) nothing is copied unless
+//! the envelope is rejected: a bad tag leaves the ciphertext in place, and a plaintext that
+//! fails validation is sealed again, into the opener's scratch buffer, which gives back the
+//! exact ciphertext. Other backends may destroy the ciphertext on a bad tag, so
+//! [`Opener::open`] copies each envelope aside before decrypting it with them.
 
 use crate::aead::{Aead, NONCE_BYTES, TAG_BYTES};
 use crate::error::Error;
@@ -306,8 +306,7 @@ impl Opener {
         };
         let (format, cipher) = cipher;
         // A backend that may destroy the ciphertext on a bad tag gets a copy kept aside first;
-        // one that leaves it as it was on a bad tag keeps it in place, so nothing is copied unless
-        // the envelope is rejected.
+        // with one that leaves it as it was, nothing is copied unless the envelope is rejected.
         let kept = cipher.keeps_ciphertext_on_failure();
         if !kept {
             scratch.extend_from_slice(bytes);

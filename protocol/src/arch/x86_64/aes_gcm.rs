@@ -9,7 +9,7 @@
 //! same bytes overlap, and each byte is read once (the W1 pipeline in 0.94 of the time of
 //! hashing, then decrypting, on the reference Zen 4; tuning.md, "Ninth round"). GHASH uses
 //! [`POWERS`] precomputed powers of H, so that a message of up to about 8 KiB takes one
-//! reduction, and a longer one one every [`PART_BYTES`].
+//! reduction, and a longer one a reduction every [`PART_BYTES`].
 //!
 //! GHASH is computed as POLYVAL (RFC 8452, Appendix A): with blocks and H byte-reversed and H
 //! multiplied by x, GHASH's bit-reflected field becomes POLYVAL's little-endian one, which maps
@@ -293,7 +293,9 @@ impl VaesGcm {
     }
 
     /// Writes the `len` bytes at `src` XORed with the keystream from counter 2 on (GCM's CTR
-    /// mode with a 96-bit nonce) to the `len` bytes at `dst`.
+    /// mode with a 96-bit nonce) to the `len` bytes at `dst`: how a failed open is undone.
+    /// Its keystream loop is [`VaesGcm::one_pass`]'s again on purpose: each way of sharing it
+    /// that was tried cost the W1 pipeline about 2% (tuning.md, "Ninth round").
     ///
     /// # Safety
     /// `src` must be valid to read and `dst` to write for `len` bytes, and the two are either
