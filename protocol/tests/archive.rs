@@ -1,6 +1,7 @@
 //! sluice's string validator (`ArchivedStr`) accepts exactly what rkyv's own `ArchivedString`
-//! check accepts. The oracle is a mirror of `Event` with plain `String` fields, which archives
-//! to the same bytes and is validated by rkyv alone.
+//! check accepts, and so `access_events` exactly what rkyv accepts. The oracle is a mirror of
+//! `Event` with plain `String` fields, which archives to the same bytes and is validated by
+//! rkyv alone.
 
 use proptest::prelude::*;
 use rkyv::rancor::Failure;
@@ -66,7 +67,10 @@ fn events() -> Vec<Event> {
             value: "123456789".into(),
         },
     ];
-    vec![sample::w1_event(1), odd, sample::w1_event(2)]
+    let mut v6 = sample::w1_event(2);
+    v6.client_ip = ClientIp::V6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+    v6.attrs.truncate(1);
+    vec![sample::w1_event(1), odd, v6]
 }
 
 fn aligned(bytes: &[u8]) -> AlignedBuf {
@@ -95,9 +99,12 @@ proptest! {
     fn accepts_exactly_what_rkyv_accepts(
         edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
         near_end in any::<bool>(),
+        resize in prop_oneof![6 => Just(0i32), 1 => -24i32..24],
     ) {
         let pristine = to_rkyv_payload(&events());
         let mut bytes = pristine.to_vec();
+        // Some cases cut bytes off the end, or add some: the root is then elsewhere.
+        bytes.resize((bytes.len() as i32 + resize) as usize, 0);
         // Half the cases edit only the tail, where the events' string reprs and vectors lie.
         let from = if near_end { bytes.len() - 3 * 96 - 8 } else { 0 };
         for (i, b) in edits {
@@ -122,6 +129,8 @@ fn targeted_edits_agree_too() {
     let root = pristine.len() - 8;
     let offset = i32::from_le_bytes(pristine[root..root + 4].try_into().unwrap());
     let event = |i: usize| (root as isize + offset as isize) as usize + 96 * i;
+    let attrs_offset =
+        |i: usize| i32::from_le_bytes(pristine[event(i) + 88..][..4].try_into().unwrap());
     let cases: Vec<(&str, usize, Vec<u8>, bool)> = vec![
         (
             "inline app_version gets a continuation byte",
@@ -157,6 +166,51 @@ fn targeted_edits_agree_too() {
             "inline app_version gets a 0xfe",
             event(0) + 24 + 2,
             vec![0xfe],
+            false,
+        ),
+        ("an IPv4 address tagged IPv6", event(0) + 56, vec![1], true),
+        ("an address tagged 2", event(2) + 56, vec![2], false),
+        ("an address tagged 0xff", event(1) + 56, vec![0xff], false),
+        ("one event more than there are", root + 4, vec![4], false),
+        ("one event fewer", root + 4, vec![2], true),
+        ("no events", root + 4, vec![0], true),
+        (
+            "the events 8 bytes later (over the root)",
+            root,
+            (offset + 8).to_le_bytes().to_vec(),
+            false,
+        ),
+        (
+            "the events 4 bytes later (misaligned)",
+            root,
+            (offset + 4).to_le_bytes().to_vec(),
+            false,
+        ),
+        ("an attribute more", event(0) + 92, vec![4], false),
+        ("an attribute fewer", event(0) + 92, vec![2], true),
+        ("no attributes", event(1) + 92, vec![0], true),
+        (
+            "attributes 2 bytes later (misaligned)",
+            event(0) + 88,
+            (attrs_offset(0) + 2).to_le_bytes().to_vec(),
+            false,
+        ),
+        (
+            "the first event's attributes pointing at the second's",
+            event(0) + 88,
+            (attrs_offset(1) + 96).to_le_bytes().to_vec(),
+            false,
+        ),
+        (
+            "the last event's attributes pointing at the first's (out of order)",
+            event(2) + 88,
+            (attrs_offset(0) - 2 * 96).to_le_bytes().to_vec(),
+            false,
+        ),
+        (
+            "the events pointing before the buffer",
+            root,
+            (-(root as i32) - 8).to_le_bytes().to_vec(),
             false,
         ),
     ];

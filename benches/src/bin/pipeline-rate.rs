@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! pipeline-rate [--workload w1|w2|w3] [--seconds N] [--frames N] [--envelopes N] [--seed N]
+//!               [--drain-bytes N]
 //! ```
 //!
 //! Builds a corpus of batch frames of `--envelopes` envelopes (128) of the workload (65,536
@@ -9,7 +10,11 @@
 //! embedded default config on one shard (W3: the same with its 10,000 rules into 100 streams),
 //! and runs [`Pipeline::step`] over it, restoring each frame from a pristine copy outside the
 //! timed section (a step decrypts in place) and draining the output buffers after each frame
-//! as the committer does. Prints one JSON object:
+//! as the committer does. So each frame's records are written into memory the frame before
+//! wrote, still in the nearest caches; in the engine a round's records go into buffers the
+//! disk read a few rounds before, further away. `--drain-bytes N` keeps the records until
+//! the buffers hold N bytes (32000000, more than the L3 cache, is the engine's case), so that
+//! they are written into memory the caches have let go. Prints one JSON object:
 //!
 //! ```json
 //! {"workload": "w1", "events_per_sec": ..., "ns_per_event": ..., "records_per_event": ...,
@@ -44,6 +49,8 @@ struct Args {
     upto: usize,
     envelopes: usize,
     seed: u64,
+    /// Output bytes kept before the buffers are cleared (0: after every frame).
+    drain_bytes: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -54,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
         upto: stage::NAMES.len() - 1,
         envelopes: 128,
         seed: 1,
+        drain_bytes: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -77,10 +85,15 @@ fn parse_args() -> Result<Args, String> {
                 a.envelopes = value()?.parse().map_err(|e| format!("--envelopes: {e}"))?;
             }
             "--seed" => a.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--drain-bytes" => {
+                a.drain_bytes = value()?
+                    .parse()
+                    .map_err(|e| format!("--drain-bytes: {e}"))?;
+            }
             "-h" | "--help" => {
                 println!(
                     "pipeline-rate [--workload w1|w2|w3] [--seconds N] [--frames N \
-                     [--upto STAGE]] [--envelopes N] [--seed N]"
+                     [--upto STAGE]] [--envelopes N] [--seed N] [--drain-bytes N]"
                 );
                 std::process::exit(0);
             }
@@ -113,6 +126,8 @@ struct Runner {
     pristine: Vec<AlignedBuf>,
     frames: Vec<AlignedBuf>,
     next: usize,
+    /// The output is cleared after a frame once it holds this many bytes.
+    drain_bytes: usize,
 }
 
 type Step = fn(&mut Pipeline, &mut [u8]) -> Result<BatchOutcome, StepError>;
@@ -150,8 +165,10 @@ impl Runner {
             t.events += u64::from(o.events);
             t.records += u64::from(o.records);
             done += 1;
-            for out in &mut self.pipeline.out {
-                out.buf.clear();
+            if self.pipeline.pending_bytes() >= self.drain_bytes {
+                for out in &mut self.pipeline.out {
+                    out.buf.clear();
+                }
             }
         }
         t
@@ -196,6 +213,7 @@ fn main() {
         frames: pristine.clone(),
         pristine,
         next: 0,
+        drain_bytes: args.drain_bytes,
     };
     // Warm up: grow the output buffers, touch the tables. With `--frames N`, by stepping the
     // same N frames whole once, so that a count taken over every step (callgrind's) is of
@@ -214,6 +232,7 @@ fn main() {
             "events": t.events,
             "records": t.records,
             "ns_per_event": t.spent.as_nanos() as f64 / t.events as f64,
+            "drain_bytes": args.drain_bytes,
         });
         println!("{out}");
         return;
@@ -250,6 +269,7 @@ fn main() {
         "frames": r.frames.len(),
         "envelopes_per_frame": args.envelopes,
         "rounds": rounds,
+        "drain_bytes": args.drain_bytes,
         "core": core,
     });
     println!("{out}");

@@ -294,6 +294,15 @@ pub trait Out {
     unsafe fn set_len(&mut self, len: usize);
     /// The written bytes.
     fn as_mut_slice(&mut self) -> &mut [u8];
+    /// Asks for the memory that the next writes will go to, `n` bytes of it (those of about
+    /// a record like the one just written), so that it is in the cache when they come. By
+    /// default nothing: only memory that is not already near ([`RecordBuf`]) needs asking.
+    ///
+    /// [`RecordBuf`]: super::buf::RecordBuf
+    #[inline(always)]
+    fn write_ahead(&self, n: usize) {
+        let _ = n;
+    }
 }
 
 impl Out for Vec<u8> {
@@ -346,6 +355,7 @@ pub fn append_exact<O: Out + ?Sized>(
     // SAFETY: the cursor wrote `room[..len]` front to back with no gap (it only appends), so
     // the `len` bytes after `at` are initialized.
     unsafe { out.set_len(at + len) };
+    out.write_ahead(len);
 }
 
 /// Whether `b` needs escaping in a JSON string: a control byte, `"` or `\\`. Eight bytes at a
